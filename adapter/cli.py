@@ -1,0 +1,60 @@
+"""`wattscale`: one console script, one module per subcommand under `adapter.commands`.
+
+Each command module exposes `HELP: str`, `configure(parser)` and `run(args) -> int`. Adding a
+command is one module plus one line in `COMMANDS`; heavy imports stay inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from adapter import __version__
+
+COMMANDS: tuple[str, ...] = (
+    "serve",
+    "demo",
+    "collect",
+    "manifests",
+    "agent",
+    "estimate",
+    "capper",
+    "simulate",
+)
+
+
+def _command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"adapter.commands.{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wattscale", description="Power metrics for Kubernetes autoscaling.")
+    parser.add_argument("--version", action="version", version=f"wattscale {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = _command_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"adapter.commands.{name}":
+                raise
+            continue  # a command still being written is simply not offered
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.configure(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args._run(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
