@@ -1,0 +1,340 @@
+"""One estimator pass over the whole fleet: what the adapter's pipeline calls every cycle.
+
+Input is the pipeline's sample frame: columns `metric`, `value`, `timestamp_seconds` and one column
+per label key (`node`, `gpu_uuid`, `namespace`, `pod`, `rack`, `pdu`, ...; NaN where a sample lacks it).
+Output is three frames (pods, nodes, racks) whose columns are the served metrics.
+
+Rules, in the order they are applied:
+
+1. Only samples with `now - window_seconds <= timestamp_seconds <= now` count.
+2. Counters become rates with `estimators.rates.series_rates` (resets handled, no edge extrapolation).
+   Power comes from an energy counter when one has two samples in the window (method
+   `energy_counter`); otherwise from the mean of the power gauge (`power_gauge`). A 1 s averaged gauge
+   scraped every 15 s sees a fifteenth of the time, which is why the counter wins.
+3. A GPU's power goes to the pods `gpu_assignment_info` puts on it. A GPU shared by several pods is
+   split by their generation-token rates (`token_share`), or equally when those are unknown
+   (`equal_share`). Shares sum to the GPU's power, so pod sums never exceed what was measured.
+   A pod with no assigned GPU may take its GPU power from Kepler (`pod_gpu_energy_joules_total`).
+4. A pod's `power_watts` is its GPU share plus its Kepler CPU/DRAM power when known.
+   `energy_joules` and `generation_tokens` are rate x window, so `watts_per_token` (joules per
+   generated token, despite the name) = energy / tokens = power / token rate over the same window.
+5. Node power is measured (`node_energy_joules_total` or `node_power_watts`) when available, else the
+   sum of its GPUs and its pods' CPU power, marked `estimated`: that sum misses fans, NICs and PSU loss.
+6. Rack power is the sum of its PDUs when any PDU reports, else the sum of its nodes (`estimated`).
+   `margin_watts = max(cap x margin_ratio, largest rise in the window + sensor error)`: the sensor
+   error is 1% of a PDU reading and 5% of a summed estimate (NVML's per-board gain error).
+   `headroom_watts = max(0, cap - margin - power)`, `overdraw_watts = max(0, power - (cap - margin))`:
+   both are measured against the usable budget (cap minus margin), so at most one is non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from estimators.rates import series_rates
+
+POD_COLUMNS = [
+    "namespace",
+    "pod",
+    "node",
+    "gpu_power_watts",
+    "power_watts",
+    "gpu_energy_joules",
+    "energy_joules",
+    "generation_tokens",
+    "prompt_tokens",
+    "generation_tokens_per_second",
+    "watts_per_token",
+    "window_start_seconds",
+    "window_end_seconds",
+    "method",
+]
+NODE_COLUMNS = ["node", "node_power_watts", "gpu_power_watts", "window_end_seconds", "estimated"]
+RACK_COLUMNS = [
+    "rack",
+    "rack_power_watts",
+    "estimated",
+    "cap_watts",
+    "margin_watts",
+    "headroom_watts",
+    "overdraw_watts",
+    "window_end_seconds",
+]
+GROUP_COLUMNS = [
+    "group",
+    "power_watts",
+    "gpu_power_watts",
+    "generation_tokens_per_second",
+    "watts_per_token",
+    "window_start_seconds",
+    "window_end_seconds",
+    "pods",
+]
+
+PDU_SENSOR_ERROR_RATIO = 0.01
+"""Revenue-grade PDU metering is within about 1% (anchors-power.md, section 9.2)."""
+SUMMED_ESTIMATE_ERROR_RATIO = 0.05
+"""NVML board power carries up to +-5% gain error per GPU (Yang et al., SC'24)."""
+
+_GPU = ["node", "gpu_uuid"]
+_POD = ["namespace", "pod"]
+
+
+@dataclass(frozen=True)
+class FleetEstimate:
+    pods: pd.DataFrame
+    nodes: pd.DataFrame
+    racks: pd.DataFrame
+
+
+def _with_labels(samples: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    missing = [label for label in labels if label not in samples.columns]
+    if not missing:
+        return samples
+    return samples.assign(**{label: None for label in missing})
+
+
+def _metric(samples: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFrame:
+    rows = samples.loc[samples["metric"] == metric, [*keys, "timestamp_seconds", "value"]]
+    return rows.dropna(subset=keys)
+
+
+def _counter_rate(samples: pd.DataFrame, metric: str, keys: list[str], name: str) -> pd.DataFrame:
+    """Rate per series: columns `keys` + `name`; series without a rate (one sample) are left out."""
+    rates = series_rates(_metric(samples, metric, keys), keys).dropna(subset=["rate_per_second"])
+    return rates[keys].assign(**{name: rates["rate_per_second"].astype(np.float64)})
+
+
+def _gauge_mean(samples: pd.DataFrame, metric: str, keys: list[str], name: str) -> pd.DataFrame:
+    rows = _metric(samples, metric, keys)
+    means = rows.groupby(keys)["value"].mean().reset_index()
+    return means[keys].assign(**{name: means["value"].astype(np.float64)})
+
+
+def _power(samples: pd.DataFrame, energy_metric: str, gauge_metric: str, keys: list[str]) -> pd.DataFrame:
+    """Columns `keys`, `power_watts`, `method`: energy-counter rate where it exists, else gauge mean."""
+    from_counter = _counter_rate(samples, energy_metric, keys, "power_watts").assign(method="energy_counter")
+    from_gauge = _gauge_mean(samples, gauge_metric, keys, "power_watts").assign(method="power_gauge")
+    covered = from_gauge[keys].merge(from_counter[keys], on=keys, how="left", indicator=True)["_merge"]
+    from_gauge = from_gauge.loc[(covered == "left_only").to_numpy()]
+    return pd.concat([from_counter, from_gauge], ignore_index=True)
+
+
+def _largest_rise(samples: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFrame:
+    """Largest rise of each gauge series over the window (a later value minus an earlier minimum)."""
+    rows = _metric(samples, metric, keys).sort_values([*keys, "timestamp_seconds"])
+    rows = rows.assign(rise_watts=rows["value"] - rows.groupby(keys)["value"].cummin())
+    return rows.groupby(keys)["rise_watts"].max().reset_index()
+
+
+def _outer_on(keys: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Left-join every frame onto the union of their keys; empty frames still contribute columns."""
+    union = pd.concat([f[keys] for f in frames], ignore_index=True).drop_duplicates(ignore_index=True)
+    out = union.astype(object)
+    for f in frames:
+        out = out.merge(f.astype({k: object for k in keys}), on=keys, how="left")
+    return out
+
+
+def _pod_frame(samples: pd.DataFrame, window_start: float, window_end: float, window: float) -> pd.DataFrame:
+    gpus = _power(samples, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
+    gen_rate = _counter_rate(samples, "generation_tokens_total", _POD, "generation_tokens_per_second")
+    prompt_rate = _counter_rate(samples, "prompt_tokens_total", _POD, "prompt_tokens_per_second")
+    cpu_power = _counter_rate(samples, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts")
+    kepler_gpu = _counter_rate(samples, "pod_gpu_energy_joules_total", _POD, "kepler_gpu_watts")
+
+    assignment_rows = _metric(samples, "gpu_assignment_info", [*_GPU, *_POD]).sort_values("timestamp_seconds")
+    latest = assignment_rows.groupby([*_GPU, *_POD], as_index=False)["value"].last()
+    assignments = latest.loc[latest["value"] > 0, [*_GPU, *_POD]]
+
+    shares = assignments.merge(gpus, on=_GPU, how="inner").merge(gen_rate, on=_POD, how="left")
+    per_gpu = shares.groupby(_GPU)
+    pods_on_gpu = per_gpu["pod"].transform("size")
+    token_total = per_gpu["generation_tokens_per_second"].transform("sum")
+    unknown = (
+        shares["generation_tokens_per_second"].isna().groupby([shares[k] for k in _GPU]).transform("any")
+    )
+    by_tokens = (~unknown.astype(bool)) & (token_total > 0)
+    weight = np.where(
+        by_tokens,
+        shares["generation_tokens_per_second"] / token_total.where(token_total > 0),
+        1.0 / pods_on_gpu,
+    )
+    shares["gpu_share_watts"] = shares["power_watts"] * weight
+    split = np.where(pods_on_gpu > 1, np.where(by_tokens, "/token_share", "/equal_share"), "")
+    shares["method"] = shares["method"] + split
+    gpu_per_pod = shares.groupby(_POD, as_index=False).agg(
+        gpu_power_watts=("gpu_share_watts", "sum"),
+        assigned_node=("node", "first"),
+        gpu_method=("method", lambda s: ",".join(sorted(set(s)))),
+    )
+
+    labelled = samples.dropna(subset=[*_POD, "node"]).sort_values("timestamp_seconds")
+    pod_nodes = labelled.groupby(_POD)["node"].last().reset_index()
+    pod_nodes = pod_nodes.rename(columns={"node": "label_node"})
+    pods = _outer_on(_POD, [gpu_per_pod, gen_rate, prompt_rate, cpu_power, kepler_gpu, pod_nodes])
+    pods["node"] = pods["assigned_node"].where(pods["assigned_node"].notna(), pods["label_node"])
+
+    numeric = ["gpu_power_watts", "generation_tokens_per_second", "prompt_tokens_per_second"]
+    numeric += ["cpu_power_watts", "kepler_gpu_watts"]
+    pods[numeric] = pods[numeric].astype(np.float64)
+    use_kepler_gpu = pods["gpu_power_watts"].isna() & pods["kepler_gpu_watts"].notna()
+    pods.loc[use_kepler_gpu, "gpu_power_watts"] = pods.loc[use_kepler_gpu, "kepler_gpu_watts"]
+    pods.loc[use_kepler_gpu, "gpu_method"] = "kepler_gpu"
+    has_gpu = pods["gpu_power_watts"].notna()
+    has_cpu = pods["cpu_power_watts"].notna()
+    pods["power_watts"] = pods["gpu_power_watts"].add(pods["cpu_power_watts"], fill_value=0.0)
+    method = pods["gpu_method"].where(has_gpu, "")
+    method = method.where(~(has_gpu & has_cpu), method + "+kepler_cpu")
+    method = method.where(~(~has_gpu & has_cpu), "kepler_cpu")
+    pods["method"] = method.where(has_gpu | has_cpu, "none")
+
+    pods["gpu_energy_joules"] = pods["gpu_power_watts"] * window
+    pods["energy_joules"] = pods["power_watts"] * window
+    pods["generation_tokens"] = pods["generation_tokens_per_second"] * window
+    pods["prompt_tokens"] = pods["prompt_tokens_per_second"] * window
+    tokens = pods["generation_tokens"].where(pods["generation_tokens"] > 0)
+    pods["watts_per_token"] = pods["energy_joules"] / tokens
+    pods["window_start_seconds"] = float(window_start)
+    pods["window_end_seconds"] = float(window_end)
+    return pods.sort_values(_POD, ignore_index=True)[POD_COLUMNS]
+
+
+def _sum_by(frame: pd.DataFrame, key: str, column: str) -> pd.Series:
+    """Sum of `column` per `key` as an object-indexed float Series (empty-safe)."""
+    sums = frame.groupby(key)[column].sum(min_count=1)
+    return pd.Series(sums.to_numpy(dtype=np.float64), index=sums.index.astype(object), dtype=np.float64)
+
+
+def _node_frame(
+    samples: pd.DataFrame, pods: pd.DataFrame, node_racks: Mapping[str, str], window_end: float
+) -> pd.DataFrame:
+    gpus = _power(samples, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
+    gpu_sum = _sum_by(gpus, "node", "power_watts")
+    measured = _sum_by(
+        _power(samples, "node_energy_joules_total", "node_power_watts", ["node"]), "node", "power_watts"
+    )
+    with_node = pods.loc[pods["node"].notna() & pods["power_watts"].notna()]
+    cpu = with_node.assign(cpu_watts=with_node["power_watts"] - with_node["gpu_power_watts"].fillna(0.0))
+    cpu_by_node = _sum_by(cpu, "node", "cpu_watts")
+
+    names = sorted(set(samples["node"].dropna()) | set(node_racks))
+    index = pd.Index(names, name="node", dtype=object)
+    nodes = pd.DataFrame(index=index)
+    nodes["gpu_power_watts"] = gpu_sum.reindex(index)
+    node_power = measured.reindex(index)
+    nodes["estimated"] = node_power.isna()
+    summed = nodes["gpu_power_watts"].add(cpu_by_node.reindex(index), fill_value=0.0)
+    nodes["node_power_watts"] = node_power.where(~nodes["estimated"], summed)
+    nodes["window_end_seconds"] = float(window_end)
+    return nodes.reset_index()[NODE_COLUMNS]
+
+
+def _rack_frame(
+    samples: pd.DataFrame,
+    nodes: pd.DataFrame,
+    node_racks: Mapping[str, str],
+    racks: pd.DataFrame,
+    window_end: float,
+) -> pd.DataFrame:
+    # A rack with a single meter may not label it: the rack alone then names the series.
+    samples = samples.assign(pdu=samples["pdu"].astype(object).where(samples["pdu"].notna(), ""))
+    pdus = _power(samples, "pdu_energy_joules_total", "pdu_power_watts", ["rack", "pdu"])
+    pdu_sum = _sum_by(pdus, "rack", "power_watts")
+    rise_sum = _sum_by(_largest_rise(samples, "pdu_power_watts", ["rack", "pdu"]), "rack", "rise_watts")
+    membership = pd.DataFrame({"node": list(node_racks), "rack": list(node_racks.values())}, dtype=object)
+    node_sum = _sum_by(
+        membership.merge(nodes[["node", "node_power_watts"]], on="node"), "rack", "node_power_watts"
+    )
+
+    config = racks.astype({"rack": object}).drop_duplicates("rack", keep="last").set_index("rack")
+    names = sorted(set(config.index) | set(pdu_sum.index) | set(membership["rack"]))
+    index = pd.Index(names, name="rack", dtype=object)
+    out = pd.DataFrame(index=index)
+    measured = pdu_sum.reindex(index)
+    out["estimated"] = measured.isna()
+    out["rack_power_watts"] = measured.where(~out["estimated"], node_sum.reindex(index))
+    out["cap_watts"] = config["cap_watts"].reindex(index).astype(np.float64)
+    margin_ratio = config["margin_ratio"].reindex(index).astype(np.float64).fillna(0.0)
+    error_ratio = np.where(out["estimated"], SUMMED_ESTIMATE_ERROR_RATIO, PDU_SENSOR_ERROR_RATIO)
+    dynamic_margin = rise_sum.reindex(index).fillna(0.0) + error_ratio * out["rack_power_watts"].fillna(0.0)
+    margin = np.maximum(out["cap_watts"] * margin_ratio, dynamic_margin)
+    out["margin_watts"] = margin.where(out["cap_watts"].notna())
+    usable = out["cap_watts"] - out["margin_watts"]
+    out["headroom_watts"] = (usable - out["rack_power_watts"]).clip(lower=0.0)
+    out["overdraw_watts"] = (out["rack_power_watts"] - usable).clip(lower=0.0)
+    out["window_end_seconds"] = float(window_end)
+    return out.reset_index()[RACK_COLUMNS]
+
+
+def estimate_fleet(
+    samples: pd.DataFrame,
+    *,
+    node_racks: Mapping[str, str],
+    racks: pd.DataFrame,
+    window_seconds: float,
+    now_seconds: float,
+) -> FleetEstimate:
+    """Pod, node and rack power over the window ending at `now_seconds` (rules in the module docstring).
+
+    `racks` has columns `rack`, `cap_watts`, `margin_ratio`; `node_racks` maps node name -> rack.
+    """
+    if not window_seconds > 0:
+        raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
+    window_start = now_seconds - window_seconds
+    labels = ["node", "gpu_uuid", "namespace", "pod", "rack", "pdu"]
+    frame = _with_labels(samples, labels).astype({"value": np.float64, "timestamp_seconds": np.float64})
+    in_window = frame["timestamp_seconds"].between(window_start, now_seconds)
+    frame = frame.loc[in_window]
+    pods = _pod_frame(frame, window_start, now_seconds, window_seconds)
+    nodes = _node_frame(frame, pods, node_racks, now_seconds)
+    rack_frame = _rack_frame(frame, nodes, node_racks, racks, now_seconds)
+    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame)
+
+
+def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
+    """Sum pods into groups (workloads, namespaces). Pods whose group is NaN are left out.
+
+    `watts_per_token` is the group's summed energy over its summed generated tokens, never a mean of
+    the pods' ratios: an idle replica still costs joules, and a busy one weighs by its tokens.
+    """
+    frame = pods.assign(group=group_of_pod.reindex(pods.index)).dropna(subset=["group"])
+    if frame.empty:
+        return pd.DataFrame(columns=GROUP_COLUMNS)
+    grouped = frame.groupby("group", sort=True)
+    out = grouped.agg(
+        power_watts=("power_watts", lambda s: s.sum(min_count=1)),
+        gpu_power_watts=("gpu_power_watts", lambda s: s.sum(min_count=1)),
+        generation_tokens_per_second=("generation_tokens_per_second", lambda s: s.sum(min_count=1)),
+        energy_joules=("energy_joules", lambda s: s.sum(min_count=1)),
+        generation_tokens=("generation_tokens", lambda s: s.sum(min_count=1)),
+        window_start_seconds=("window_start_seconds", "min"),
+        window_end_seconds=("window_end_seconds", "max"),
+        pods=("pod", "size"),
+    )
+    tokens = out["generation_tokens"].where(out["generation_tokens"] > 0)
+    out["watts_per_token"] = out["energy_joules"] / tokens
+    return out.reset_index()[GROUP_COLUMNS]
+
+
+def replicas_within_budget(
+    headroom_watts: float, replica_peak_power_watts: float, current_replicas: int
+) -> int:
+    """Replicas the workload may run: the current ones plus as many more as fit the headroom at peak.
+
+    Headroom is what is left after everything running now, so it buys new replicas only. Unknown
+    headroom (NaN) buys none. A non-positive or unknown peak power is a caller error: without it no
+    bound can be given, and guessing "unlimited" would defeat the budget.
+    """
+    if current_replicas < 0:
+        raise ValueError(f"current_replicas must be >= 0, got {current_replicas}")
+    if not (math.isfinite(replica_peak_power_watts) and replica_peak_power_watts > 0):
+        raise ValueError(f"replica_peak_power_watts must be finite and > 0, got {replica_peak_power_watts}")
+    if not math.isfinite(headroom_watts) or headroom_watts <= 0:
+        return current_replicas
+    return current_replicas + math.floor(headroom_watts / replica_peak_power_watts)

@@ -1,0 +1,204 @@
+"""Rates and increases from counters, and integrals of gauges, under real scrape conditions.
+
+Scrapes arrive every 15-30 s at moments that differ per target, some are missing, and counters
+restart. These functions state and apply one set of rules, so every estimator upstream agrees:
+
+Resets
+    A counter that goes down has restarted from zero (process restart, driver reload). The increase
+    over that interval is the value after the drop, as in Prometheus: what was counted between the
+    last sample before the restart and the restart itself is lost, so an increase across a reset is
+    a lower bound.
+Gaps
+    Between two samples the counter's increase is known exactly; how it was spread inside the interval
+    is not. Interpolation assumes a constant rate inside each interval, however long. A missing scrape
+    therefore costs resolution, never joules or tokens.
+Unaligned timestamps
+    Each series is evaluated at the instants the caller asks for (window edges) by linear interpolation
+    of its own reset-corrected counter. Two counters read at different moments (a power meter and a token
+    counter on different scrape schedules) are thereby compared over the same wall-clock window.
+Extrapolation
+    Past the first or last sample a counter is extended at the rate of its nearest interval for at most
+    `max_extrapolation_seconds` (default: 1.1 times the series' median sample interval, i.e. about one
+    missed or not-yet-happened scrape). Beyond that the value is NaN: a window that is not covered
+    yields NaN rather than a guess. Extrapolation never runs a counter below zero.
+Gauges
+    A gauge is integrated as the piecewise-linear curve through its samples (trapezoids), held flat for
+    at most `max_hold_seconds` beyond the first and last sample. The integral covers only the time the
+    samples cover; callers get that coverage back and divide by it, so a partly covered window gives the
+    mean power over what was seen, never power times an assumed duration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _as_sorted(times: npt.ArrayLike, values: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """Sort by time, drop NaN and keep the last value of duplicate timestamps (a re-scrape)."""
+    t = np.asarray(times, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if t.shape != v.shape:
+        raise ValueError(f"times and values differ in shape: {t.shape} vs {v.shape}")
+    keep = np.isfinite(t) & np.isfinite(v)
+    t, v = t[keep], v[keep]
+    order = np.argsort(t, kind="stable")
+    t, v = t[order], v[order]
+    if t.size > 1:
+        last_of_each = np.append(t[1:] != t[:-1], True)
+        t, v = t[last_of_each], v[last_of_each]
+    return t, v
+
+
+def reset_corrected(values: npt.ArrayLike) -> FloatArray:
+    """Cumulative increase of a counter since its first sample, with restarts counted from zero.
+
+    `values` must be in time order. The result starts at 0 and never decreases.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return v.copy()
+    steps = np.diff(v)
+    steps = np.where(steps < 0, v[1:], steps)
+    return np.concatenate(([0.0], np.cumsum(steps)))
+
+
+def count_resets(values: npt.ArrayLike) -> int:
+    v = np.asarray(values, dtype=np.float64)
+    return int(np.count_nonzero(np.diff(v) < 0))
+
+
+def counter_at(
+    times: npt.ArrayLike,
+    values: npt.ArrayLike,
+    at_seconds: npt.ArrayLike,
+    *,
+    max_extrapolation_seconds: float | None = None,
+) -> FloatArray:
+    """The reset-corrected counter (0 at the first sample) at each instant in `at_seconds`.
+
+    Inside the sampled span: linear interpolation. Outside: the nearest interval's rate for at most
+    `max_extrapolation_seconds` (default 1.1 x the median sample interval), else NaN.
+    """
+    t, v = _as_sorted(times, values)
+    at = np.asarray(at_seconds, dtype=np.float64)
+    out = np.full(at.shape, np.nan)
+    if t.size == 0:
+        return out
+    c = reset_corrected(v)
+    if t.size == 1:
+        out[at == t[0]] = 0.0
+        return out
+    if max_extrapolation_seconds is None:
+        max_extrapolation_seconds = 1.1 * float(np.median(np.diff(t)))
+    inside = (at >= t[0]) & (at <= t[-1])
+    out[inside] = np.interp(at[inside], t, c)
+    first_rate = (c[1] - c[0]) / (t[1] - t[0])
+    last_rate = (c[-1] - c[-2]) / (t[-1] - t[-2])
+    before = (at < t[0]) & (t[0] - at <= max_extrapolation_seconds)
+    after = (at > t[-1]) & (at - t[-1] <= max_extrapolation_seconds)
+    # Only the part of the counter seen so far can be "unwound" before the first sample; a counter
+    # cannot have been below zero.
+    out[before] = np.maximum(-v[0], first_rate * (at[before] - t[0]))
+    out[after] = c[-1] + last_rate * (at[after] - t[-1])
+    return out
+
+
+def window_increases(
+    times: npt.ArrayLike,
+    values: npt.ArrayLike,
+    edges_seconds: npt.ArrayLike,
+    *,
+    max_extrapolation_seconds: float | None = None,
+) -> FloatArray:
+    """Counter increase over each window [edges[i], edges[i+1]]; NaN where a window is not covered."""
+    at = counter_at(times, values, edges_seconds, max_extrapolation_seconds=max_extrapolation_seconds)
+    return np.diff(at)
+
+
+def gauge_integral(
+    times: npt.ArrayLike,
+    values: npt.ArrayLike,
+    starts_seconds: npt.ArrayLike,
+    ends_seconds: npt.ArrayLike,
+    *,
+    max_hold_seconds: float | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """Integral of a gauge over each [start, end], and the seconds of each window the samples cover.
+
+    `max_hold_seconds` defaults to half the median sample interval (each sample stands for the time
+    around it). For power in watts the integral is joules; integral / covered is the mean power.
+    """
+    t, v = _as_sorted(times, values)
+    starts = np.asarray(starts_seconds, dtype=np.float64)
+    ends = np.asarray(ends_seconds, dtype=np.float64)
+    if t.size == 0:
+        zeros = np.zeros(np.broadcast(starts, ends).shape)
+        return zeros, zeros.copy()
+    if max_hold_seconds is None:
+        max_hold_seconds = 0.5 * float(np.median(np.diff(t))) if t.size > 1 else 0.5
+    tt = np.concatenate(([t[0] - max_hold_seconds], t, [t[-1] + max_hold_seconds]))
+    vv = np.concatenate(([v[0]], v, [v[-1]]))
+    dt = np.diff(tt)
+    keep = np.append(True, dt > 0)  # a zero hold would make a zero-length segment
+    tt, vv = tt[keep], vv[keep]
+    dt = np.diff(tt)
+    if dt.size == 0:
+        zeros = np.zeros(np.broadcast(starts, ends).shape)
+        return zeros, zeros.copy()
+    cumulative = np.concatenate(([0.0], np.cumsum(0.5 * (vv[1:] + vv[:-1]) * dt)))
+    slopes = np.diff(vv) / dt
+
+    def primitive(x: FloatArray) -> FloatArray:
+        i = np.clip(np.searchsorted(tt, x, side="right") - 1, 0, dt.size - 1)
+        dx = x - tt[i]
+        result: FloatArray = cumulative[i] + vv[i] * dx + 0.5 * slopes[i] * dx * dx
+        return result
+
+    lo = np.clip(starts, tt[0], tt[-1])
+    hi = np.clip(ends, tt[0], tt[-1])
+    covered = np.maximum(hi - lo, 0.0)
+    integral = np.where(covered > 0, primitive(hi) - primitive(lo), 0.0)
+    return integral, covered
+
+
+def series_rates(
+    frame: pd.DataFrame,
+    keys: Sequence[str],
+    *,
+    time_column: str = "timestamp_seconds",
+    value_column: str = "value",
+) -> pd.DataFrame:
+    """Per-series counter increase and rate over the samples given, vectorised across series.
+
+    The rate is the reset-corrected increase divided by the span from first to last sample, with no
+    extrapolation (Prometheus `rate()` without its edge extrapolation): callers that need a fixed
+    window use `counter_at`. Returns one row per series: the keys, `first_seconds`, `last_seconds`,
+    `increase`, `rate_per_second` (NaN with fewer than two samples), `samples`, `resets`.
+    """
+    columns = [*keys, "first_seconds", "last_seconds", "increase", "rate_per_second", "samples", "resets"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    data = frame[[*keys, time_column, value_column]].dropna(subset=[time_column, value_column])
+    data = data.sort_values([*keys, time_column], kind="stable")
+    grouped = data.groupby(list(keys), sort=False, dropna=False)
+    step = grouped[value_column].diff()
+    dropped = step < 0
+    step = step.where(~dropped, data[value_column]).fillna(0.0)
+    data = data.assign(_step=step, _reset=dropped.astype(np.int64))
+    grouped = data.groupby(list(keys), sort=False, dropna=False)
+    out = grouped.agg(
+        first_seconds=(time_column, "min"),
+        last_seconds=(time_column, "max"),
+        increase=("_step", "sum"),
+        samples=(time_column, "size"),
+        resets=("_reset", "sum"),
+    ).reset_index()
+    span = out["last_seconds"] - out["first_seconds"]
+    out["rate_per_second"] = (out["increase"] / span).where(span > 0)
+    return out[columns]
