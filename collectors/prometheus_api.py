@@ -1,0 +1,84 @@
+"""One Prometheus HTTP API client, shared by every collector that reads from a Prometheus server.
+
+It speaks `/api/v1/query` directly over aiohttp rather than through prometheus-api-client, because that
+library is blocking (requests) and each poll must stay cancellable by its timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+import aiohttp
+
+from collectors.base import CollectorError
+from collectors.support import Series, TransientCollectorError, mapped_http_errors, read_bounded
+
+
+class PrometheusClient:
+    """Instant queries against one server. The session is borrowed: its owner closes it."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_response_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._headers = dict(headers or {})
+        self._max_response_bytes = max_response_bytes
+
+    async def query(self, promql: str) -> list[Series]:
+        """The instant vector `promql` evaluates to now; a scalar or a matrix is an error."""
+        what = f"prometheus query {promql!r}"
+        with mapped_http_errors(what):
+            async with self._session.get(
+                f"{self._base_url}/api/v1/query", params={"query": promql}, headers=self._headers
+            ) as response:
+                # 400/422/503 carry Prometheus's own error JSON, which says more than the status line.
+                if response.status not in (400, 422, 503):
+                    response.raise_for_status()
+                body = await read_bounded(response, self._max_response_bytes, what)
+                if response.status == 503 and not body.startswith(b"{"):
+                    raise TransientCollectorError(f"{what}: HTTP 503")
+        return parse_query_answer(body, what)
+
+
+def parse_query_answer(body: bytes, what: str) -> list[Series]:
+    try:
+        answer = json.loads(body)
+    except ValueError as exc:
+        raise CollectorError(f"{what}: answer is not JSON: {exc}") from exc
+    if not isinstance(answer, dict):
+        raise CollectorError(f"{what}: answer is not a JSON object")
+    if answer.get("status") != "success":
+        # Prometheus answers 422/400 with status "error" for a bad query, 503 while starting up.
+        message = f"{what}: {answer.get('errorType', 'error')}: {answer.get('error', 'no message')}"
+        if answer.get("errorType") in ("timeout", "canceled", "unavailable"):
+            raise TransientCollectorError(message)
+        raise CollectorError(message)
+    data = answer.get("data")
+    if not isinstance(data, dict) or data.get("resultType") != "vector":
+        kind = data.get("resultType") if isinstance(data, dict) else None
+        raise CollectorError(f"{what}: want an instant vector, got {kind!r}")
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise CollectorError(f"{what}: data.result is not a list")
+    series: list[Series] = []
+    for item in result:
+        try:
+            labels = dict(item["metric"])
+            timestamp, text = item["value"]
+            value = float(text)
+            timestamp_seconds = float(timestamp)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CollectorError(f"{what}: malformed vector element {item!r}") from exc
+        if math.isnan(value):
+            continue  # Prometheus's stale marker or a NaN gauge: no reading
+        name = labels.pop("__name__", "")
+        series.append(Series(name=name, labels=labels, value=value, timestamp_seconds=timestamp_seconds))
+    return series

@@ -1,0 +1,325 @@
+"""The shared base of every collector that reads Prometheus-format metrics, in either of two modes:
+
+- `prometheus_url`: one instant query against a Prometheus server (the cluster already scrapes the
+  exporter; its service-discovery labels, e.g. `namespace` and `pod`, come with each series);
+- `scrape_urls`: the exporters' own `/metrics`, parsed with prometheus-client's parser, for clusters
+  without Prometheus. Each target may carry labels (`namespace`, `pod`, `node`) that the exporter
+  itself does not know.
+
+A source module only says which source metrics it reads (`source_metrics`) and how its series become
+`Sample`s (`translate`). `PrometheusTextCollector` (entry point `prometheus_text`) passes series
+through unchanged, optionally renamed: a way to feed any exporter that already uses our names.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from collectors.base import CollectorError, Sample
+from collectors.prometheus_api import PrometheusClient
+from collectors.support import (
+    PolledCollector,
+    PollSettings,
+    Series,
+    TransientCollectorError,
+    build_settings,
+    http_get,
+)
+
+_URL = re.compile(r"^https?://[^/\s]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeTarget:
+    """An exporter's `/metrics` URL and the labels to add to its series (the exporter's own win)."""
+
+    url: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_raw(cls, value: object, key: str, problems: list[str]) -> ScrapeTarget:
+        if isinstance(value, str):
+            return cls(url=value)
+        if isinstance(value, Mapping) and isinstance(value.get("url"), str):
+            labels = value.get("labels", {})
+            extra = set(value) - {"url", "labels"}
+            if extra:
+                problems.append(f"{key}: unknown keys {sorted(extra)} (want url, labels)")
+            if not isinstance(labels, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                problems.append(f"{key}.labels: want a mapping of strings to strings")
+                labels = {}
+            return cls(url=str(value["url"]), labels=dict(labels))
+        problems.append(f"{key}: want a URL or {{url: ..., labels: {{...}}}}, got {value!r}")
+        return cls(url="")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExporterSettings(PollSettings):
+    prometheus_url: str | None = None
+    query: str | None = None
+    """Overrides the default selector; it must return raw series that keep `__name__`."""
+    scrape_urls: tuple[ScrapeTarget, ...] = ()
+    bearer_token_file: str | None = None
+    """Sent as `Authorization: Bearer` to Prometheus or the exporters (re-read at every poll)."""
+    tls_ca_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+    max_response_bytes: int = 64 * 1024 * 1024
+
+    def problems(self) -> list[str]:
+        found = PollSettings.problems(self)
+        if (self.prometheus_url is None) == (not self.scrape_urls):
+            found.append("prometheus_url, scrape_urls: set exactly one of them")
+        if self.prometheus_url is not None and not _URL.match(self.prometheus_url):
+            found.append(f"prometheus_url: want http(s)://host[:port], got {self.prometheus_url!r}")
+        if self.query is not None and self.prometheus_url is None:
+            found.append("query: only used with prometheus_url")
+        for i, target in enumerate(self.scrape_urls):
+            if target.url and not _URL.match(target.url):
+                found.append(f"scrape_urls[{i}]: want http(s)://host[:port]/path, got {target.url!r}")
+        for key in ("bearer_token_file", "tls_ca_file"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                found.append(f"{key}: no such file {path!r}")
+        if self.max_response_bytes < 1024:
+            found.append("max_response_bytes: must be >= 1024")
+        return found
+
+
+def parse_exposition(text: str, keep: Callable[[str], bool] | None = None) -> list[Series]:
+    """Series in a `/metrics` answer (Prometheus text format), keeping only names `keep` accepts."""
+    series: list[Series] = []
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.name
+                if keep is not None and not keep(name):
+                    # The parser appends `_total` to counter samples that lack it (dcgm-exporter's
+                    # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION); Prometheus keeps the name as exposed.
+                    if family.type == "counter" and name.endswith("_total") and keep(name[:-6]):
+                        name = name[:-6]
+                    else:
+                        continue
+                series.append(
+                    Series(
+                        name=name,
+                        labels=sample.labels,
+                        value=float(sample.value),
+                        timestamp_seconds=float(sample.timestamp) if sample.timestamp is not None else None,
+                    )
+                )
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise CollectorError(f"malformed Prometheus text: {exc}") from exc
+    return series
+
+
+def first_label(labels: Mapping[str, str], *keys: str) -> str:
+    """The value of the first of `keys` present and non-empty, else ""."""
+    for key in keys:
+        value = labels.get(key)
+        if value:
+            return value
+    return ""
+
+
+def selector_for(names: Iterable[str]) -> str:
+    return '{__name__=~"' + "|".join(re.escape(name) for name in sorted(names)) + '"}'
+
+
+class ExporterCollector(PolledCollector):
+    """Base of the Prometheus-format sources; see the module docstring."""
+
+    settings_cls: ClassVar[type[ExporterSettings]] = ExporterSettings
+    source_metrics: ClassVar[frozenset[str]] = frozenset()
+    """Sample names (as in the exposition, `_total` included) this source reads; empty = all."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ExporterSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name, settings, registry=registry, clock=clock)
+        self.settings = settings
+        self._session = session
+        self._owns_session = session is None
+        self._target_failing: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
+        return cls(name, build_settings(cls.settings_cls, name, raw))
+
+    def _ssl(self) -> Any:
+        if self.settings.tls_insecure_skip_verify:
+            return False
+        if self.settings.tls_ca_file is not None:
+            return ssl.create_default_context(cafile=self.settings.tls_ca_file)
+        return None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No total timeout here: the poll loop's asyncio.timeout bounds each attempt.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()))
+            self._owns_session = True
+        return self._session
+
+    def _headers(self) -> dict[str, str]:
+        if self.settings.bearer_token_file is None:
+            return {}
+        token = Path(self.settings.bearer_token_file).read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
+    def default_query(self) -> str:
+        if not self.source_metrics:
+            raise CollectorError(f"{self.name}: set `query`: this collector has no default metric list")
+        return selector_for(self.source_metrics)
+
+    def _keep(self, metric: str) -> bool:
+        return not self.source_metrics or metric in self.source_metrics
+
+    async def fetch_series(self) -> list[Series]:
+        settings = self.settings
+        if settings.prometheus_url is not None:
+            client = PrometheusClient(
+                self._get_session(),
+                settings.prometheus_url,
+                headers=self._headers(),
+                max_response_bytes=settings.max_response_bytes,
+            )
+            found = await client.query(settings.query or self.default_query())
+            return [s for s in found if self._keep(s.name)] if settings.query is None else found
+        return await self._scrape_all(settings.scrape_urls)
+
+    async def _scrape_all(self, targets: Sequence[ScrapeTarget]) -> list[Series]:
+        """Every target's series. A target that fails is left out (logged once, counted) unless all
+        fail: one dead pod must not make every other pod's readings stale."""
+        import asyncio
+
+        session = self._get_session()
+        headers = self._headers()
+        results = await asyncio.gather(
+            *(self._scrape(session, target, headers) for target in targets), return_exceptions=True
+        )
+        series: list[Series] = []
+        errors: list[BaseException] = []
+        for target, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, CollectorError):
+                    raise result
+                errors.append(result)
+                self._metrics.errors_total.labels(self.name, "target").inc()
+                if target.url not in self._target_failing:
+                    self._target_failing.add(target.url)
+                    self._log.warning(
+                        "collector.target_failing",
+                        extra={
+                            "event": "collector.target_failing",
+                            "target": target.url,
+                            "error": str(result),
+                        },
+                    )
+                continue
+            if target.url in self._target_failing:
+                self._target_failing.discard(target.url)
+                self._log.info(
+                    "collector.target_recovered",
+                    extra={"event": "collector.target_recovered", "target": target.url},
+                )
+            series.extend(result)
+        if errors and len(errors) == len(targets):
+            first = errors[0]
+            kind = TransientCollectorError if isinstance(first, TransientCollectorError) else CollectorError
+            raise kind(f"{self.name}: all {len(targets)} targets failed; first: {first}") from first
+        return series
+
+    async def _scrape(
+        self, session: aiohttp.ClientSession, target: ScrapeTarget, headers: Mapping[str, str]
+    ) -> list[Series]:
+        body = await http_get(
+            session,
+            target.url,
+            headers={"Accept": "text/plain;version=0.0.4", **headers},
+            max_bytes=self.settings.max_response_bytes,
+            ssl=self._ssl(),
+        )
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CollectorError(f"{target.url}: answer is not UTF-8") from exc
+        try:
+            found = parse_exposition(text, self._keep)
+        except CollectorError as exc:
+            raise CollectorError(f"{target.url}: {exc}") from exc
+        if not target.labels:
+            return found
+        return [Series(s.name, {**target.labels, **s.labels}, s.value, s.timestamp_seconds) for s in found]
+
+    def translate(self, series: list[Series], now_seconds: float) -> list[Sample]:
+        raise NotImplementedError
+
+    async def _poll(self) -> list[Sample]:
+        series = await self.fetch_series()
+        return self.translate(series, self._clock())
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrometheusTextSettings(ExporterSettings):
+    metrics: tuple[str, ...] = ()
+    """Sample names to keep; empty keeps everything."""
+    rename: Mapping[str, str] = field(default_factory=dict)
+    """Source name -> sample name, e.g. {"my_gpu_watts": "gpu_power_watts"}."""
+
+    def problems(self) -> list[str]:
+        found = ExporterSettings.problems(self)
+        if self.prometheus_url is not None and self.query is None and not self.metrics:
+            found.append("metrics: list the metrics to read, or set `query`")
+        return found
+
+
+class PrometheusTextCollector(ExporterCollector):
+    """Series passed through as samples, with their own labels (plus the target's)."""
+
+    settings_cls = PrometheusTextSettings
+    settings: PrometheusTextSettings
+
+    def __init__(self, name: str, settings: ExporterSettings, **kwargs: Any) -> None:
+        super().__init__(name, settings, **kwargs)
+        assert isinstance(settings, PrometheusTextSettings)
+        self._wanted = frozenset(settings.metrics)
+
+    def default_query(self) -> str:
+        return selector_for(self._wanted)
+
+    def _keep(self, metric: str) -> bool:
+        return not self._wanted or metric in self._wanted
+
+    def translate(self, series: list[Series], now_seconds: float) -> list[Sample]:
+        rename = self.settings.rename
+        return [
+            Sample(
+                metric=rename.get(s.name, s.name),
+                value=s.value,
+                timestamp_seconds=s.timestamp_seconds if s.timestamp_seconds is not None else now_seconds,
+                labels=dict(s.labels),
+            )
+            for s in series
+        ]

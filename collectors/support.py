@@ -1,0 +1,440 @@
+"""What every source collector shares: typed settings from raw mappings, the poll loop's retries and
+self-metrics, bounded HTTP reads with one error mapping, and reset-aware counter sums.
+
+Errors::
+
+    CollectorError                  (collectors.base) a poll failed; not retried when the answer is malformed
+     +-- TransientCollectorError    timeout, refused connection, 5xx: retried with backoff inside one poll
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+import types
+import typing
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from collectors.base import CollectorConfigError, CollectorError, Sample
+
+log = logging.getLogger("wattscale.collectors")
+
+
+class TransientCollectorError(CollectorError):
+    """The source may answer next time: a timeout, a refused connection, a 5xx. Retried within a poll."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+
+
+class Secret:
+    """A credential read from settings. `repr` and `str` never show it; `reveal()` where it is sent."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class FromRaw(Protocol):
+    """A settings field type that parses itself (e.g. a scrape target given as a URL or a mapping)."""
+
+    @classmethod
+    def from_raw(cls, value: object, key: str, problems: list[str]) -> Any: ...
+
+
+class Settings(Protocol):
+    def problems(self) -> list[str]: ...
+
+
+S = TypeVar("S", bound=Settings)
+
+# Keys the pipeline's config carries for every collector; settings classes do not declare them.
+_PIPELINE_KEYS = frozenset({"name", "type"})
+
+
+def _convert(value: object, hint: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, options[0], key, problems)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: want true or false, got {value!r}")
+        return False
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{key}: want an integer, got {value!r}")
+        return 0
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{key}: want a number, got {value!r}")
+        return 0.0
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{key}: want a string, got {value!r}")
+        return ""
+    if hint is Secret:
+        if isinstance(value, str):
+            return Secret(value)
+        problems.append(f"{key}: want a string")
+        return Secret("")
+    if origin is tuple:
+        item_hint = typing.get_args(hint)[0]
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            problems.append(f"{key}: want a list, got {value!r}")
+            return ()
+        return tuple(_convert(item, item_hint, f"{key}[{i}]", problems) for i, item in enumerate(value))
+    if origin is Mapping or hint is Mapping:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            problems.append(f"{key}: want a mapping of strings to strings, got {value!r}")
+            return {}
+        return dict(value)
+    from_raw = getattr(hint, "from_raw", None)
+    if from_raw is not None:
+        return from_raw(value, key, problems)
+    raise TypeError(f"settings field {key} has an unsupported type {hint!r}")  # our bug, not the user's
+
+
+def _problem_key(problem: str) -> str:
+    return problem.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
+
+
+def build_settings(settings_cls: type[S], collector: str, raw: Mapping[str, object]) -> S:
+    """Turn a raw config mapping into `settings_cls`, or raise `CollectorConfigError` with every problem:
+    unknown keys, missing keys, wrong types, then the class's own `problems()`."""
+    hints = typing.get_type_hints(settings_cls)
+    fields = {f.name: f for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for key in raw:
+        if key not in fields and key not in _PIPELINE_KEYS:
+            problems.append(f"{key}: unknown setting (known: {', '.join(sorted(fields))})")
+    for field_name, field in fields.items():
+        if field_name in raw:
+            kwargs[field_name] = _convert(raw[field_name], hints[field_name], field_name, problems)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            problems.append(f"{field_name}: required")
+    if not any(p.endswith(": required") for p in problems):
+        settings = settings_cls(**kwargs)
+        # A field already reported for its type holds a placeholder: do not judge it again.
+        reported = {_problem_key(p) for p in problems}
+        problems.extend(p for p in settings.problems() if _problem_key(p) not in reported)
+        if not problems:
+            return settings
+    # One clear line per misconfigured collector, at start-up.
+    log.error(
+        "collector.config_invalid",
+        extra={"event": "collector.config_invalid", "collector": collector, "problems": problems},
+    )
+    raise CollectorConfigError(collector, problems)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollSettings:
+    """Timing and bounds common to every collector."""
+
+    interval_seconds: float = 15.0
+    timeout_seconds: float = 5.0
+    """Per attempt; retries happen within one interval."""
+    retries: int = 2
+    backoff_seconds: float = 0.25
+    """First retry delay; doubled for each later retry, with jitter."""
+    max_samples: int = 200_000
+    """A poll that would return more fails instead: a runaway source must not flood the pipeline."""
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if not self.interval_seconds > 0:
+            found.append("interval_seconds: must be > 0")
+        if not 0 < self.timeout_seconds <= self.interval_seconds:
+            found.append("timeout_seconds: must be > 0 and <= interval_seconds")
+        if self.retries < 0:
+            found.append("retries: must be >= 0")
+        if self.backoff_seconds < 0:
+            found.append("backoff_seconds: must be >= 0")
+        if self.max_samples < 1:
+            found.append("max_samples: must be >= 1")
+        return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Self-metrics
+
+
+@dataclass(frozen=True, slots=True)
+class SelfMetrics:
+    last_success_seconds: Gauge
+    errors_total: Counter
+    duration_seconds: Gauge
+    samples: Gauge
+
+
+_SELF_METRICS: dict[int, SelfMetrics] = {}
+
+
+def self_metrics(registry: CollectorRegistry | None = None) -> SelfMetrics:
+    """The `wattscale_collector_*` metrics in `registry`, created once per registry."""
+    registry = registry if registry is not None else REGISTRY
+    found = _SELF_METRICS.get(id(registry))
+    if found is None:
+        found = SelfMetrics(
+            last_success_seconds=Gauge(
+                "wattscale_collector_last_success_timestamp_seconds",
+                "Unix time of the collector's last successful poll.",
+                ["collector"],
+                registry=registry,
+            ),
+            errors_total=Counter(
+                "wattscale_collector_errors_total",
+                "Failed polls (after retries), by reason.",
+                ["collector", "reason"],
+                registry=registry,
+            ),
+            duration_seconds=Gauge(
+                "wattscale_collector_last_duration_seconds",
+                "Wall time of the collector's last poll, retries included.",
+                ["collector"],
+                registry=registry,
+            ),
+            samples=Gauge(
+                "wattscale_collector_samples",
+                "Samples returned by the collector's last successful poll.",
+                ["collector"],
+                registry=registry,
+            ),
+        )
+        _SELF_METRICS[id(registry)] = found
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# The poll loop
+
+
+class PolledCollector:
+    """Base for collectors: `collect()` runs `_poll()` with retries, backoff, a per-attempt timeout, the
+    output bound, self-metrics and state-change logging. Subclasses implement `_poll` and may extend
+    `aclose`."""
+
+    name: str
+    interval_seconds: float
+
+    def __init__(
+        self,
+        name: str,
+        poll: PollSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.interval_seconds = poll.interval_seconds
+        self._poll_settings = poll
+        self._metrics = self_metrics(registry)
+        self._clock = clock
+        self._failing = False
+        self._log = logging.LoggerAdapter(log, {"collector": name, "type": type(self).__name__})
+
+    async def _poll(self) -> list[Sample]:
+        raise NotImplementedError
+
+    async def collect(self) -> Sequence[Sample]:
+        settings = self._poll_settings
+        started = time.monotonic()
+        attempt = 0
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(settings.timeout_seconds):
+                        samples = await self._poll()
+                    break
+                except TimeoutError as exc:
+                    error: CollectorError = TransientCollectorError(
+                        f"{self.name}: no answer within {settings.timeout_seconds:g} s"
+                    )
+                    error.__cause__ = exc
+                except TransientCollectorError as exc:
+                    error = exc
+                if attempt >= settings.retries:
+                    raise error
+                delay = settings.backoff_seconds * (2**attempt) * (0.5 + random.random())
+                attempt += 1
+                await asyncio.sleep(delay)
+            if len(samples) > settings.max_samples:
+                raise CollectorError(
+                    f"{self.name}: {len(samples)} samples exceed max_samples={settings.max_samples}"
+                )
+        except CollectorError as exc:
+            reason = "transient" if isinstance(exc, TransientCollectorError) else "invalid_answer"
+            self._metrics.errors_total.labels(self.name, reason).inc()
+            self._metrics.duration_seconds.labels(self.name).set(time.monotonic() - started)
+            if not self._failing:
+                self._failing = True
+                self._log.warning(
+                    "collector.failing",
+                    extra={"event": "collector.failing", "error": str(exc), "attempts": attempt + 1},
+                )
+            raise
+        self._metrics.duration_seconds.labels(self.name).set(time.monotonic() - started)
+        self._metrics.last_success_seconds.labels(self.name).set(self._clock())
+        self._metrics.samples.labels(self.name).set(len(samples))
+        if self._failing:
+            self._failing = False
+            self._log.info("collector.recovered", extra={"event": "collector.recovered"})
+        return samples
+
+    async def aclose(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP
+
+
+@contextlib.contextmanager
+def mapped_http_errors(what: str) -> Iterator[None]:
+    """Turn aiohttp's errors into ours, the most specific first: connection problems and 5xx may pass,
+    so they are transient; anything else about the answer is not."""
+    try:
+        yield
+    except aiohttp.ClientResponseError as exc:
+        if exc.status >= 500 or exc.status == 429:
+            raise TransientCollectorError(f"{what}: HTTP {exc.status} {exc.message}") from exc
+        raise CollectorError(f"{what}: HTTP {exc.status} {exc.message}") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise TransientCollectorError(f"{what}: truncated answer: {exc}") from exc
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        raise TransientCollectorError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise CollectorError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+async def read_bounded(response: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
+    """The body, or a `CollectorError` once it passes `max_bytes` (read in chunks, never all at once)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise CollectorError(f"{what}: answer larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def http_get(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    auth: aiohttp.BasicAuth | None = None,
+    ssl: Any = None,
+    what: str | None = None,
+) -> bytes:
+    what = what or url
+    with mapped_http_errors(what):
+        async with session.get(url, headers=headers, params=params, auth=auth, ssl=ssl) as response:
+            response.raise_for_status()
+            return await read_bounded(response, max_bytes, what)
+
+
+# --------------------------------------------------------------------------------------------------
+# Series read from an exporter or from Prometheus
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One sample of one source series, before translation into `Sample`s."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+    timestamp_seconds: float | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Counters
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class MonotonicSums:
+    """Sums of source counters per output key that never go backwards while the key stays alive.
+
+    A pod's energy is the sum of its containers' counters (or of per-engine token counters). When one
+    container restarts, its counter drops to zero; when it disappears, its share would vanish from the
+    sum. Either way a plain sum falls, and a rate over it goes wrong. Here a series that resets or
+    vanishes leaves its last value behind in its key's carried total, which is what Prometheus's
+    `increase()` does across resets. A key that vanishes entirely is forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[Hashable, tuple[Any, float]] = {}
+        self._carried: dict[Any, float] = defaultdict(float)
+
+    def update(self, readings: Iterable[tuple[K, Hashable, float]]) -> dict[K, float]:
+        """`readings` are (output key, source series key, counter value); returns the sum per key."""
+        sums: dict[K, float] = defaultdict(float)
+        seen: set[Hashable] = set()
+        for key, series, value in readings:
+            previous = self._last.get(series)
+            if previous is not None and value < previous[1]:
+                self._carried[key] += previous[1]
+            self._last[series] = (key, value)
+            seen.add(series)
+            sums[key] += value
+        for series in [s for s in self._last if s not in seen]:
+            key, value = self._last.pop(series)
+            if key in sums:
+                self._carried[key] += value
+        for key in [k for k in self._carried if k not in sums]:
+            del self._carried[key]
+        return {key: total + self._carried.get(key, 0.0) for key, total in sums.items()}
+
+
+async def gather_all(aws: Iterable[Awaitable[Any]]) -> list[Any]:
+    """`asyncio.gather` that cancels the rest when one fails, so a poll never leaks requests."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
