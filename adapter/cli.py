@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -31,7 +32,9 @@ def _command_module(name: str) -> ModuleType:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wattscale", description="Power metrics for Kubernetes autoscaling.")
+    parser = argparse.ArgumentParser(
+        prog="wattscale", description="Power metrics for Kubernetes autoscaling."
+    )
     parser.add_argument("--version", action="version", version=f"wattscale {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -53,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args._run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) went away: that is how pipelines end, not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

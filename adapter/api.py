@@ -1,0 +1,257 @@
+"""The aggregated API server: routes, middlewares and thin handlers.
+
+A handler parses the request into a query, authorizes it, makes one provider call and renders the
+result. Every error leaves as a `metav1.Status`: our domain errors with their own code, aiohttp's
+(unknown route, wrong method) with theirs, and anything unexpected as a logged 500 with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from adapter import __version__, wire
+from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
+from adapter.errors import NotReadyError, WattscaleError
+from adapter.objects import ObjectIndex
+from adapter.provider import StoreProvider
+from adapter.query import (
+    RouteNotFoundError,
+    custom_attributes,
+    external_attributes,
+    parse_custom,
+    parse_external,
+    split_segments,
+)
+from adapter.selfmetrics import SelfMetrics
+from adapter.store import MetricStore
+from adapter.tls import peer_certificate
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/healthz/ping", "/livez/ping", "/readyz/ping"})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    enable_external_metrics: bool = False
+
+
+STORE = web.AppKey("store", MetricStore)
+INDEX = web.AppKey("index", ObjectIndex)
+PROVIDER = web.AppKey("provider", StoreProvider)
+AUTHENTICATOR = web.AppKey("authenticator", RequestAuthenticator)
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+"""Absent when authorization is off (the demo)."""
+SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
+SETTINGS = web.AppKey("api_settings", ApiSettings)
+USER = web.RequestKey("user", UserInfo)
+
+
+def json_response(body: Mapping[str, Any] | str, status: int = 200, *, pretty: bool = False) -> web.Response:
+    if pretty:
+        text = json.dumps(json.loads(body) if isinstance(body, str) else body, indent=2)
+    else:
+        text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def status_response(code: int, message: str, reason: str | None = None) -> web.Response:
+    return json_response(wire.status(code, message, reason), status=code)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def status_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    self_metrics = request.app[SELF_METRICS]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except WattscaleError as exc:
+        if exc.status_code >= 500 and not isinstance(exc, NotReadyError):
+            log.warning("api.unavailable", extra={"path": request.path, "error": str(exc)})
+        response = status_response(exc.status_code, str(exc), exc.reason)
+    except web.HTTPException as exc:
+        message = "the server could not find the requested resource" if exc.status == 404 else exc.reason
+        response = status_response(exc.status, message)
+        if exc.status == 405:
+            response.headers["Allow"] = "GET"
+    except Exception:  # our bug: log it with its traceback, never send one
+        log.exception("api.unhandled", extra={"path": request.path})
+        response = status_response(500, "Internal error occurred: the adapter failed to answer this request")
+    route = _route_name(request)
+    self_metrics.requests.labels(route, str(response.status)).inc()
+    self_metrics.request_duration.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def credentials_of(request: web.Request) -> Credentials:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    headers: CIMultiDictProxy[str] = request.headers
+    grouped: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        grouped.setdefault(name.lower(), []).append(value)
+    token = None
+    authorization = headers.get("Authorization", "")
+    scheme, _, rest = authorization.partition(" ")
+    if scheme.lower() == "bearer" and rest.strip():
+        token = rest.strip()
+    return Credentials(peer_certificate(ssl_object), grouped, token)
+
+
+def _is_resource_path(path: str) -> bool:
+    """Paths whose handler authorizes with resource attributes, as Go's RequestInfo would classify them."""
+    parts = [part for part in path.split("/") if part]
+    return len(parts) > 3 and parts[0] == "apis"
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in HEALTH_PATHS:
+        return await handler(request)
+    user = await request.app[AUTHENTICATOR].authenticate(credentials_of(request))
+    request[USER] = user
+    if not _is_resource_path(request.path):
+        await authorize(request, NonResourceAttributes(request.path, request.method.lower()))
+    return await handler(request)
+
+
+async def authorize(request: web.Request, attributes: Any) -> None:
+    authorizer = request.app.get(AUTHORIZER)
+    if authorizer is not None:
+        await authorizer.authorize(request[USER], attributes)
+
+
+def _pretty(request: web.Request) -> bool:
+    return request.query.get("pretty", "").lower() == "true"
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store, index = request.app[STORE], request.app[INDEX]
+    problems = []
+    if not index.synced():
+        problems.append("object caches not synced")
+    if not store.ready:
+        problems.append("no metrics estimated yet")
+    if problems:
+        return web.Response(text="not ready: " + "; ".join(problems), status=503)
+    return web.Response(text="ok")
+
+
+async def version(request: web.Request) -> web.Response:
+    major, minor, *_ = __version__.split(".")
+    return json_response(
+        {"major": major, "minor": minor, "gitVersion": f"v{__version__}", "platform": "python"},
+        pretty=_pretty(request),
+    )
+
+
+async def self_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[SELF_METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _groups(app: web.Application) -> list[tuple[str, tuple[str, ...]]]:
+    groups: list[tuple[str, tuple[str, ...]]] = [(wire.CUSTOM_GROUP, wire.CUSTOM_VERSIONS)]
+    if app[SETTINGS].enable_external_metrics:
+        groups.append((wire.EXTERNAL_GROUP, wire.EXTERNAL_VERSIONS))
+    return groups
+
+
+async def api_groups(request: web.Request) -> web.Response:
+    return json_response(wire.api_group_list(_groups(request.app)), pretty=_pretty(request))
+
+
+async def api_group(request: web.Request) -> web.Response:
+    group = request.match_info["group"]
+    for name, versions in _groups(request.app):
+        if name == group:
+            return json_response(wire.api_group(name, versions), pretty=_pretty(request))
+    raise RouteNotFoundError()
+
+
+def _group_version(request: web.Request) -> tuple[str, str]:
+    group, version = request.match_info["group"], request.match_info["version"]
+    if any(name == group and version in versions for name, versions in _groups(request.app)):
+        return group, version
+    raise RouteNotFoundError()
+
+
+async def group_version(request: web.Request) -> web.Response:
+    group, version = _group_version(request)
+    tail = request.match_info["tail"]
+    provider = request.app[PROVIDER]
+    if not split_segments(tail):
+        resources = (
+            provider.list_custom_metrics() if group == wire.CUSTOM_GROUP else provider.list_external_metrics()
+        )
+        return json_response(wire.api_resource_list(f"{group}/{version}", resources), pretty=_pretty(request))
+    # Segments of the raw path after /apis/{group}/{version}, decoded one by one (see adapter.query).
+    segments = split_segments("/".join(request.raw_path.split("?", 1)[0].split("/")[4:]))
+    if group == wire.CUSTOM_GROUP:
+        query = parse_custom(version, segments, request.query)
+        await authorize(request, custom_attributes(group, query))
+        body = wire.metric_value_list(version, request.app[PROVIDER].custom_items(query))
+        return json_response(body, pretty=_pretty(request))
+    external = parse_external(segments, request.query)
+    await authorize(request, external_attributes(group, version, external))
+    values = request.app[PROVIDER].external_values(external)
+    return json_response(wire.external_metric_value_list(external.metric, values), pretty=_pretty(request))
+
+
+async def openapi_absent(request: web.Request) -> web.Response:
+    # The aggregator treats 404 as "no spec" and skips it silently (custom-metrics-api.md §6.7).
+    raise RouteNotFoundError()
+
+
+def create_app(
+    *,
+    store: MetricStore,
+    index: ObjectIndex,
+    authenticator: RequestAuthenticator,
+    authorizer: Authorizer | None,
+    self_metrics_registry: SelfMetrics,
+    settings: ApiSettings = ApiSettings(),
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    app = web.Application(middlewares=[status_errors, authenticate], client_max_size=64 * 1024)
+    app[STORE] = store
+    app[INDEX] = index
+    app[AUTHENTICATOR] = authenticator
+    if authorizer is not None:
+        app[AUTHORIZER] = authorizer
+    app[SELF_METRICS] = self_metrics_registry
+    app[SETTINGS] = settings
+    app[PROVIDER] = StoreProvider(
+        store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe
+    )
+    get = app.router.add_get
+    for path in ("/healthz", "/livez", "/healthz/ping", "/livez/ping", "/readyz/ping"):
+        get(path, health, allow_head=False)
+    get("/readyz", readyz, allow_head=False)
+    get("/version", version, allow_head=False)
+    get("/metrics", self_metrics, allow_head=False)
+    get("/openapi/v2", openapi_absent, allow_head=False)
+    get("/openapi/v3", openapi_absent, allow_head=False)
+    get("/apis", api_groups, allow_head=False)
+    get("/apis/{group}", api_group, allow_head=False)
+    get("/apis/{group}/{version}{tail:(/.*)?}", group_version, allow_head=False)
+    return app

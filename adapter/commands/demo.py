@@ -1,0 +1,136 @@
+"""`wattscale demo`: the whole adapter on a simulated H100 fleet, no cluster needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+
+HELP = "serve the custom metrics API over a simulated fleet of H100 LLM servers (no cluster needed)"
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=6443, help="HTTPS port (default 6443)")
+    parser.add_argument("--window-seconds", type=float, default=30.0, help="estimator window (default 30)")
+    parser.add_argument(
+        "--exit-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this long (default: run until ^C)",
+    )
+    parser.add_argument("--log-level", default="warning")
+
+
+def demo_index() -> object:
+    from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NAMESPACES, NODES, PODS, POWER_BUDGETS
+    from adapter.objects import KubeObject, StaticObjectIndex
+    from adapter.selectors import selector_from_object
+    from collectors.simulated import demo_fleet
+
+    fleet = demo_fleet()
+    objects = [KubeObject(NODES, "", node.name, node.labels) for node in fleet.nodes]
+    objects += [KubeObject(PODS, pod.namespace, pod.name, pod.labels, node=pod.node) for pod in fleet.pods]
+    for workload in fleet.workloads:
+        resource = DEPLOYMENTS if workload.kind == "Deployment" else INFERENCE_SERVICES
+        objects.append(
+            KubeObject(
+                resource,
+                workload.namespace,
+                workload.name,
+                {"app": workload.name},
+                pod_selector=selector_from_object({"matchLabels": dict(workload.selector)}),
+                replicas=workload.replicas,
+            )
+        )
+    objects += [
+        KubeObject(NAMESPACES, "", namespace, {}) for namespace in sorted({p.namespace for p in fleet.pods})
+    ]
+    objects += [KubeObject(POWER_BUDGETS, "", rack, {}) for rack in sorted({n.rack for n in fleet.nodes})]
+    return StaticObjectIndex(objects)
+
+
+def curl_examples(base_url: str) -> list[str]:
+    prefix = f"{base_url}/apis/custom.metrics.k8s.io/v1beta2"
+    return [
+        f"curl -sk '{prefix}/namespaces/llm/pods/%2A/watts_per_token?labelSelector=app%3Dllama-8b'",
+        f"curl -sk '{prefix}/namespaces/llm/deployments.apps/mistral-7b/power_watts'",
+        f"curl -sk '{prefix}/nodes/h100-a1/rack_power_headroom_watts'",
+    ]
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from adapter.api import ApiSettings
+    from adapter.auth import AllowAllAuthenticator
+    from adapter.pipeline import Pipeline
+    from adapter.selfmetrics import SelfMetrics
+    from adapter.server import ServingSettings, running, serving_tls
+    from adapter.settings import Settings
+    from adapter.store import MetricStore
+    from collectors.simulated import SimulatedCollector, SimulatedSettings
+
+    settings = Settings.from_mapping(
+        {
+            "window_seconds": args.window_seconds,
+            "max_age_seconds": max(4 * args.window_seconds, 60.0),
+            "racks": [
+                {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
+                {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
+            ],
+        }
+    )
+    store = MetricStore(max_age_seconds=settings.max_age_seconds)
+    index = demo_index()
+    self_metrics = SelfMetrics()
+    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
+    pipeline = Pipeline([collector], store=store, index=index, settings=settings, self_metrics=self_metrics)  # type: ignore[arg-type]
+    serving = ServingSettings(bind_address=args.host, port=args.port)
+    tls = serving_tls(serving, request_client_certificates=False)
+    # Two polls make a counter rate: estimate once before serving so the first request has values.
+    await pipeline.poll(collector)
+    await asyncio.sleep(1.0)
+    await pipeline.poll(collector)
+    pipeline.estimate_once()
+    async with running(
+        serving=serving,
+        tls=tls,
+        pipeline=pipeline,
+        store=store,
+        index=index,  # type: ignore[arg-type]
+        authenticator=AllowAllAuthenticator(),
+        authorizer=None,
+        self_metrics=self_metrics,
+        api_settings=ApiSettings(enable_external_metrics=True),
+    ):
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        base_url = f"https://{host}:{args.port}"
+        print(
+            "WARNING: demo mode: authentication and authorization are OFF; anyone who can reach "
+            f"{base_url} can read these metrics.",
+            file=sys.stderr,
+        )
+        print(f"wattscale demo: serving custom.metrics.k8s.io for a simulated fleet on {base_url}")
+        print("namespace llm: deployments llama-8b, mistral-7b, qwen-72b; inferenceservice granite-chat;")
+        print("racks rack-a (nodes h100-a1..a4) and rack-b (h100-b1..b4), 17 kW caps. Try:")
+        for command in curl_examples(base_url):
+            print(f"  {command}")
+        print("Stop with Ctrl-C.", flush=True)
+        if args.exit_after is not None:
+            await asyncio.sleep(args.exit_after)
+        else:
+            await asyncio.Event().wait()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from adapter import logs
+
+    logs.configure(args.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_demo(args))
+    return 0

@@ -1,0 +1,185 @@
+"""`wattscale serve`: the aggregated API server for custom.metrics.k8s.io (and optionally external)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HELP = "serve custom.metrics.k8s.io (v1beta1, v1beta2) as an aggregated API server"
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML settings: collectors, racks, window (see README)")
+    parser.add_argument("--kubeconfig", type=Path, help="cluster access; default: in-cluster when in a pod")
+    parser.add_argument("--bind-address", default="0.0.0.0")
+    parser.add_argument("--secure-port", type=int, default=6443)
+    parser.add_argument("--tls-cert-file", type=Path)
+    parser.add_argument("--tls-private-key-file", type=Path)
+    parser.add_argument(
+        "--cert-dir", type=Path, help="where a self-signed pair is written when none is given"
+    )
+    parser.add_argument(
+        "--enable-external-metrics",
+        action="store_true",
+        help="also serve external.metrics.k8s.io/v1beta1 (off: KEDA owns that group in most clusters)",
+    )
+    parser.add_argument(
+        "--insecure-disable-auth",
+        action="store_true",
+        help="serve without authentication or authorization (only for a cluster-less test bench)",
+    )
+    parser.add_argument("--log-level", default="info")
+
+
+def power_budget_racks(objects: Sequence[Any]) -> list[Any]:
+    """Racks defined by PowerBudget objects (`spec.capWatts`, `spec.nodeSelector`, `spec.marginRatio`)."""
+    from adapter.selectors import selector_from_object
+    from adapter.settings import RackSettings
+
+    racks = []
+    for obj in objects:
+        spec = obj.spec
+        cap = spec.get("capWatts")
+        if not isinstance(cap, int | float) or cap <= 0:
+            continue
+        margin = spec.get("marginRatio", 0.1)
+        racks.append(
+            RackSettings(
+                name=obj.name,
+                cap_watts=float(cap),
+                margin_ratio=float(margin) if isinstance(margin, int | float) and 0 <= margin < 1 else 0.1,
+                node_selector=selector_from_object(spec.get("nodeSelector")),
+            )
+        )
+    return racks
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from kubernetes_asyncio import client, config
+
+    from adapter.api import ApiSettings
+    from adapter.auth import AllowAllAuthenticator, Authenticator, Authorizer
+    from adapter.catalogue import POWER_BUDGETS
+    from adapter.kube_auth import ExtensionAuthentication, KubeAccessReviewer, KubeTokenReviewer
+    from adapter.kube_cache import KubeObjectCache
+    from adapter.objects import ObjectIndex, StoreObjectIndex
+    from adapter.pipeline import Pipeline, load_collectors
+    from adapter.selfmetrics import SelfMetrics
+    from adapter.server import ServingSettings, running, serving_tls
+    from adapter.settings import Settings
+    from adapter.store import MetricStore
+
+    settings = Settings.from_file(args.config) if args.config else Settings()
+    collectors = load_collectors((c.name, c.type, c.raw) for c in settings.collectors)
+    store = MetricStore(max_age_seconds=settings.max_age_seconds)
+    self_metrics = SelfMetrics()
+    serving = ServingSettings(
+        bind_address=args.bind_address,
+        port=args.secure_port,
+        tls_cert_file=args.tls_cert_file,
+        tls_private_key_file=args.tls_private_key_file,
+        cert_dir=args.cert_dir,
+    )
+    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
+    if args.kubeconfig is None and not in_cluster:
+        if not args.insecure_disable_auth:
+            print(
+                "wattscale serve: no cluster (no --kubeconfig, not in a pod), so no way to authenticate callers; "
+                "pass --insecure-disable-auth to serve anyway",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning("auth.disabled", extra={"reason": "--insecure-disable-auth"})
+        index: ObjectIndex = StoreObjectIndex(store)
+        pipeline = Pipeline(
+            collectors, store=store, index=index, settings=settings, self_metrics=self_metrics
+        )
+        async with running(
+            serving=serving,
+            tls=serving_tls(serving, request_client_certificates=False),
+            pipeline=pipeline,
+            store=store,
+            index=index,
+            authenticator=AllowAllAuthenticator(),
+            authorizer=None,
+            self_metrics=self_metrics,
+            api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
+        ):
+            await _until_signalled()
+        return 0
+
+    if args.kubeconfig is not None:
+        await config.load_kube_config(config_file=str(args.kubeconfig))
+    else:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    async with client.ApiClient() as api:
+        tls_holder: list[Any] = []
+
+        def on_auth_change(auth_config: Any) -> None:
+            if tls_holder:
+                tls_holder[0].update_client_cas(auth_config.ca_pem())
+
+        extension = ExtensionAuthentication(api, on_auth_change)
+        resource_version = await extension.load()
+        tls = serving_tls(serving, request_client_certificates=True, client_ca_pem=extension.current.ca_pem())
+        tls_holder.append(tls)
+        cache = KubeObjectCache(api)
+        cache.start()
+        follow = asyncio.create_task(extension.follow(resource_version), name="auth-configmap")
+
+        def racks() -> list[Any]:
+            return [*settings.racks, *power_budget_racks(cache.objects(POWER_BUDGETS, None))]
+
+        pipeline = Pipeline(
+            collectors, store=store, index=cache, settings=settings, self_metrics=self_metrics, racks=racks
+        )
+        try:
+            async with running(
+                serving=serving,
+                tls=tls,
+                pipeline=pipeline,
+                store=store,
+                index=cache,
+                authenticator=Authenticator(lambda: extension.current, KubeTokenReviewer(api, self_metrics)),
+                authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
+                self_metrics=self_metrics,
+                api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
+            ):
+                log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
+                await _until_signalled()
+        finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+            await cache.stop()
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    from adapter import logs
+    from adapter.errors import ConfigError
+
+    logs.configure(args.log_level)
+    try:
+        return asyncio.run(_serve(args))
+    except ConfigError as exc:
+        print(f"wattscale serve: {exc}", file=sys.stderr)
+        return 2

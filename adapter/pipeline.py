@@ -1,0 +1,356 @@
+"""Collectors -> samples -> estimators -> metric store.
+
+Each collector polls in its own task under its own timeout, so a slow or failing source delays
+nobody: its samples simply age out of the window, its values grow older than `max_age_seconds`, and
+the API stops serving them (marked stale) while everything else carries on. An estimator pass runs
+every `estimate_interval_seconds` in a worker thread and swaps a whole new snapshot into the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from adapter.catalogue import (
+    DEPLOYMENTS,
+    INFERENCE_SERVICES,
+    KSERVE_LABEL,
+    METRICS_BY_NAME,
+    NAMESPACES,
+    NODES,
+    PODS,
+    POWER_BUDGETS,
+)
+from adapter.objects import KubeObject, ObjectIndex
+from adapter.selfmetrics import SelfMetrics
+from adapter.settings import RackSettings, Settings
+from adapter.store import Key, MetricStore, ObjectRef, StoredValue
+from collectors.base import Collector, Sample
+from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet, replicas_within_budget
+
+log = logging.getLogger(__name__)
+
+POD_METRICS = ("gpu_power_watts", "power_watts", "generation_tokens_per_second", "watts_per_token")
+RACK_METRICS = {
+    "rack_power_watts": "rack_power_watts",
+    "rack_power_headroom_watts": "headroom_watts",
+    "rack_power_overdraw_watts": "overdraw_watts",
+    "rack_power_cap_watts": "cap_watts",
+}
+
+
+def samples_frame(samples: Sequence[Sample]) -> pd.DataFrame:
+    """One row per sample: metric, value, timestamp_seconds and a column per label key."""
+    return pd.DataFrame.from_records(
+        [
+            {"metric": s.metric, "value": s.value, "timestamp_seconds": s.timestamp_seconds, **s.labels}
+            for s in samples
+        ],
+        columns=None if samples else ["metric", "value", "timestamp_seconds"],
+    )
+
+
+class SampleHistory:
+    """Recent batches of every collector, each turned into a frame once, when it arrives."""
+
+    def __init__(self, keep_seconds: float) -> None:
+        self.keep_seconds = keep_seconds
+        self._batches: dict[str, deque[tuple[float, pd.DataFrame]]] = {}
+
+    def add(self, collector: str, samples: Sequence[Sample], received_seconds: float) -> None:
+        if samples:
+            self._batches.setdefault(collector, deque()).append((received_seconds, samples_frame(samples)))
+
+    def frame(self, now_seconds: float) -> pd.DataFrame:
+        oldest = now_seconds - self.keep_seconds
+        frames: list[pd.DataFrame] = []
+        for batches in self._batches.values():
+            while batches and batches[0][0] < oldest:
+                batches.popleft()
+            frames.extend(frame for _, frame in batches)
+        if not frames:
+            return samples_frame([])
+        return pd.concat(frames, ignore_index=True, sort=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    values: dict[Key, StoredValue]
+
+    def add(
+        self, ref: ObjectRef, metric: str, value: float, end: float, window: float, **labels: str
+    ) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        resolution = METRICS_BY_NAME[metric].resolution
+        rounded = round(float(value) / resolution) * resolution
+        self.values[(ref, metric)] = StoredValue(rounded, float(end), float(window), labels)
+
+
+def node_racks(index: ObjectIndex, racks: Sequence[RackSettings], samples: pd.DataFrame) -> dict[str, str]:
+    """Node -> rack: the racks' node selectors over node labels, else a `rack` label on the node's samples."""
+    mapping: dict[str, str] = {}
+    for node in index.objects(NODES, None):
+        rack = next((r.name for r in racks if r.node_selector.matches(node.labels)), None)
+        if rack is not None:
+            mapping[node.name] = rack
+    if {"node", "rack"} <= set(samples.columns):
+        for node, rack in samples[["node", "rack"]].dropna().drop_duplicates().itertuples(index=False):
+            mapping.setdefault(str(node), str(rack))
+    return mapping
+
+
+def _groups(pods: pd.DataFrame, index: ObjectIndex) -> dict[str, pd.Series]:
+    """Pod rows -> workload keys "resource|namespace|name", per workload resource; and namespaces."""
+    labels_of: dict[tuple[str, str], Mapping[str, str]] = {
+        (obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)
+    }
+    deployments: dict[str, list[KubeObject]] = {}
+    for deployment in index.objects(DEPLOYMENTS, None):
+        deployments.setdefault(deployment.namespace, []).append(deployment)
+    by_deployment: list[str | None] = []
+    by_service: list[str | None] = []
+    for namespace, pod in zip(pods["namespace"], pods["pod"], strict=True):
+        labels = labels_of.get((namespace, pod), {})
+        owner = next(
+            (
+                d.name
+                for d in deployments.get(namespace, [])
+                if d.pod_selector is not None and d.pod_selector.matches(labels)
+            ),
+            None,
+        )
+        by_deployment.append(f"{namespace}|{owner}" if owner else None)
+        service = labels.get(KSERVE_LABEL)
+        by_service.append(f"{namespace}|{service}" if service else None)
+    return {
+        DEPLOYMENTS: pd.Series(by_deployment, index=pods.index, dtype=object),
+        INFERENCE_SERVICES: pd.Series(by_service, index=pods.index, dtype=object),
+        NAMESPACES: pods["namespace"].astype(object),
+    }
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(key): value for key, value in row.items()} for row in frame.to_dict("records")]
+
+
+def store_values(
+    estimate: FleetEstimate,
+    *,
+    index: ObjectIndex,
+    racks_of_nodes: Mapping[str, str],
+    window_seconds: float,
+) -> dict[Key, StoredValue]:
+    put = _Put({})
+    pods = estimate.pods.dropna(subset=["namespace", "pod"])
+    for row in _records(pods):
+        ref = ObjectRef(PODS, str(row["namespace"]), str(row["pod"]))
+        window = row["window_end_seconds"] - row["window_start_seconds"]
+        for metric in POD_METRICS:
+            method = row["method"]
+            extra = {"method": method} if metric == "watts_per_token" and isinstance(method, str) else {}
+            put.add(ref, metric, row[metric], row["window_end_seconds"], window, **extra)
+
+    racks = {str(row["rack"]): row for row in _records(estimate.racks)}
+    if not pods.empty:
+        pod_racks = pods["node"].map(lambda node: racks_of_nodes.get(str(node)))
+        for resource, group_of_pod in _groups(pods, index).items():
+            for row in _records(aggregate_pods(pods, group_of_pod)):
+                group = str(row["group"])
+                if resource == NAMESPACES:
+                    ref = ObjectRef(NAMESPACES, "", group)
+                else:
+                    namespace, name = group.split("|", 1)
+                    ref = ObjectRef(resource, namespace, name)
+                end, window = (
+                    row["window_end_seconds"],
+                    row["window_end_seconds"] - row["window_start_seconds"],
+                )
+                for metric in POD_METRICS:
+                    put.add(ref, metric, row[metric], end, window)
+                members = pod_racks[group_of_pod == group].dropna()
+                if resource == NAMESPACES or members.empty:
+                    continue
+                rack = str(members.mode().iloc[0])
+                replica_peak_watts = float(pods.loc[group_of_pod == group, "power_watts"].max())
+                if rack in racks and math.isfinite(replica_peak_watts) and replica_peak_watts > 0:
+                    replicas = replicas_within_budget(
+                        float(racks[rack]["headroom_watts"]), replica_peak_watts, int(row["pods"])
+                    )
+                    put.add(ref, "replicas_within_budget", replicas, end, window, rack=rack)
+
+    for row in _records(estimate.nodes):
+        ref = ObjectRef(NODES, "", str(row["node"]))
+        put.add(ref, "node_power_watts", row["node_power_watts"], row["window_end_seconds"], window_seconds)
+        put.add(ref, "gpu_power_watts", row["gpu_power_watts"], row["window_end_seconds"], window_seconds)
+        node_rack = racks.get(racks_of_nodes.get(str(row["node"]), ""))
+        if node_rack is not None:
+            for metric, column in RACK_METRICS.items():
+                put.add(
+                    ref,
+                    metric,
+                    node_rack[column],
+                    node_rack["window_end_seconds"],
+                    window_seconds,
+                    rack=str(node_rack["rack"]),
+                )
+    for rack, row in racks.items():
+        ref = ObjectRef(POWER_BUDGETS, "", rack)
+        estimated = "true" if bool(row["estimated"]) else "false"
+        for metric, column in RACK_METRICS.items():
+            put.add(
+                ref,
+                metric,
+                row[column],
+                row["window_end_seconds"],
+                window_seconds,
+                rack=rack,
+                estimated=estimated,
+            )
+    return put.values
+
+
+class Pipeline:
+    def __init__(
+        self,
+        collectors: Sequence[Collector],
+        *,
+        store: MetricStore,
+        index: ObjectIndex,
+        settings: Settings,
+        self_metrics: SelfMetrics,
+        racks: Callable[[], Sequence[RackSettings]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.collectors = list(collectors)
+        self._store = store
+        self._index = index
+        self._settings = settings
+        self._metrics = self_metrics
+        self._racks = racks or (lambda: settings.racks)
+        self._clock = clock
+        longest_interval = max((c.interval_seconds for c in collectors), default=0.0)
+        # Two windows: counters need a sample before the window starts to measure across all of it.
+        self.history = SampleHistory(2 * settings.window_seconds + longest_interval)
+        self._failing: set[str] = set()
+
+    async def poll(self, collector: Collector) -> bool:
+        """One poll of one collector; failures are counted and logged once per state change."""
+        name = collector.name
+        timeout = max(float(getattr(collector, "timeout_seconds", collector.interval_seconds)), 1.0) * 2
+        self._metrics.collector_runs.labels(name).inc()
+        try:
+            async with asyncio.timeout(timeout):
+                samples = await collector.collect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure of a plug-in: mark its metrics stale, keep serving the rest
+            error = "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__
+            self._metrics.collector_errors.labels(name, error).inc()
+            self._metrics.collector_up.labels(name).set(0)
+            if name not in self._failing:
+                self._failing.add(name)
+                log.warning("collector.stale", extra={"collector": name, "error": error, "detail": str(exc)})
+            return False
+        now = self._clock()
+        self.history.add(name, samples, now)
+        self._metrics.collector_samples.labels(name).set(len(samples))
+        self._metrics.collector_last_success.labels(name).set(now)
+        self._metrics.collector_up.labels(name).set(1)
+        if name in self._failing:
+            self._failing.discard(name)
+            log.info("collector.recovered", extra={"collector": name})
+        return True
+
+    def estimate_once(self) -> int:
+        """One estimator pass over the history; returns how many values the store now holds."""
+        started = time.perf_counter()
+        now = self._clock()
+        frame = self.history.frame(now)
+        racks = list(self._racks())
+        rack_frame = pd.DataFrame(
+            {
+                "rack": [r.name for r in racks],
+                "cap_watts": [r.cap_watts for r in racks],
+                "margin_ratio": [r.margin_ratio for r in racks],
+            }
+        )
+        mapping = node_racks(self._index, racks, frame)
+        estimate = estimate_fleet(
+            frame,
+            node_racks=mapping,
+            racks=rack_frame,
+            window_seconds=self._settings.window_seconds,
+            now_seconds=now,
+        )
+        values = store_values(
+            estimate, index=self._index, racks_of_nodes=mapping, window_seconds=self._settings.window_seconds
+        )
+        self._store.put_all(values)
+        self._metrics.stored_values.set(len(values))
+        self._metrics.pipeline_duration.observe(time.perf_counter() - started)
+        return len(values)
+
+    async def _poll_forever(self, collector: Collector) -> None:
+        while True:
+            started = self._clock()
+            await self.poll(collector)
+            await asyncio.sleep(max(collector.interval_seconds - (self._clock() - started), 0.0))
+
+    async def _estimate_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.estimate_once)
+            except Exception:  # a bug in one pass must not stop the next; the old snapshot stays served
+                log.exception("pipeline.estimate_failed")
+            await asyncio.sleep(self._settings.estimate_interval_seconds)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for collector in self.collectors:
+                tasks.create_task(self._poll_forever(collector), name=f"collector:{collector.name}")
+            tasks.create_task(self._estimate_forever(), name="estimator")
+
+    async def aclose(self) -> None:
+        for collector in self.collectors:
+            try:
+                await collector.aclose()
+            except Exception:
+                log.exception("collector.close_failed", extra={"collector": collector.name})
+
+
+def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> list[Collector]:
+    """Build collectors from (name, entry-point type, raw settings); every problem is reported at once."""
+    from importlib.metadata import entry_points
+
+    from adapter.errors import ConfigError
+    from collectors.base import CollectorConfigError
+
+    available = {ep.name: ep for ep in entry_points(group="wattscale.collectors")}
+    collectors: list[Collector] = []
+    problems: list[str] = []
+    for name, kind, raw in entries:
+        entry_point = available.get(kind)
+        if entry_point is None:
+            problems.append(
+                f"collectors.{name}.type: unknown collector {kind!r}; installed: {', '.join(sorted(available))}"
+            )
+            continue
+        try:
+            factory = entry_point.load()
+            collectors.append(factory.from_settings(name, raw))
+        except CollectorConfigError as exc:
+            problems.extend(f"collectors.{name}.{problem}" for problem in exc.problems)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"collectors.{name}.type: {kind!r} cannot be loaded: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return collectors

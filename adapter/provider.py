@@ -1,0 +1,168 @@
+"""The provider: answers parsed queries from the metric store and the object index.
+
+Like custom-metrics-apiserver's `CustomMetricsProvider`, it never sees a request; the API layer
+parses, authorizes and renders around it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from adapter import wire
+from adapter.catalogue import (
+    CATALOGUE,
+    CLUSTER_SCOPED,
+    DEPLOYMENTS,
+    INFERENCE_SERVICES,
+    METRICS_BY_NAME,
+    NAMESPACES,
+    POWER_BUDGETS,
+    WORKLOADS,
+)
+from adapter.errors import MetricNotFoundError, StaleMetricError
+from adapter.objects import ObjectIndex
+from adapter.query import CustomQuery, ExternalQuery
+from adapter.store import MetricStore, ObjectRef, StoredValue
+
+RACK_METRICS = tuple(spec.name for spec in CATALOGUE if POWER_BUDGETS in spec.resources)
+EXTERNAL_WORKLOAD_METRICS = tuple(spec.name for spec in CATALOGUE if NAMESPACES in spec.resources)
+
+
+class StoreProvider:
+    def __init__(
+        self,
+        store: MetricStore,
+        index: ObjectIndex,
+        *,
+        clock: Callable[[], float] = time.time,
+        observe_age: Callable[[float], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._index = index
+        self._clock = clock
+        self._observe_age = observe_age
+        self._rendered: dict[tuple[str, ObjectRef, str], str] = {}
+        self._rendered_generation = -1
+
+    def list_custom_metrics(self) -> list[tuple[str, bool, str]]:
+        return [
+            (f"{resource}/{spec.name}", resource not in CLUSTER_SCOPED, "MetricValueList")
+            for spec in CATALOGUE
+            for resource in spec.resources
+        ]
+
+    def list_external_metrics(self) -> list[tuple[str, bool, str]]:
+        return [
+            (name, True, "ExternalMetricValueList") for name in (*RACK_METRICS, *EXTERNAL_WORKLOAD_METRICS)
+        ]
+
+    def _check_metric(self, resource: str, metric: str) -> None:
+        spec = METRICS_BY_NAME.get(metric)
+        if spec is None or resource not in spec.resources:
+            raise MetricNotFoundError.for_metric(resource, metric)
+
+    def _item(self, version: str, ref: ObjectRef, metric: str, value: StoredValue, query: CustomQuery) -> str:
+        if self._observe_age is not None:
+            self._observe_age(self._clock() - value.timestamp_seconds)
+        if not query.metric_selector.empty:
+            return wire.metric_value_item(
+                version, ref, metric, value, query.metric_selector.as_label_selector()
+            )
+        generation = self._store.generation
+        if generation != self._rendered_generation:
+            self._rendered = {}
+            self._rendered_generation = generation
+        key = (version, ref, metric)
+        item = self._rendered.get(key)
+        if item is None:
+            item = self._rendered[key] = wire.metric_value_item(version, ref, metric, value, None)
+        return item
+
+    def custom_items(self, query: CustomQuery) -> list[str]:
+        """Rendered MetricValue items: exactly one for a named object, at least one for a selector."""
+        self._check_metric(query.resource, query.metric)
+        namespace = query.object_namespace
+        now = self._clock()
+        if not query.wildcard:
+            ref = ObjectRef(query.resource, namespace, query.name)
+            value = self._store.get(ref, query.metric, now_seconds=now)
+            if not query.metric_selector.matches(value.labels):
+                raise MetricNotFoundError(
+                    f"the server could not find the metric {query.metric} for {query.resource} {query.name} "
+                    f"with metric selector {query.metric_selector}"
+                )
+            return [self._item(query.version, ref, query.metric, value, query)]
+        values = self._store.values_of(query.resource, namespace, query.metric)
+        objects = self._index.objects(
+            query.resource, namespace if query.resource not in CLUSTER_SCOPED else None
+        )
+        items: list[str] = []
+        stale = 0
+        for obj in objects:
+            found = values.get(obj.name)
+            if found is None or not query.selector.matches(obj.labels):
+                continue
+            if not query.metric_selector.matches(found.labels):
+                continue
+            if not self._store.is_fresh(found, now):
+                stale += 1
+                continue
+            ref = ObjectRef(query.resource, namespace, obj.name)
+            items.append(self._item(query.version, ref, query.metric, found, query))
+        if not items:
+            if stale:
+                raise StaleMetricError(
+                    f"the metric {query.metric} for {query.resource} with selector {query.selector or '<all>'} is "
+                    f"stale for all {stale} matching objects (max age {self._store.max_age_seconds:.0f}s)"
+                )
+            raise MetricNotFoundError.for_selector(query.resource, query.metric, str(query.selector))
+        return items
+
+    def _external_candidates(
+        self, query: ExternalQuery
+    ) -> Iterable[tuple[StoredValue | None, dict[str, str]]]:
+        if query.metric in RACK_METRICS:
+            for name, value in self._store.values_of(POWER_BUDGETS, "", query.metric).items():
+                yield value, {"rack": name}
+            return
+        namespace = query.namespace
+        yield (
+            self._store.values_of(NAMESPACES, "", query.metric).get(namespace),
+            {"namespace": namespace, "scope": "namespace"},
+        )
+        for resource, label in ((DEPLOYMENTS, "deployment"), (INFERENCE_SERVICES, "inferenceservice")):
+            for name, value in self._store.values_of(resource, namespace, query.metric).items():
+                yield value, {"namespace": namespace, "scope": label, label: name}
+
+    def external_values(self, query: ExternalQuery) -> list[StoredValue]:
+        if query.metric not in RACK_METRICS and query.metric not in EXTERNAL_WORKLOAD_METRICS:
+            raise MetricNotFoundError(f"the server could not find the external metric {query.metric}")
+        now = self._clock()
+        selector = query.selector
+        found: list[StoredValue] = []
+        stale = 0
+        for value, labels in self._external_candidates(query):
+            if value is None:
+                continue
+            if selector.empty and labels.get("scope", "namespace") != "namespace":
+                continue  # without a selector, one value per namespace: the HPA sums external items
+            if not selector.matches(labels):
+                continue
+            if not self._store.is_fresh(value, now):
+                stale += 1
+                continue
+            found.append(StoredValue(value.value, value.timestamp_seconds, value.window_seconds, labels))
+        if not found:
+            if stale:
+                raise StaleMetricError(
+                    f"the external metric {query.metric} is stale in namespace {query.namespace}"
+                )
+            raise MetricNotFoundError(
+                f"the server could not find the external metric {query.metric} in namespace {query.namespace} "
+                f"with selector {selector or '<all>'}"
+            )
+        return found
+
+
+__all__ = ["WORKLOADS", "StoreProvider"]

@@ -1,0 +1,84 @@
+"""Run the API server and the pipeline together until cancelled: shared by `serve` and `demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from adapter.api import ApiSettings, create_app
+from adapter.auth import Authorizer, RequestAuthenticator
+from adapter.objects import ObjectIndex
+from adapter.pipeline import Pipeline
+from adapter.selfmetrics import SelfMetrics
+from adapter.store import MetricStore
+from adapter.tls import ServingTls, default_cert_dir, generate_self_signed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServingSettings:
+    bind_address: str = "0.0.0.0"
+    port: int = 6443
+    tls_cert_file: Path | None = None
+    tls_private_key_file: Path | None = None
+    cert_dir: Path | None = None
+
+
+def serving_tls(
+    settings: ServingSettings, *, request_client_certificates: bool, client_ca_pem: str = ""
+) -> ServingTls:
+    if settings.tls_cert_file and settings.tls_private_key_file:
+        cert, key = settings.tls_cert_file, settings.tls_private_key_file
+    else:
+        hosts = sorted({"localhost", "127.0.0.1", "::1", settings.bind_address} - {"0.0.0.0", "::"})
+        cert, key = generate_self_signed(settings.cert_dir or default_cert_dir(), hosts)
+        log.warning("tls.self_signed", extra={"cert": str(cert), "hosts": hosts})
+    return ServingTls(
+        cert, key, request_client_certificates=request_client_certificates, client_ca_pem=client_ca_pem
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    *,
+    serving: ServingSettings,
+    tls: ServingTls,
+    pipeline: Pipeline,
+    store: MetricStore,
+    index: ObjectIndex,
+    authenticator: RequestAuthenticator,
+    authorizer: Authorizer | None,
+    self_metrics: SelfMetrics,
+    api_settings: ApiSettings,
+) -> AsyncIterator[web.AppRunner]:
+    """The API listening and the pipeline running; both stop when the block exits."""
+    app = create_app(
+        store=store,
+        index=index,
+        authenticator=authenticator,
+        authorizer=authorizer,
+        self_metrics_registry=self_metrics,
+        settings=api_settings,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, serving.bind_address, serving.port, ssl_context=tls.listening_context, backlog=1024
+    )
+    pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
+    try:
+        await site.start()
+        yield runner
+    finally:
+        pipeline_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pipeline_task
+        await pipeline.aclose()
+        await runner.cleanup()
