@@ -4,10 +4,13 @@ Scrapes arrive every 15-30 s at moments that differ per target, some are missing
 restart. These functions state and apply one set of rules, so every estimator upstream agrees:
 
 Resets
-    A counter that goes down has restarted from zero (process restart, driver reload). The increase
-    over that interval is the value after the drop, as in Prometheus: what was counted between the
-    last sample before the restart and the restart itself is lost, so an increase across a reset is
-    a lower bound.
+    A counter that goes down has restarted from zero (process restart, driver reload). By default
+    (`on_reset="post_value"`) the increase over that interval is the value after the drop, as in
+    Prometheus: what was counted between the last sample before the restart and the restart itself
+    is lost, which is right for a token counter whose server was down. With
+    `on_reset="neighbour_rate"` the interval instead gets the larger of that value and the mean rate
+    of the intervals on either side times its length: right for an energy counter whose exporter
+    restarted while the hardware kept drawing power.
 Gaps
     Between two samples the counter's increase is known exactly; how it was spread inside the interval
     is not. Interpolation assumes a constant rate inside each interval, however long. A missing scrape
@@ -31,6 +34,7 @@ Gauges
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -55,16 +59,32 @@ def _as_sorted(times: npt.ArrayLike, values: npt.ArrayLike) -> tuple[FloatArray,
     return t, v
 
 
-def reset_corrected(values: npt.ArrayLike) -> FloatArray:
+ResetRule = Literal["post_value", "neighbour_rate"]
+
+
+def reset_corrected(
+    values: npt.ArrayLike, times: npt.ArrayLike | None = None, *, on_reset: ResetRule = "post_value"
+) -> FloatArray:
     """Cumulative increase of a counter since its first sample, with restarts counted from zero.
 
-    `values` must be in time order. The result starts at 0 and never decreases.
+    `values` must be in time order. The result starts at 0 and never decreases. `on_reset`
+    (module docstring) needs `times` when it is "neighbour_rate".
     """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return v.copy()
     steps = np.diff(v)
-    steps = np.where(steps < 0, v[1:], steps)
+    dropped = steps < 0
+    steps = np.where(dropped, v[1:], steps)
+    if on_reset == "neighbour_rate" and dropped.any():
+        if times is None:
+            raise ValueError('on_reset="neighbour_rate" needs the sample times')
+        dt = np.diff(np.asarray(times, dtype=np.float64))
+        rates = np.where(dropped, np.nan, steps / np.where(dt > 0, dt, np.nan))
+        for i in np.flatnonzero(dropped):
+            around = [rates[j] for j in (i - 1, i + 1) if 0 <= j < rates.size and np.isfinite(rates[j])]
+            if around:
+                steps[i] = max(steps[i], float(np.mean(around)) * dt[i])
     return np.concatenate(([0.0], np.cumsum(steps)))
 
 
@@ -73,12 +93,21 @@ def count_resets(values: npt.ArrayLike) -> int:
     return int(np.count_nonzero(np.diff(v) < 0))
 
 
+def reset_intervals(times: npt.ArrayLike, values: npt.ArrayLike) -> FloatArray:
+    """(before, after) sample times around each restart of a counter: shape (n, 2). What the counter
+    did inside such an interval is partly unknown, so estimates over it are marked."""
+    t, v = _as_sorted(times, values)
+    dropped = np.flatnonzero(np.diff(v) < 0)
+    return np.column_stack((t[dropped], t[dropped + 1])) if dropped.size else np.empty((0, 2))
+
+
 def counter_at(
     times: npt.ArrayLike,
     values: npt.ArrayLike,
     at_seconds: npt.ArrayLike,
     *,
     max_extrapolation_seconds: float | None = None,
+    on_reset: ResetRule = "post_value",
 ) -> FloatArray:
     """The reset-corrected counter (0 at the first sample) at each instant in `at_seconds`.
 
@@ -90,7 +119,7 @@ def counter_at(
     out = np.full(at.shape, np.nan)
     if t.size == 0:
         return out
-    c = reset_corrected(v)
+    c = reset_corrected(v, t, on_reset=on_reset)
     if t.size == 1:
         out[at == t[0]] = 0.0
         return out
@@ -115,9 +144,12 @@ def window_increases(
     edges_seconds: npt.ArrayLike,
     *,
     max_extrapolation_seconds: float | None = None,
+    on_reset: ResetRule = "post_value",
 ) -> FloatArray:
     """Counter increase over each window [edges[i], edges[i+1]]; NaN where a window is not covered."""
-    at = counter_at(times, values, edges_seconds, max_extrapolation_seconds=max_extrapolation_seconds)
+    at = counter_at(
+        times, values, edges_seconds, max_extrapolation_seconds=max_extrapolation_seconds, on_reset=on_reset
+    )
     return np.diff(at)
 
 
