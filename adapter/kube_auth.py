@@ -28,7 +28,11 @@ class KubeTokenReviewer:
 
     async def review(self, token: str) -> UserInfo | None:
         self._metrics.auth_cache.labels("TokenReview").inc()
-        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+        body = client.V1TokenReview(
+            api_version="authentication.k8s.io/v1",
+            kind="TokenReview",
+            spec=client.V1TokenReviewSpec(token=token),
+        )
         result = await self._api.create_token_review(body)
         status = result.status
         if status is None or not status.authenticated or status.user is None:
@@ -56,7 +60,11 @@ class KubeAccessReviewer:
         else:
             resource: dict[str, Any] = dict(attributes.to_json())
             spec["resource_attributes"] = client.V1ResourceAttributes(**resource)
-        body = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(**spec))
+        body = client.V1SubjectAccessReview(
+            api_version="authorization.k8s.io/v1",
+            kind="SubjectAccessReview",
+            spec=client.V1SubjectAccessReviewSpec(**spec),
+        )
         result = await self._api.create_subject_access_review(body)
         status = result.status
         return bool(status and status.allowed), (status.reason or "") if status else ""

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from adapter.api import ApiSettings, create_app
 from adapter.auth import AllowAllAuthenticator
@@ -27,12 +23,20 @@ def _value(value: float, **labels: str) -> StoredValue:
 def example_store() -> MetricStore:
     store = MetricStore(max_age_seconds=120.0, clock=lambda: NOW)
     values = {
-        (ObjectRef(PODS, "inference", "llm-7d9f-abcde"), "watts_per_token"): _value(1.5, method="energy_counter"),
-        (ObjectRef(PODS, "inference", "llm-7d9f-fghij"), "watts_per_token"): _value(0.25, method="power_gauge"),
-        (ObjectRef(PODS, "inference", "chat-5c8b-klmno"), "watts_per_token"): _value(2.0, method="energy_counter"),
+        (ObjectRef(PODS, "inference", "llm-7d9f-abcde"), "watts_per_token"): _value(
+            1.5, method="energy_counter"
+        ),
+        (ObjectRef(PODS, "inference", "llm-7d9f-fghij"), "watts_per_token"): _value(
+            0.25, method="power_gauge"
+        ),
+        (ObjectRef(PODS, "inference", "chat-5c8b-klmno"), "watts_per_token"): _value(
+            2.0, method="energy_counter"
+        ),
         (ObjectRef(PODS, "inference", "llm-7d9f-abcde"), "gpu_power_watts"): _value(398.0),
         (ObjectRef(PODS, "inference", "llm-7d9f-fghij"), "gpu_power_watts"): _value(148.0),
-        (ObjectRef(PODS, "inference", "chat-5c8b-klmno"), "gpu_power_watts"): StoredValue(300.0, NOW - 600.0, 60.0),
+        (ObjectRef(PODS, "inference", "chat-5c8b-klmno"), "gpu_power_watts"): StoredValue(
+            300.0, NOW - 600.0, 60.0
+        ),
         (ObjectRef(DEPLOYMENTS, "inference", "llm"), "power_watts"): _value(1500.0),
         (ObjectRef(INFERENCE_SERVICES, "inference", "chat"), "watts_per_token"): _value(0.75),
         (ObjectRef(NAMESPACES, "", "inference"), "watts_per_token"): _value(1.08),
@@ -52,7 +56,9 @@ def example_index() -> StaticObjectIndex:
             KubeObject(PODS, "inference", "llm-7d9f-abcde", llm, node="node-1"),
             KubeObject(PODS, "inference", "llm-7d9f-fghij", llm, node="node-1"),
             KubeObject(PODS, "inference", "chat-5c8b-klmno", {"app": "chat", "tier": "batch"}, node="node-2"),
-            KubeObject(DEPLOYMENTS, "inference", "llm", {}, pod_selector=parse_selector("app=llm"), replicas=2),
+            KubeObject(
+                DEPLOYMENTS, "inference", "llm", {}, pod_selector=parse_selector("app=llm"), replicas=2
+            ),
             KubeObject(INFERENCE_SERVICES, "inference", "chat", {}),
             KubeObject(NODES, "", "node-1", {"wattscale.io/rack": "r12"}),
             KubeObject(NODES, "", "node-2", {"wattscale.io/rack": "r12"}),
@@ -70,4 +76,3 @@ def example_app(*, external: bool = True) -> web.Application:
         settings=ApiSettings(enable_external_metrics=external),
         clock=lambda: NOW,
     )
-

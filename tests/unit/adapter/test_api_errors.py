@@ -27,26 +27,71 @@ CASES = [
     (f"{CUSTOM}/namespaces/inference/services/%2A/watts_per_token", 404, "NotFound", "for services"),
     (f"{CUSTOM}/namespaces/inference/pods/no-such-pod/watts_per_token", 404, "NotFound", "pods no-such-pod"),
     (f"{CUSTOM}/namespaces/other/pods/%2A/watts_per_token", 404, "NotFound", "with selector"),
-    (f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3Dnothing", 404, "NotFound", "app=nothing"),
-    (f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3D%3D%3D", 400, "BadRequest", "label"),
-    (f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app+in+%28", 400, "BadRequest", "end"),
-    (f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?metricLabelSelector=%21%21", 400, "BadRequest", "invalid label key"),
-    (f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=a%2Fb%2Fc%3Dd", 400, "BadRequest", "label key"),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3Dnothing",
+        404,
+        "NotFound",
+        "app=nothing",
+    ),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3D%3D%3D",
+        400,
+        "BadRequest",
+        "label",
+    ),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app+in+%28",
+        400,
+        "BadRequest",
+        "end",
+    ),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?metricLabelSelector=%21%21",
+        400,
+        "BadRequest",
+        "invalid label key",
+    ),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/%2A/watts_per_token?labelSelector=a%2Fb%2Fc%3Dd",
+        400,
+        "BadRequest",
+        "label key",
+    ),
     (f"{CUSTOM}/namespaces/Inference/pods/%2A/watts_per_token", 400, "BadRequest", "namespace"),
     (f"{CUSTOM}/namespaces/inference/pods/%2A/watts%20per", 400, "BadRequest", "metric name"),
-    (f"{CUSTOM}/namespaces/inference/pods/x/watts_per_token?fieldSelector=metadata.name%3Dy", 400, "BadRequest", "fieldSelector"),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/x/watts_per_token?fieldSelector=metadata.name%3Dy",
+        400,
+        "BadRequest",
+        "fieldSelector",
+    ),
     (f"{CUSTOM}/namespaces/inference/watts_per_token", 400, "BadRequest", "invalid request path"),
     (f"{CUSTOM}/nodes/node-1", 404, "NotFound", "requested resource"),
     (f"{CUSTOM}/namespaces/inference/pods/bar", 404, "NotFound", "requested resource"),
     (f"{CUSTOM}/a/b/c/d/e/f/g", 404, "NotFound", "requested resource"),
     ("/apis/custom.metrics.k8s.io/v2/nodes/node-1/node_power_watts", 404, "NotFound", "requested resource"),
     ("/apis/metrics.k8s.io/v1beta1", 404, "NotFound", "requested resource"),
-    ("/apis/external.metrics.k8s.io/v1beta1/namespaces/foo/group/metric", 404, "NotFound", "requested resource"),
-    ("/apis/external.metrics.k8s.io/v1beta1/namespaces/inference/unknown_metric", 404, "NotFound", "unknown_metric"),
+    (
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/foo/group/metric",
+        404,
+        "NotFound",
+        "requested resource",
+    ),
+    (
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/inference/unknown_metric",
+        404,
+        "NotFound",
+        "unknown_metric",
+    ),
     ("/nothing/here", 404, "NotFound", "requested resource"),
     ("/openapi/v2", 404, "NotFound", "requested resource"),
     # Stale: the value exists but is older than max age. Served as 503, never as a fresh number.
-    (f"{CUSTOM}/namespaces/inference/pods/chat-5c8b-klmno/gpu_power_watts", 503, "ServiceUnavailable", "stale"),
+    (
+        f"{CUSTOM}/namespaces/inference/pods/chat-5c8b-klmno/gpu_power_watts",
+        503,
+        "ServiceUnavailable",
+        "stale",
+    ),
     (f"{CUSTOM}/nodes/node-2/node_power_watts", 503, "ServiceUnavailable", "stale"),
 ]
 
@@ -103,8 +148,12 @@ def _subclasses(cls: type) -> set[type]:
 
 
 SEGMENT = st.one_of(
-    st.sampled_from(["namespaces", "inference", "pods", "nodes", "*", "%2A", "metrics", "deployments.apps", "node-1"]),
-    st.sampled_from(["watts_per_token", "gpu_power_watts", "rack_power_headroom_watts", "llm-7d9f-abcde", "%2F"]),
+    st.sampled_from(
+        ["namespaces", "inference", "pods", "nodes", "*", "%2A", "metrics", "deployments.apps", "node-1"]
+    ),
+    st.sampled_from(
+        ["watts_per_token", "gpu_power_watts", "rack_power_headroom_watts", "llm-7d9f-abcde", "%2F"]
+    ),
     st.text(alphabet=st.characters(codec="ascii", categories=["L", "N", "P", "S"]), min_size=1, max_size=12),
 )
 PREFIX = st.sampled_from(
@@ -120,7 +169,9 @@ PREFIX = st.sampled_from(
 )
 SELECTOR = st.one_of(
     st.none(),
-    st.sampled_from(["app=llm", "app in (llm,chat)", "!tier", "tier notin (batch)", "a=b,c!=d", "x", "=", "in ()", ","]),
+    st.sampled_from(
+        ["app=llm", "app in (llm,chat)", "!tier", "tier notin (batch)", "a=b,c!=d", "x", "=", "in ()", ","]
+    ),
     st.text(max_size=30),
 )
 
@@ -138,7 +189,9 @@ def _url(prefix: str, segments: list[str]) -> str:
     label_selector=SELECTOR,
     metric_selector=SELECTOR,
     extra_headers=st.dictionaries(
-        st.sampled_from(["Accept", "X-Remote-User", "X-Remote-Group", "Authorization", "X-Remote-Extra-Scopes"]),
+        st.sampled_from(
+            ["Accept", "X-Remote-User", "X-Remote-Group", "Authorization", "X-Remote-Extra-Scopes"]
+        ),
         st.text(alphabet=st.characters(codec="latin-1", exclude_categories=["Cc"]), max_size=20),
         max_size=3,
     ),
@@ -166,4 +219,10 @@ async def test_random_requests_never_get_5xx_or_a_non_status_error(
     if response.status >= 400:
         assert body["kind"] == "Status" and body["code"] == response.status
     else:
-        assert body["kind"] in {"MetricValueList", "ExternalMetricValueList", "APIResourceList", "APIGroup", "APIGroupList"}
+        assert body["kind"] in {
+            "MetricValueList",
+            "ExternalMetricValueList",
+            "APIResourceList",
+            "APIGroup",
+            "APIGroupList",
+        }

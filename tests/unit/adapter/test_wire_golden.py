@@ -14,10 +14,22 @@ GOLDEN = Path(__file__).parent / "golden"
 CUSTOM = "/apis/custom.metrics.k8s.io"
 
 CASES = [
-    (f"{CUSTOM}/v1beta2/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3Dllm", "v1beta2_pods_selector"),
-    (f"{CUSTOM}/v1beta1/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3Dllm", "v1beta1_pods_selector"),
-    (f"{CUSTOM}/v1beta2/namespaces/inference/pods/*/watts_per_token?labelSelector=app+in+%28llm%29", "v1beta2_pods_selector"),
-    (f"{CUSTOM}/v1beta2/namespaces/inference/pods/*/watts_per_token?labelSelector=tier%21%3Dbatch", "v1beta2_pods_selector"),
+    (
+        f"{CUSTOM}/v1beta2/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3Dllm",
+        "v1beta2_pods_selector",
+    ),
+    (
+        f"{CUSTOM}/v1beta1/namespaces/inference/pods/%2A/watts_per_token?labelSelector=app%3Dllm",
+        "v1beta1_pods_selector",
+    ),
+    (
+        f"{CUSTOM}/v1beta2/namespaces/inference/pods/*/watts_per_token?labelSelector=app+in+%28llm%29",
+        "v1beta2_pods_selector",
+    ),
+    (
+        f"{CUSTOM}/v1beta2/namespaces/inference/pods/*/watts_per_token?labelSelector=tier%21%3Dbatch",
+        "v1beta2_pods_selector",
+    ),
     (f"{CUSTOM}/v1beta2/namespaces/inference/pods/llm-7d9f-abcde/gpu_power_watts", "v1beta2_pod_named"),
     (
         f"{CUSTOM}/v1beta2/namespaces/inference/pods/llm-7d9f-abcde/gpu_power_watts?fieldSelector=metadata.name%3Dllm-7d9f-abcde",
@@ -54,7 +66,9 @@ def _canonical(text: str) -> str:
 
 
 @pytest.mark.parametrize(("path", "golden"), CASES, ids=[f"{name}:{i}" for i, (_, name) in enumerate(CASES)])
-async def test_body_matches_golden(api: TestClient[web.Request, web.Application], path: str, golden: str) -> None:
+async def test_body_matches_golden(
+    api: TestClient[web.Request, web.Application], path: str, golden: str
+) -> None:
     response = await api.get(path)
     expected = (GOLDEN / f"{golden}.json").read_text()
     assert response.status == json.loads(expected).get("code", 200)
@@ -70,7 +84,9 @@ async def test_pretty_prints_the_same_document(api: TestClient[web.Request, web.
 
 
 @pytest.mark.parametrize("version", ["v1beta1", "v1beta2"])
-async def test_discovery_lists_every_catalogue_metric(api: TestClient[web.Request, web.Application], version: str) -> None:
+async def test_discovery_lists_every_catalogue_metric(
+    api: TestClient[web.Request, web.Application], version: str
+) -> None:
     document = await (await api.get(f"{CUSTOM}/{version}")).json()
     assert document["kind"] == "APIResourceList"
     assert document["apiVersion"] == "v1"
@@ -98,7 +114,10 @@ async def test_group_documents_prefer_v1beta2(api: TestClient[web.Request, web.A
     groups = await (await api.get("/apis")).json()
     assert groups["kind"] == "APIGroupList"
     custom = next(group for group in groups["groups"] if group["name"] == "custom.metrics.k8s.io")
-    assert custom["preferredVersion"] == {"groupVersion": "custom.metrics.k8s.io/v1beta2", "version": "v1beta2"}
+    assert custom["preferredVersion"] == {
+        "groupVersion": "custom.metrics.k8s.io/v1beta2",
+        "version": "v1beta2",
+    }
     assert [v["version"] for v in custom["versions"]] == ["v1beta2", "v1beta1"]
     group = await (await api.get("/apis/custom.metrics.k8s.io")).json()
     assert group["kind"] == "APIGroup"
