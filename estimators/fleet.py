@@ -11,11 +11,13 @@ Rules, in the order they are applied:
    Power comes from an energy counter when one has two samples in the window (method
    `energy_counter`); otherwise from the mean of the power gauge (`power_gauge`). A 1 s averaged gauge
    scraped every 15 s sees a fifteenth of the time, which is why the counter wins.
-3. A GPU's power goes to the pods `gpu_assignment_info` puts on it. A GPU shared by several pods is
-   split by their generation-token rates (`token_share`), or equally when those are unknown
-   (`equal_share`). Shares sum to the GPU's power, so pod sums never exceed what was measured.
-   A pod with no assigned GPU may take its GPU power from Kepler (`pod_gpu_energy_joules_total`).
-4. A pod's `power_watts` is its GPU share plus its Kepler CPU/DRAM power when known.
+3. A GPU's power goes to the pods `gpu_assignment_info` puts on it (`estimators.attribution`). A GPU
+   shared by several pods is split by their generation-token rates (`token_share`), else by their
+   `pod_gpu_utilization_ratio` (`utilization_share`), else equally (`equal_share`). Shares sum to
+   the GPU's power, so pod sums never exceed what was measured. A pod with no assigned GPU may take
+   its GPU power from Kepler (`pod_gpu_energy_joules_total`, method `kepler_gpu`).
+4. A pod's `power_watts` is its GPU share plus its Kepler CPU/DRAM power when known, scaled down
+   (`kepler_cpu_scaled`) where the node's measured power could not hold it.
    `energy_joules` and `generation_tokens` are rate x window, so `watts_per_token` (joules per
    generated token, despite the name) = energy / tokens = power / token rate over the same window.
 5. Node power is measured (`node_energy_joules_total` or `node_power_watts`) when available, else the
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from estimators.attribution import fit_cpu_to_node, split_gpu_power
 from estimators.rates import series_rates
 
 POD_COLUMNS = [
@@ -141,33 +144,30 @@ def _outer_on(keys: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
-def _pod_frame(samples: pd.DataFrame, window_start: float, window_end: float, window: float) -> pd.DataFrame:
+def _measured_node_power(samples: pd.DataFrame) -> pd.Series:
+    node_meters = _power(samples, "node_energy_joules_total", "node_power_watts", ["node"])
+    return _sum_by(node_meters, "node", "power_watts")
+
+
+def _pod_frame(
+    samples: pd.DataFrame,
+    node_power_watts: pd.Series,
+    *,
+    window_start: float,
+    window_end: float,
+    window: float,
+) -> pd.DataFrame:
     gpus = _power(samples, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     gen_rate = _counter_rate(samples, "generation_tokens_total", _POD, "generation_tokens_per_second")
     prompt_rate = _counter_rate(samples, "prompt_tokens_total", _POD, "prompt_tokens_per_second")
     cpu_power = _counter_rate(samples, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts")
     kepler_gpu = _counter_rate(samples, "pod_gpu_energy_joules_total", _POD, "kepler_gpu_watts")
 
+    utilization = _gauge_mean(samples, "pod_gpu_utilization_ratio", _POD, "utilization_ratio")
     assignment_rows = _metric(samples, "gpu_assignment_info", [*_GPU, *_POD]).sort_values("timestamp_seconds")
-    latest = assignment_rows.groupby([*_GPU, *_POD], as_index=False)["value"].last()
+    latest = assignment_rows.groupby([*_GPU, *_POD])["value"].last().reset_index()
     assignments = latest.loc[latest["value"] > 0, [*_GPU, *_POD]]
-
-    shares = assignments.merge(gpus, on=_GPU, how="inner").merge(gen_rate, on=_POD, how="left")
-    per_gpu = shares.groupby(_GPU)
-    pods_on_gpu = per_gpu["pod"].transform("size")
-    token_total = per_gpu["generation_tokens_per_second"].transform("sum")
-    unknown = (
-        shares["generation_tokens_per_second"].isna().groupby([shares[k] for k in _GPU]).transform("any")
-    )
-    by_tokens = (~unknown.astype(bool)) & (token_total > 0)
-    weight = np.where(
-        by_tokens,
-        shares["generation_tokens_per_second"] / token_total.where(token_total > 0),
-        1.0 / pods_on_gpu,
-    )
-    shares["gpu_share_watts"] = shares["power_watts"] * weight
-    split = np.where(pods_on_gpu > 1, np.where(by_tokens, "/token_share", "/equal_share"), "")
-    shares["method"] = shares["method"] + split
+    shares = split_gpu_power(gpus, assignments, _outer_on(_POD, [gen_rate, utilization]))
     gpu_per_pod = shares.groupby(_POD, as_index=False).agg(
         gpu_power_watts=("gpu_share_watts", "sum"),
         assigned_node=("node", "first"),
@@ -186,12 +186,16 @@ def _pod_frame(samples: pd.DataFrame, window_start: float, window_end: float, wi
     use_kepler_gpu = pods["gpu_power_watts"].isna() & pods["kepler_gpu_watts"].notna()
     pods.loc[use_kepler_gpu, "gpu_power_watts"] = pods.loc[use_kepler_gpu, "kepler_gpu_watts"]
     pods.loc[use_kepler_gpu, "gpu_method"] = "kepler_gpu"
+    pods = fit_cpu_to_node(pods, node_power_watts)
     has_gpu = pods["gpu_power_watts"].notna()
     has_cpu = pods["cpu_power_watts"].notna()
     pods["power_watts"] = pods["gpu_power_watts"].add(pods["cpu_power_watts"], fill_value=0.0)
-    method = pods["gpu_method"].where(has_gpu, "")
-    method = method.where(~(has_gpu & has_cpu), method + "+kepler_cpu")
-    method = method.where(~(~has_gpu & has_cpu), "kepler_cpu")
+    cpu_label = pd.Series(
+        np.where(pods["cpu_scaled"], "kepler_cpu_scaled", "kepler_cpu"), index=pods.index, dtype=str
+    )
+    method = pods["gpu_method"].astype(str).where(has_gpu, "")
+    method = method.where(~(has_gpu & has_cpu), method + "+" + cpu_label)
+    method = method.where(~(~has_gpu & has_cpu), cpu_label)
     pods["method"] = method.where(has_gpu | has_cpu, "none")
 
     pods["gpu_energy_joules"] = pods["gpu_power_watts"] * window
@@ -216,9 +220,7 @@ def _node_frame(
 ) -> pd.DataFrame:
     gpus = _power(samples, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     gpu_sum = _sum_by(gpus, "node", "power_watts")
-    measured = _sum_by(
-        _power(samples, "node_energy_joules_total", "node_power_watts", ["node"]), "node", "power_watts"
-    )
+    measured = _measured_node_power(samples)
     with_node = pods.loc[pods["node"].notna() & pods["power_watts"].notna()]
     cpu = with_node.assign(cpu_watts=with_node["power_watts"] - with_node["gpu_power_watts"].fillna(0.0))
     cpu_by_node = _sum_by(cpu, "node", "cpu_watts")
@@ -291,7 +293,13 @@ def estimate_fleet(
     frame = _with_labels(samples, labels).astype({"value": np.float64, "timestamp_seconds": np.float64})
     in_window = frame["timestamp_seconds"].between(window_start, now_seconds)
     frame = frame.loc[in_window]
-    pods = _pod_frame(frame, window_start, now_seconds, window_seconds)
+    pods = _pod_frame(
+        frame,
+        _measured_node_power(frame),
+        window_start=window_start,
+        window_end=now_seconds,
+        window=window_seconds,
+    )
     nodes = _node_frame(frame, pods, node_racks, now_seconds)
     rack_frame = _rack_frame(frame, nodes, node_racks, racks, now_seconds)
     return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame)

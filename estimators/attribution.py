@@ -1,0 +1,83 @@
+"""Attribute measured GPU and node power to pods, never handing out more than was measured.
+
+NVML and DCGM report per device, Kepler per process but with a model (anchors-power.md: RMSE 11.9 W,
+about 15x overestimate in one study). So the device reading is the budget and the pods share it:
+
+GPU power
+    Each GPU's power goes to the pods `gpu_assignment_info` puts on it. A GPU with one pod gives it
+    everything. A shared GPU (time-slicing, MPS, MIG reported per parent) splits by the pods'
+    generation-token rates (`token_share`) when every pod on it has one and they are not all zero,
+    else by their utilisation ratios (`utilization_share`) under the same condition, else equally
+    (`equal_share`). Weights are normalised per GPU, so the shares sum to the GPU's power exactly.
+CPU and DRAM power
+    From Kepler's per-pod counters. Where the node's own power is measured, the pods' CPU power is
+    scaled down (never up) so that GPU shares plus CPU power fit inside it (`kepler_cpu_scaled`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+GPU_KEYS = ["node", "gpu_uuid"]
+POD_KEYS = ["namespace", "pod"]
+
+
+def split_gpu_power(gpus: pd.DataFrame, assignments: pd.DataFrame, pod_load: pd.DataFrame) -> pd.DataFrame:
+    """Each GPU's power split among its pods.
+
+    gpus: node, gpu_uuid, power_watts, method. assignments: node, gpu_uuid, namespace, pod.
+    pod_load: namespace, pod and any of generation_tokens_per_second, utilization_ratio.
+    Returns node, gpu_uuid, namespace, pod, gpu_share_watts, method (the GPU's method, plus
+    "/token_share", "/utilization_share" or "/equal_share" for a shared GPU).
+    """
+    load = pod_load.copy()
+    for column in ("generation_tokens_per_second", "utilization_ratio"):
+        if column not in load.columns:
+            load[column] = np.nan
+    shares = assignments[[*GPU_KEYS, *POD_KEYS]].drop_duplicates()
+    shares = shares.merge(gpus[[*GPU_KEYS, "power_watts", "method"]], on=GPU_KEYS, how="inner")
+    shares = shares.merge(
+        load[[*POD_KEYS, "generation_tokens_per_second", "utilization_ratio"]], on=POD_KEYS, how="left"
+    )
+    if shares.empty:
+        return pd.DataFrame(columns=[*GPU_KEYS, *POD_KEYS, "gpu_share_watts", "method"])
+    by_gpu = [shares[key] for key in GPU_KEYS]
+    pods_on_gpu = shares.groupby(by_gpu)["pod"].transform("size").to_numpy(np.float64)
+    weight = 1.0 / pods_on_gpu
+    split = np.where(pods_on_gpu > 1, "/equal_share", "")
+    # Utilisation first, then tokens, so tokens win where both are usable.
+    for column, label in (
+        ("utilization_ratio", "/utilization_share"),
+        ("generation_tokens_per_second", "/token_share"),
+    ):
+        values = shares[column].astype(np.float64)
+        total = values.groupby(by_gpu).transform("sum").to_numpy(np.float64)
+        complete = ~values.isna().groupby(by_gpu).transform("any").to_numpy(bool)
+        usable = complete & (total > 0) & (pods_on_gpu > 1)
+        weight = np.where(usable, values.to_numpy(np.float64) / np.where(total > 0, total, 1.0), weight)
+        split = np.where(usable, label, split)
+    shares["gpu_share_watts"] = shares["power_watts"].to_numpy(np.float64) * weight
+    shares["method"] = shares["method"].astype(str) + split
+    return shares[[*GPU_KEYS, *POD_KEYS, "gpu_share_watts", "method"]]
+
+
+def fit_cpu_to_node(pods: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataFrame:
+    """Scale pods' CPU power down where GPU shares plus CPU power would exceed the node's measurement.
+
+    pods: node, gpu_power_watts, cpu_power_watts (NaN where unknown); node_power_watts: measured
+    power indexed by node (estimated nodes left out). Returns `pods` with `cpu_power_watts` adjusted
+    and a boolean `cpu_scaled` column.
+    """
+    out = pods.copy()
+    gpu = out["gpu_power_watts"].fillna(0.0)
+    cpu = out["cpu_power_watts"]
+    measured = out["node"].map(node_power_watts).astype(np.float64)
+    gpu_sum = gpu.groupby(out["node"]).transform("sum")
+    cpu_sum = cpu.fillna(0.0).groupby(out["node"]).transform("sum")
+    allowance = (measured - gpu_sum).clip(lower=0.0)
+    factor = (allowance / cpu_sum.where(cpu_sum > 0)).clip(upper=1.0)
+    scale = measured.notna() & cpu.notna() & (factor < 1.0)
+    out["cpu_power_watts"] = cpu.where(~scale, cpu * factor)
+    out["cpu_scaled"] = scale.to_numpy(bool)
+    return out
