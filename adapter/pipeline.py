@@ -39,6 +39,7 @@ from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet, repl
 log = logging.getLogger(__name__)
 
 POD_METRICS = ("gpu_power_watts", "power_watts", "generation_tokens_per_second", "watts_per_token")
+FORGET_AFTER_MAX_AGES = 10
 RACK_METRICS = {
     "rack_power_watts": "rack_power_watts",
     "rack_power_headroom_watts": "headroom_watts",
@@ -245,7 +246,8 @@ class Pipeline:
     async def poll(self, collector: Collector) -> bool:
         """One poll of one collector; failures are counted and logged once per state change."""
         name = collector.name
-        timeout = max(float(getattr(collector, "timeout_seconds", collector.interval_seconds)), 1.0) * 2
+        # The collector's own timeout (with retries) should fire first; this one catches a hang.
+        timeout = 2.0 * float(getattr(collector, "timeout_seconds", None) or collector.interval_seconds)
         self._metrics.collector_runs.labels(name).inc()
         try:
             async with asyncio.timeout(timeout):
@@ -294,6 +296,13 @@ class Pipeline:
         values = store_values(
             estimate, index=self._index, racks_of_nodes=mapping, window_seconds=self._settings.window_seconds
         )
+        # A value whose inputs stopped arriving stays, with its old timestamp, so the API can say
+        # "stale" (503) rather than "never heard of it" (404), until it is old enough to forget.
+        forget_before = now - FORGET_AFTER_MAX_AGES * self._settings.max_age_seconds
+        if self._store.ready:
+            for key, previous in self._store.snapshot().values.items():
+                if key not in values and previous.timestamp_seconds >= forget_before:
+                    values[key] = previous
         self._store.put_all(values)
         self._metrics.stored_values.set(len(values))
         self._metrics.pipeline_duration.observe(time.perf_counter() - started)

@@ -271,7 +271,6 @@ class SimulatedCollector:
             pods_on.setdefault(pod.node, []).append(pod)
         rack_power: dict[str, float] = {}
         for node in fleet.nodes:
-            gpu_index = 0
             node_gpu_power = 0.0
             node_pods = pods_on.get(node.name, [])
             assigned: list[tuple[SimPod | None, float, float]] = []
@@ -282,24 +281,21 @@ class SimulatedCollector:
             assigned.extend(
                 (None, IDLE_GPU_POWER_WATTS, 0.0) for _ in range(max(node.gpus - len(assigned), 0))
             )
-            for owner, power, _tokens in assigned[: node.gpus]:
+            for gpu_index, (owner, power, _tokens) in enumerate(assigned[: node.gpus]):
                 uuid = f"GPU-{node.name}-{gpu_index:02d}"
-                gpu_index += 1
                 power_watts = self._noisy(power)
                 node_gpu_power += power_watts
                 emit("gpu_power_watts", power_watts, node=node.name, gpu_uuid=uuid)
                 energy = self._count(("gpu", uuid), power_watts * elapsed)
                 emit("gpu_energy_joules_total", energy, node=node.name, gpu_uuid=uuid)
-                if pod is None:
-                    continue
-                emit(
-                    "gpu_assignment_info",
-                    1.0,
-                    node=node.name,
-                    gpu_uuid=uuid,
-                    namespace=pod.namespace,
-                    pod=pod.name,
-                )
+                if owner is not None:
+                    labels = {
+                        "node": node.name,
+                        "gpu_uuid": uuid,
+                        "namespace": owner.namespace,
+                        "pod": owner.name,
+                    }
+                    emit("gpu_assignment_info", 1.0, **labels)
             for pod in node_pods:
                 load = demo_load(pod, now) if pod.load is None else pod.load
                 _, tokens_per_gpu = self._curve.at(load * PEAK_BATCH)

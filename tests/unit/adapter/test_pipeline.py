@@ -1,0 +1,175 @@
+"""The pipeline end to end on the simulated fleet: a failing or hanging source goes stale alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from adapter.catalogue import NODES, PODS, POWER_BUDGETS
+from adapter.errors import ConfigError, StaleMetricError
+from adapter.objects import StaticObjectIndex
+from adapter.pipeline import Pipeline, load_collectors
+from adapter.selfmetrics import SelfMetrics
+from adapter.settings import Settings
+from adapter.store import MetricStore, ObjectRef
+from collectors.base import CollectorError, Sample
+from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
+
+POD = ObjectRef(PODS, "llm", "llama-0")
+TOKEN_METRICS = {"generation_tokens_total", "prompt_tokens_total"}
+
+
+class FakeSplitCollector:
+    """Passes on part of the simulated fleet's samples; can be told to fail or to hang."""
+
+    def __init__(
+        self, name: str, source: SimulatedCollector, metrics: set[str] | None, exclude: set[str]
+    ) -> None:
+        self.name = name
+        self.interval_seconds = 1.0
+        self.timeout_seconds = 0.05
+        self._source = source
+        self._metrics = metrics
+        self._exclude = exclude
+        self.mode = "ok"
+        self.latest: Sequence[Sample] = ()
+
+    async def collect(self) -> Sequence[Sample]:
+        if self.mode == "fail":
+            raise CollectorError("connection refused")
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        return [
+            s
+            for s in self.latest
+            if (self._metrics is None or s.metric in self._metrics) and s.metric not in self._exclude
+        ]
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [10_000.0]
+
+
+def make_pipeline(
+    clock: list[float],
+) -> tuple[Pipeline, MetricStore, SimulatedCollector, list[FakeSplitCollector]]:
+    fleet = Fleet(
+        nodes=(SimNode("node-1", "rack-a", 2), SimNode("node-2", "rack-a", 2)),
+        pods=(SimPod("llm", "llama-0", "node-1", 1, 0.5), SimPod("llm", "llama-1", "node-2", 2, 1.0)),
+    )
+    simulated = SimulatedCollector(
+        "sim", SimulatedSettings(noise_ratio=0.0), fleet=fleet, clock=lambda: clock[0]
+    )
+    gpus = FakeSplitCollector(
+        "gpus", simulated, None, TOKEN_METRICS | {"pdu_power_watts", "pdu_energy_joules_total"}
+    )
+    tokens = FakeSplitCollector("tokens", simulated, TOKEN_METRICS, set())
+    pdu = FakeSplitCollector("pdu", simulated, {"pdu_power_watts", "pdu_energy_joules_total"}, set())
+    settings = Settings.from_mapping(
+        {
+            "window_seconds": 30,
+            "max_age_seconds": 60,
+            "racks": [{"name": "rack-a", "cap_watts": 2000, "margin_ratio": 0.1}],
+        }
+    )
+    store = MetricStore(max_age_seconds=60, clock=lambda: clock[0])
+    pipeline = Pipeline(
+        [gpus, tokens, pdu],
+        store=store,
+        index=StaticObjectIndex([]),
+        settings=settings,
+        self_metrics=SelfMetrics(),
+        clock=lambda: clock[0],
+    )
+    return pipeline, store, simulated, [gpus, tokens, pdu]
+
+
+async def advance(
+    pipeline: Pipeline,
+    simulated: SimulatedCollector,
+    fakes: list[FakeSplitCollector],
+    clock: list[float],
+    seconds: float,
+) -> None:
+    clock[0] += seconds
+    batch = await simulated.collect()
+    for fake in fakes:
+        fake.latest = batch
+        await pipeline.poll(fake)
+    pipeline.estimate_once()
+
+
+async def test_values_follow_the_simulated_load(clock: list[float]) -> None:
+    pipeline, store, simulated, fakes = make_pipeline(clock)
+    for _ in range(4):
+        await advance(pipeline, simulated, fakes, clock, 5.0)
+    llama0 = store.get(POD, "gpu_power_watts").value
+    llama1 = store.get(ObjectRef(PODS, "llm", "llama-1"), "gpu_power_watts").value
+    assert 240 < llama0 < 320  # batch 128 on one GPU: ~307 W in the H100 sweep
+    assert 760 < llama1 < 830  # batch 256 on two GPUs: ~398 W each
+    wpt = store.get(POD, "watts_per_token")
+    assert wpt.labels["method"] == "energy_counter+kepler_cpu"  # GPU energy counter plus the pod's CPU share
+    assert 0.27 < wpt.value < 0.32  # (~307 W GPU + 35 W CPU) / ~1,152 tokens/s
+    rack = store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_watts")
+    assert rack.labels["estimated"] == "false"  # from the PDU
+    node = store.get(ObjectRef(NODES, "", "node-1"), "rack_power_headroom_watts")
+    assert node.value == store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_headroom_watts").value
+
+
+async def test_a_failing_source_goes_stale_and_the_rest_is_still_served(clock: list[float]) -> None:
+    pipeline, store, simulated, fakes = make_pipeline(clock)
+    _, tokens, pdu = fakes
+    for _ in range(4):
+        await advance(pipeline, simulated, fakes, clock, 5.0)
+    tokens.mode = "fail"
+    pdu.mode = "hang"
+    for _ in range(9):  # 90 s: past the window (30 s) and then past max age (60 s)
+        await advance(pipeline, simulated, fakes, clock, 10.0)
+    with pytest.raises(StaleMetricError, match="watts_per_token for pods llama-0 is stale"):
+        store.get(POD, "watts_per_token")
+    assert store.get(POD, "gpu_power_watts").timestamp_seconds == clock[0]
+    rack = store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_watts")
+    assert rack.labels["estimated"] == "true"  # the PDU hangs: the sum of nodes stands in, and says so
+    metrics = pipeline._metrics.registry
+    assert metrics.get_sample_value("wattscale_collector_up", {"collector": "tokens"}) == 0
+    assert (
+        metrics.get_sample_value(
+            "wattscale_collector_errors_total", {"collector": "pdu", "error": "TimeoutError"}
+        )
+        == 9
+    )
+    assert metrics.get_sample_value("wattscale_collector_up", {"collector": "gpus"}) == 1
+    tokens.mode = "ok"
+    for _ in range(3):
+        await advance(pipeline, simulated, fakes, clock, 5.0)
+    assert store.get(POD, "watts_per_token").timestamp_seconds == clock[0]
+
+
+def test_unknown_collector_types_and_bad_settings_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_collectors(
+            [("a", "no-such-source", {}), ("b", "simulated", {"noise_ratio": 2, "colour": "red"})]
+        )
+    problems = caught.value.problems
+    assert any("collectors.a.type: unknown collector 'no-such-source'" in p for p in problems)
+    assert any(p.startswith("collectors.b.colour: unknown setting") for p in problems)
+    assert any(p.startswith("collectors.b.noise_ratio") for p in problems)
+
+
+def test_settings_list_every_problem() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_mapping(
+            {"window_seconds": -1, "racks": [{"name": "r", "margin_ratio": 3}, {"cap_watts": 5}], "colour": 1}
+        )
+    assert caught.value.problems == [
+        "colour: unknown setting",
+        "window_seconds: want a positive number, got -1",
+        "racks[0].cap_watts: required",
+        "racks[1].name: required",
+    ]
