@@ -6,9 +6,11 @@ library is blocking (requests) and each poll must stay cancellable by its timeou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 import aiohttp
 
@@ -32,12 +34,18 @@ class PrometheusClient:
         self._headers = dict(headers or {})
         self._max_response_bytes = max_response_bytes
 
-    async def query(self, promql: str) -> list[Series]:
-        """The instant vector `promql` evaluates to now; a scalar or a matrix is an error."""
+    async def query(self, promql: str, *, at_seconds: float | None = None) -> list[Series]:
+        """The instant vector `promql` evaluates to at `at_seconds` (default: the server's now).
+
+        Each series' timestamp is the evaluation time, NOT the time its sample was scraped; use
+        `query_with_sample_times` where rates are computed from the readings."""
         what = f"prometheus query {promql!r}"
+        params = {"query": promql}
+        if at_seconds is not None:
+            params["time"] = f"{at_seconds:.3f}"
         with mapped_http_errors(what):
             async with self._session.get(
-                f"{self._base_url}/api/v1/query", params={"query": promql}, headers=self._headers
+                f"{self._base_url}/api/v1/query", params=params, headers=self._headers
             ) as response:
                 # 400/422/503 carry Prometheus's own error JSON, which says more than the status line.
                 if response.status not in (400, 422, 503):
@@ -46,6 +54,33 @@ class PrometheusClient:
                 if response.status == 503 and not body.startswith(b"{"):
                     raise TransientCollectorError(f"{what}: HTTP 503")
         return parse_query_answer(body, what)
+
+    async def latest_samples(self, names: Iterable[str], *, at_seconds: float) -> list[Series]:
+        """The latest sample of every series named in `names`, each with the time it was scraped.
+
+        An instant query answers with the evaluation time; rates computed from that are off by up to
+        a scrape interval. `timestamp(selector)` gives each sample's own time but drops the metric
+        name, so it is asked once per name and joined on the labels. Every query is evaluated at the
+        same `at_seconds`, so all of them see the same samples."""
+        names = sorted(set(names))
+        selector = '{__name__=~"' + "|".join(re.escape(name) for name in names) + '"}'
+        answers = await asyncio.gather(
+            self.query(selector, at_seconds=at_seconds),
+            *(self.query(f'timestamp({{__name__="{name}"}})', at_seconds=at_seconds) for name in names),
+        )
+        stamp_of: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for name, stamps in zip(names, answers[1:], strict=True):
+            for stamp in stamps:
+                stamp_of[(name, frozenset(stamp.labels.items()))] = stamp.value
+        return [
+            Series(
+                name=s.name,
+                labels=s.labels,
+                value=s.value,
+                timestamp_seconds=stamp_of.get((s.name, frozenset(s.labels.items())), s.timestamp_seconds),
+            )
+            for s in answers[0]
+        ]
 
 
 def parse_query_answer(body: bytes, what: str) -> list[Series]:

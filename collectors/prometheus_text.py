@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -133,10 +133,6 @@ def first_label(labels: Mapping[str, str], *keys: str) -> str:
     return ""
 
 
-def selector_for(names: Iterable[str]) -> str:
-    return '{__name__=~"' + "|".join(re.escape(name) for name in sorted(names)) + '"}'
-
-
 class ExporterCollector(PolledCollector):
     """Base of the Prometheus-format sources; see the module docstring."""
 
@@ -183,10 +179,9 @@ class ExporterCollector(PolledCollector):
         token = Path(self.settings.bearer_token_file).read_text().strip()
         return {"Authorization": f"Bearer {token}"}
 
-    def default_query(self) -> str:
-        if not self.source_metrics:
-            raise CollectorError(f"{self.name}: set `query`: this collector has no default metric list")
-        return selector_for(self.source_metrics)
+    def query_names(self) -> frozenset[str]:
+        """The metric names read from Prometheus when no `query` is set."""
+        return self.source_metrics
 
     def _keep(self, metric: str) -> bool:
         return not self.source_metrics or metric in self.source_metrics
@@ -200,8 +195,10 @@ class ExporterCollector(PolledCollector):
                 headers=self._headers(),
                 max_response_bytes=settings.max_response_bytes,
             )
-            found = await client.query(settings.query or self.default_query())
-            return [s for s in found if self._keep(s.name)] if settings.query is None else found
+            if settings.query is not None:
+                # A custom query's series are stamped with the evaluation time (see PrometheusClient).
+                return await client.query(settings.query)
+            return await client.latest_samples(self.query_names(), at_seconds=self._clock())
         return await self._scrape_all(settings.scrape_urls)
 
     async def _scrape_all(self, targets: Sequence[ScrapeTarget]) -> list[Series]:
@@ -306,8 +303,8 @@ class PrometheusTextCollector(ExporterCollector):
         assert isinstance(settings, PrometheusTextSettings)
         self._wanted = frozenset(settings.metrics)
 
-    def default_query(self) -> str:
-        return selector_for(self._wanted)
+    def query_names(self) -> frozenset[str]:
+        return self._wanted
 
     def _keep(self, metric: str) -> bool:
         return not self._wanted or metric in self._wanted

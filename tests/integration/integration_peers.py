@@ -1,0 +1,93 @@
+"""Helpers for the real peers of integration tests: a Prometheus server (Debian package) and exporters that replay
+fixture samples with counters advancing in real time.
+
+Prometheus runs as a subprocess on loopback with `scrape_interval: 1s`; the fixture waits on
+`/-/ready`. Exporters run in the test's event loop, so a test changes what they serve directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+
+@dataclass
+class ReplayExporter:
+    """Serves `/metrics` rendered from the current time; keeps every (time, text) it served."""
+
+    render: Callable[[float], str]
+    served: list[tuple[float, str]] = field(default_factory=list)
+    hang: bool = False
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop_hanging(self) -> None:
+        self.hang = False
+        self._release.set()
+        self._release = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self.hang:
+            await self._release.wait()
+        now = time.time()
+        text = self.render(now)
+        self.served.append((now, text))
+        return web.Response(text=text, content_type="text/plain")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    async def stop(self) -> None:
+        self.stop_hanging()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout_seconds: float, what: str) -> None:
+    """Poll `condition` until it holds; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_seconds} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    labels: Mapping[str, str]
+    job: str
+
+
+StartPrometheus = Callable[[Sequence[Target]], Awaitable[str]]
+
+
+async def prometheus_has(base_url: str, promql: str) -> bool:
+    """True once `promql` returns at least one series."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url}/api/v1/query", params={"query": promql}) as response,
+    ):
+        answer = await response.json()
+    return bool(answer.get("data", {}).get("result"))

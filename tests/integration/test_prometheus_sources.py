@@ -1,0 +1,224 @@
+"""Kepler, DCGM and vLLM collectors read a REAL Prometheus server that scrapes replayed exporters;
+what they return must be exactly what the exporters served, and the fleet estimate built from it
+must give the pod the watts and joules per token the replayed counters imply."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import pandas as pd
+import pytest
+import replay_fixtures as replay
+from integration_peers import ReplayExporter, StartPrometheus, Target, prometheus_has, wait_for
+from prometheus_client import CollectorRegistry
+
+from collectors.base import CollectorError, Sample
+from collectors.dcgm import DcgmCollector
+from collectors.kepler import KeplerCollector
+from collectors.prometheus_text import ExporterCollector
+from collectors.support import TransientCollectorError, build_settings
+from collectors.vllm import VllmCollector
+from estimators.fleet import estimate_fleet
+
+pytestmark = pytest.mark.prometheus
+
+StartExporter = Callable[[Callable[[float], str]], Awaitable[ReplayExporter]]
+
+
+def _make(cls: type[ExporterCollector], **raw: object) -> ExporterCollector:
+    settings = build_settings(cls.settings_cls, cls.__name__, {"backoff_seconds": 0.05, **raw})
+    return cls(cls.__name__, settings, registry=CollectorRegistry())
+
+
+def _frame(samples: Sequence[Sample]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"metric": s.metric, "value": s.value, "timestamp_seconds": s.timestamp_seconds, **s.labels}
+            for s in samples
+        ]
+    )
+
+
+def _served(exporter: ReplayExporter, pattern: str) -> dict[float, float]:
+    """value -> time served, for the series whose line matches `pattern` (value in group 1)."""
+    found: dict[float, float] = {}
+    for served_at, text in exporter.served:
+        match = re.search(pattern, text, re.MULTILINE)
+        assert match, pattern
+        found[float(match.group(1))] = served_at
+    return found
+
+
+async def _start_fleet(
+    replay_exporter: StartExporter, start_prometheus: StartPrometheus
+) -> tuple[dict[str, ReplayExporter], str, float]:
+    start = time.time()
+    exporters = {
+        "dcgm": await replay_exporter(lambda now: replay.render_dcgm(now, start)),
+        "vllm": await replay_exporter(lambda now: replay.render_vllm(now, start)),
+        "kepler": await replay_exporter(lambda now: replay.render_kepler_legacy(now, start)),
+    }
+    targets = [
+        Target(exporters["dcgm"].url, {}, "dcgm"),
+        Target(exporters["vllm"].url, {**replay.POD, "node": replay.NODE}, "vllm"),
+        Target(exporters["kepler"].url, {"node": replay.NODE}, "kepler"),
+    ]
+    base_url = await start_prometheus(targets)
+
+    async def scraped_twice() -> bool:
+        return all(
+            [
+                await prometheus_has(base_url, "count_over_time(DCGM_FI_DEV_POWER_USAGE[1m]) > 1"),
+                await prometheus_has(base_url, "count_over_time(vllm:generation_tokens_total[1m]) > 1"),
+                await prometheus_has(
+                    base_url, "count_over_time(kepler_container_package_joules_total[1m]) > 1"
+                ),
+            ]
+        )
+
+    await wait_for(scraped_twice, timeout_seconds=60, what="two scrapes of every exporter")
+    return exporters, base_url, start
+
+
+async def _poll_for(collectors: Sequence[ExporterCollector], span_seconds: float) -> list[Sample]:
+    """Poll every collector until their generation-token samples span `span_seconds`."""
+    samples: list[Sample] = []
+
+    async def spans() -> bool:
+        for collector in collectors:
+            samples.extend(await collector.collect())
+        stamps = [s.timestamp_seconds for s in samples if s.metric == "generation_tokens_total"]
+        return bool(stamps) and max(stamps) - min(stamps) >= span_seconds
+
+    await wait_for(spans, timeout_seconds=60, what=f"samples spanning {span_seconds} s")
+    return samples
+
+
+async def test_collectors_read_back_what_the_exporters_served_and_the_estimate_matches(
+    replay_exporter: StartExporter, start_prometheus: StartPrometheus
+) -> None:
+    exporters, base_url, _ = await _start_fleet(replay_exporter, start_prometheus)
+    collectors = [
+        _make(cls, prometheus_url=base_url) for cls in (DcgmCollector, VllmCollector, KeplerCollector)
+    ]
+    try:
+        samples = await _poll_for(collectors, span_seconds=5.0)
+    finally:
+        for collector in collectors:
+            await collector.aclose()
+
+    # Exactly the served values, stamped with the scrape that fetched them.
+    tokens = _served(
+        exporters["vllm"], r'^vllm:generation_tokens_total\{model_name="facebook/opt-125m"\} (\S+)$'
+    )
+    energy = _served(
+        exporters["dcgm"], rf"^DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{{[^}}]*{replay.GPU_UUID}[^}}]*\}} (\S+)$"
+    )
+    energy_joules = {value / 1000.0: at for value, at in energy.items()}
+    pod_labels = {**replay.POD, "node": replay.NODE}
+    gpu_labels = {"node": replay.NODE, "gpu_uuid": replay.GPU_UUID}
+    for sample in samples:
+        if sample.metric == "generation_tokens_total":
+            assert dict(sample.labels) == pod_labels
+            assert sample.value in tokens
+            # Prometheus stamps a sample with the start of its scrape, just before we served it.
+            assert -0.05 <= tokens[sample.value] - sample.timestamp_seconds < 0.5
+        if sample.metric == "gpu_energy_joules_total" and dict(sample.labels) == gpu_labels:
+            assert min(abs(sample.value - served) for served in energy_joules) < 1e-6
+        if sample.metric == "gpu_power_watts" and dict(sample.labels) == gpu_labels:
+            assert sample.value == replay.GPU_POWER_WATTS
+    assignments = {tuple(sorted(s.labels.items())) for s in samples if s.metric == "gpu_assignment_info"}
+    assert assignments == {tuple(sorted({**gpu_labels, **replay.POD}.items()))}
+
+    # The estimator's view of the pod, from the samples alone.
+    frame = _frame(samples)
+    stamps = frame.loc[frame["metric"] == "generation_tokens_total", "timestamp_seconds"]
+    estimate = estimate_fleet(
+        frame,
+        node_racks={},
+        racks=pd.DataFrame(columns=["rack", "cap_watts", "margin_ratio"]),
+        window_seconds=float(stamps.max() - stamps.min()) + 0.5,
+        now_seconds=float(stamps.max()),
+    )
+    pod = estimate.pods.set_index(["namespace", "pod"]).loc[("llm", "llama-0")]
+    cpu_watts = replay.CPU_PACKAGE_WATTS + replay.CPU_DRAM_WATTS
+    assert pod["gpu_power_watts"] == pytest.approx(replay.GPU_POWER_WATTS, rel=0.03)
+    assert pod["power_watts"] == pytest.approx(replay.GPU_POWER_WATTS + cpu_watts, rel=0.03)
+    assert pod["generation_tokens_per_second"] == pytest.approx(replay.GENERATION_TOKENS_PER_SECOND, rel=0.03)
+    implied = (replay.GPU_POWER_WATTS + cpu_watts) / replay.GENERATION_TOKENS_PER_SECOND
+    assert pod["watts_per_token"] == pytest.approx(implied, rel=0.05)
+
+
+async def test_scrape_mode_reads_the_same_exporters_without_prometheus(
+    replay_exporter: StartExporter,
+) -> None:
+    start = time.time()
+    vllm = await replay_exporter(lambda now: replay.render_vllm(now, start))
+    kepler = await replay_exporter(lambda now: replay.render_kepler_legacy(now, start))
+    vllm_collector = _make(VllmCollector, scrape_urls=[{"url": vllm.url, "labels": replay.POD}])
+    kepler_collector = _make(
+        KeplerCollector, scrape_urls=[{"url": kepler.url, "labels": {"node": replay.NODE}}]
+    )
+    try:
+        (first, *_) = [s for s in await vllm_collector.collect() if s.metric == "generation_tokens_total"]
+        served_at, _ = vllm.served[-1]
+        assert first.value == replay.generation_tokens(served_at - start)
+        cpu = [s for s in await kepler_collector.collect() if s.metric == "pod_cpu_energy_joules_total"]
+        served_at, _ = kepler.served[-1]
+        (llama,) = [s for s in cpu if s.labels["pod"] == "llama-0"]
+        watts = replay.CPU_PACKAGE_WATTS + replay.CPU_DRAM_WATTS
+        assert llama.value == pytest.approx(watts * (served_at - start), rel=1e-9)
+        assert kepler_collector.generation == "legacy"  # type: ignore[attr-defined]
+    finally:
+        await vllm_collector.aclose()
+        await kepler_collector.aclose()
+
+
+async def test_faults_against_the_real_server(
+    replay_exporter: StartExporter, start_prometheus: StartPrometheus
+) -> None:
+    start = time.time()
+    vllm = await replay_exporter(lambda now: replay.render_vllm(now, start))
+    base_url = await start_prometheus([Target(vllm.url, replay.POD, "vllm")])
+
+    bad_query = _make(VllmCollector, prometheus_url=base_url, query="sum(vllm:generation_tokens_total")
+    with pytest.raises(CollectorError, match="bad_data") as caught:
+        await bad_query.collect()
+    assert not isinstance(caught.value, TransientCollectorError)
+    await bad_query.aclose()
+
+    # The server restarts its counters (a vLLM pod restart): what we report never goes back.
+    collector = _make(VllmCollector, prometheus_url=base_url)
+    readings: list[float] = []
+
+    async def tokens_seen(minimum: int) -> bool:
+        found = [s.value for s in await collector.collect() if s.metric == "generation_tokens_total"]
+        if found and (not readings or found[0] != readings[-1]):
+            readings.append(found[0])
+        return len(readings) >= minimum
+
+    try:
+        await wait_for(lambda: tokens_seen(2), timeout_seconds=30, what="two token readings")
+        restart = time.time()
+        vllm.render = lambda now: replay.render_vllm(now, restart)
+        await wait_for(lambda: tokens_seen(5), timeout_seconds=30, what="readings after the restart")
+    finally:
+        await collector.aclose()
+    assert readings == sorted(readings)
+    assert readings[-1] > readings[1]
+
+    # A hanging exporter behind a timeout, and a refused connection.
+    vllm.hang = True
+    hanging = _make(
+        VllmCollector, scrape_urls=[vllm.url], timeout_seconds=0.3, interval_seconds=1.0, retries=0
+    )
+    with pytest.raises(TransientCollectorError, match=r"no answer within 0\.3 s"):
+        await hanging.collect()
+    await hanging.aclose()
+    vllm.stop_hanging()
+    refused = _make(VllmCollector, prometheus_url="http://127.0.0.1:9", retries=1)
+    with pytest.raises(TransientCollectorError, match="ClientConnectorError"):
+        await refused.collect()
+    await refused.aclose()
