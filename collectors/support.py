@@ -85,6 +85,12 @@ def _convert(value: object, hint: Any, key: str, problems: list[str]) -> Any:
         if value is None:
             return None
         return _convert(value, options[0], key, problems)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value in allowed:
+            return value
+        problems.append(f"{key}: want one of {', '.join(map(str, allowed))}, got {value!r}")
+        return allowed[0]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -362,13 +368,12 @@ async def http_get(
     max_bytes: int,
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
-    auth: aiohttp.BasicAuth | None = None,
     ssl: Any = None,
     what: str | None = None,
 ) -> bytes:
     what = what or url
     with mapped_http_errors(what):
-        async with session.get(url, headers=headers, params=params, auth=auth, ssl=ssl) as response:
+        async with session.get(url, headers=headers, params=params, ssl=ssl) as response:
             response.raise_for_status()
             return await read_bounded(response, max_bytes, what)
 
