@@ -31,7 +31,6 @@ Rules, in the order they are applied:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +38,13 @@ import numpy as np
 import pandas as pd
 
 from estimators.attribution import fit_cpu_to_node, split_gpu_power
+from estimators.headroom import (
+    PDU_SENSOR_ERROR_RATIO,
+    SUMMED_ESTIMATE_ERROR_RATIO,
+    headroom_and_overdraw,
+    margin_watts,
+    replicas_within_budget,
+)
 from estimators.rates import series_rates
 
 POD_COLUMNS = [
@@ -79,10 +85,6 @@ GROUP_COLUMNS = [
     "pods",
 ]
 
-PDU_SENSOR_ERROR_RATIO = 0.01
-"""Revenue-grade PDU metering is within about 1% (anchors-power.md, section 9.2)."""
-SUMMED_ESTIMATE_ERROR_RATIO = 0.05
-"""NVML board power carries up to +-5% gain error per GPU (Yang et al., SC'24)."""
 
 _GPU = ["node", "gpu_uuid"]
 _POD = ["namespace", "pod"]
@@ -264,12 +266,12 @@ def _rack_frame(
     out["cap_watts"] = config["cap_watts"].reindex(index).astype(np.float64)
     margin_ratio = config["margin_ratio"].reindex(index).astype(np.float64).fillna(0.0)
     error_ratio = np.where(out["estimated"], SUMMED_ESTIMATE_ERROR_RATIO, PDU_SENSOR_ERROR_RATIO)
-    dynamic_margin = rise_sum.reindex(index).fillna(0.0) + error_ratio * out["rack_power_watts"].fillna(0.0)
-    margin = np.maximum(out["cap_watts"] * margin_ratio, dynamic_margin)
-    out["margin_watts"] = margin.where(out["cap_watts"].notna())
-    usable = out["cap_watts"] - out["margin_watts"]
-    out["headroom_watts"] = (usable - out["rack_power_watts"]).clip(lower=0.0)
-    out["overdraw_watts"] = (out["rack_power_watts"] - usable).clip(lower=0.0)
+    out["margin_watts"] = margin_watts(
+        out["cap_watts"], margin_ratio, rise_sum.reindex(index), out["rack_power_watts"], error_ratio
+    )
+    headroom, overdraw = headroom_and_overdraw(out["cap_watts"], out["margin_watts"], out["rack_power_watts"])
+    out["headroom_watts"] = headroom
+    out["overdraw_watts"] = overdraw
     out["window_end_seconds"] = float(window_end)
     return out.reset_index()[RACK_COLUMNS]
 
@@ -330,19 +332,4 @@ def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
     return out.reset_index()[GROUP_COLUMNS]
 
 
-def replicas_within_budget(
-    headroom_watts: float, replica_peak_power_watts: float, current_replicas: int
-) -> int:
-    """Replicas the workload may run: the current ones plus as many more as fit the headroom at peak.
-
-    Headroom is what is left after everything running now, so it buys new replicas only. Unknown
-    headroom (NaN) buys none. A non-positive or unknown peak power is a caller error: without it no
-    bound can be given, and guessing "unlimited" would defeat the budget.
-    """
-    if current_replicas < 0:
-        raise ValueError(f"current_replicas must be >= 0, got {current_replicas}")
-    if not (math.isfinite(replica_peak_power_watts) and replica_peak_power_watts > 0):
-        raise ValueError(f"replica_peak_power_watts must be finite and > 0, got {replica_peak_power_watts}")
-    if not math.isfinite(headroom_watts) or headroom_watts <= 0:
-        return current_replicas
-    return current_replicas + math.floor(headroom_watts / replica_peak_power_watts)
+__all__ = ["FleetEstimate", "aggregate_pods", "estimate_fleet", "replicas_within_budget"]
