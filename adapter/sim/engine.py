@@ -51,7 +51,7 @@ class SimConfig:
     breaker_constant_seconds: float = 214.0
     breaker_cooldown_seconds: float = 600.0
     trip_outage_seconds: float = 300.0
-    curve: GpuPowerCurve = field(default_factory=GpuPowerCurve)
+    curve: GpuPowerCurve = field(default_factory=GpuPowerCurve.h100)
     server: ServerModel = field(default_factory=ServerModel)
     workload: traces.WorkloadConfig = field(default_factory=traces.WorkloadConfig)
 

@@ -1,10 +1,9 @@
-"""GPU and server power for the simulator, shaped by the real H100 trace (Llama-3.1-8B shape, 1x H100 SXM).
+"""GPU and server power for the simulator, from the real H100 trace (Llama-3.1-8B shape, 1x H100 SXM).
 
-The decode curve is the trace's 1 s-averaged NVML power while decode steps ran, per batch size; decode
-speed is generated tokens over decode-step time; prefill runs at ~34k prompt tokens/s and draws ~690 W
-(instant readings during batch >= 32 prefills; the 1 s average smooths that to ~550 W), at the 700 W
-limit. These are the numbers `steps.csv` joined with `samples.csv` gives (data/h100-llama8b); absolute
-speeds are eager PyTorch's, the curve shapes are the GPU's.
+The curves come from `estimators.power_curve` (the trace's derived table, energy-counter based): the
+decode curve gives power and generated tokens/s per batch size; prefill steps of 32k+ prompt tokens give
+prefill power (~680 W, at the 700 W limit) and speed (~34k prompt tokens/s). Absolute speeds are eager
+PyTorch's; the curve shapes are the GPU's.
 
 Capped physics (anchors-power.md 9.2): delivered power = min(demand, limit); work runs at
 (limit / demand) ** alpha of full speed when the limit binds (alpha = 0.33 from POLCA's "-20 % power,
@@ -20,30 +19,47 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
-_TRACE_BATCH = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 192.0, 256.0)
-_TRACE_DECODE_WATTS = (74.0, 158.0, 158.7, 157.0, 175.1, 169.6, 212.7, 240.9, 256.7, 288.5, 306.9)
-_TRACE_DECODE_TOKENS_PER_SECOND = (0.0, 12.1, 26.4, 46.8, 100.9, 163.4, 420.4, 984.7, 1408.4, 2200.7, 2537.7)
+_LARGE_PREFILL_TOKENS = 32_768
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GpuPowerCurve:
-    batch: tuple[float, ...] = _TRACE_BATCH
-    decode_power_watts: tuple[float, ...] = _TRACE_DECODE_WATTS
-    decode_tokens_per_second: tuple[float, ...] = _TRACE_DECODE_TOKENS_PER_SECOND
-    idle_power_watts: float = 74.0
-    prefill_power_watts: float = 690.0
-    prefill_tokens_per_second: float = 34_000.0
+    batch: tuple[float, ...]
+    """Batch sizes, starting at 0 (idle)."""
+    decode_power_watts: tuple[float, ...]
+    decode_tokens_per_second: tuple[float, ...]
+    prefill_power_watts: float
+    prefill_tokens_per_second: float
     limit_min_watts: float = 200.0
     limit_max_watts: float = 700.0
     alpha: float = 0.33
-    _batch: FloatArray = field(init=False, repr=False)
-    _power: FloatArray = field(init=False, repr=False)
-    _speed: FloatArray = field(init=False, repr=False)
+    _batch: FloatArray = field(init=False, repr=False, compare=False)
+    _power: FloatArray = field(init=False, repr=False, compare=False)
+    _speed: FloatArray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_batch", np.asarray(self.batch, dtype=np.float64))
         object.__setattr__(self, "_power", np.asarray(self.decode_power_watts, dtype=np.float64))
         object.__setattr__(self, "_speed", np.asarray(self.decode_tokens_per_second, dtype=np.float64))
+
+    @classmethod
+    def h100(cls) -> GpuPowerCurve:
+        from estimators.power_curve import load_h100_decode_curve, load_h100_prefill_power
+
+        decode = load_h100_decode_curve()
+        prefill = load_h100_prefill_power()
+        large = prefill[prefill["batch"] * prefill["prompt_tokens"] >= _LARGE_PREFILL_TOKENS]
+        return cls(
+            batch=tuple(float(b) for b in decode["batch"]),
+            decode_power_watts=tuple(float(w) for w in decode["power_watts"]),
+            decode_tokens_per_second=tuple(float(r) for r in decode["tokens_per_second"]),
+            prefill_power_watts=float(large["power_watts"].mean()),
+            prefill_tokens_per_second=float(large["tokens_per_second"].mean()),
+        )
+
+    @property
+    def idle_power_watts(self) -> float:
+        return float(self._power[0])
 
     @property
     def max_batch(self) -> float:

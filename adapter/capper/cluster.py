@@ -1,0 +1,255 @@
+"""Everything the capper asks of the Kubernetes API, behind one small protocol so the loop can be unit
+tested with a fake and run for real with `KubeCluster` (kubernetes_asyncio).
+
+Rack power and headroom are read from the custom metrics API exactly as any client would
+(`/apis/custom.metrics.k8s.io/v1beta2/powerbudgets.wattscale.io/<name>/<metric>`), so the capper needs
+no access to the adapter's internals and works against any replica of it.
+
+Replica ceilings are written only where nothing reconciles them back: an InferenceService's
+`spec.predictor.maxReplicas` (KServe derives its HPA or ScaledObject from it), or the `maxReplicaCount`
+of a ScaledObject that KServe does not own. The value configured before the first clamp is kept in an
+annotation and written back when headroom returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from adapter.capper.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload, label_selector
+
+AGENT_URL_ANNOTATION = "wattscale.io/agent-url"
+CONFIGURED_MAX_ANNOTATION = "wattscale.io/configured-max-replicas"
+EVENT_NAMESPACE = "default"
+"""Events about a cluster-scoped object live in the default namespace (as kubectl describe expects)."""
+MERGE_PATCH = "application/merge-patch+json"
+"""Passed explicitly: for a dict body the client would otherwise send it as a JSON Patch (its stubs do not
+declare `_content_type`, hence the ignores below)."""
+
+
+class ClusterError(Exception):
+    """The API refused or failed a request the capper needs; the message is for the budget's lastError."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTarget:
+    name: str
+    agent_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class RackReading:
+    power_watts: float
+    headroom_watts: float
+    timestamp_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTarget:
+    workload: Workload
+    resource: str
+    """"inferenceservices" or "scaledobjects"."""
+    name: str
+    max_replicas: int
+    min_replicas: int
+    configured_max_replicas: int
+    """What the owner configured before any clamp (the annotation, else the current max)."""
+
+
+class Cluster(Protocol):
+    async def power_budgets(self) -> list[Mapping[str, Any]]: ...
+
+    async def nodes(self, selector: str) -> list[NodeTarget]: ...
+
+    async def workload_pods(self, workload: Workload) -> set[tuple[str, str]]: ...
+
+    async def rack_power(self, budget: str) -> RackReading: ...
+
+    async def patch_status(self, budget: str, status: Mapping[str, Any]) -> None: ...
+
+    async def emit_event(
+        self, budget: BudgetSpec, *, reason: str, message: str, warning: bool = False
+    ) -> None: ...
+
+    async def replica_target(self, workload: Workload) -> ReplicaTarget: ...
+
+    async def set_max_replicas(self, target: ReplicaTarget, ceiling: int) -> None: ...
+
+
+def _seconds(stamp: object) -> float:
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+
+
+def _quantity(text: object) -> float:
+    from kubernetes.utils import parse_quantity
+
+    return float(parse_quantity(str(text)))  # type: ignore[no-untyped-call]
+
+
+class KubeCluster:
+    def __init__(
+        self, api_client: client.ApiClient, *, agent_url_template: str, identity: str = "wattscale-capper"
+    ) -> None:
+        self._api_client = api_client
+        self._core = client.CoreV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._agent_url_template = agent_url_template
+        self._identity = identity
+
+    async def power_budgets(self) -> list[Mapping[str, Any]]:
+        try:
+            listed = await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+        except ApiException as exc:
+            raise ClusterError(f"list {PLURAL}.{GROUP}: HTTP {exc.status}") from exc
+        return list(listed.get("items") or [])
+
+    async def nodes(self, selector: str) -> list[NodeTarget]:
+        try:
+            listed = await self._core.list_node(label_selector=selector)
+        except ApiException as exc:
+            raise ClusterError(f"list nodes {selector!r}: HTTP {exc.status}") from exc
+        targets = []
+        for node in listed.items:
+            annotations = node.metadata.annotations or {}
+            url = annotations.get(AGENT_URL_ANNOTATION)
+            if not url:
+                addresses = {a.type: a.address for a in (node.status.addresses or [])} if node.status else {}
+                url = self._agent_url_template.format(
+                    node_name=node.metadata.name, node_ip=addresses.get("InternalIP", node.metadata.name)
+                )
+            targets.append(NodeTarget(node.metadata.name, url))
+        return sorted(targets, key=lambda t: t.name)
+
+    async def workload_pods(self, workload: Workload) -> set[tuple[str, str]]:
+        try:
+            if workload.kind == "InferenceService":
+                selector = f"serving.kserve.io/inferenceservice={workload.name}"
+            else:
+                deployment = await self._apps.read_namespaced_deployment(workload.name, workload.namespace)
+                selector = label_selector(deployment.spec.selector.to_dict() if deployment.spec else {})
+            pods = await self._core.list_namespaced_pod(workload.namespace, label_selector=selector)
+        except ApiException as exc:
+            if exc.status == 404:
+                return set()
+            raise ClusterError(f"pods of {workload.key}: HTTP {exc.status}") from exc
+        return {(workload.namespace, pod.metadata.name) for pod in pods.items}
+
+    async def _custom_metric(self, budget: str, metric: str) -> tuple[float, float]:
+        path = f"/apis/custom.metrics.k8s.io/v1beta2/{PLURAL}.{GROUP}/{budget}/{metric}"
+        try:
+            body = await self._api_client.call_api(
+                path,
+                "GET",
+                header_params={"Accept": "application/json"},
+                response_types_map={200: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            raise ClusterError(f"GET {path}: HTTP {exc.status}") from exc
+        items = body.get("items") or []
+        if not items:
+            raise ClusterError(f"GET {path}: no value")
+        return _quantity(items[0]["value"]), _seconds(items[0]["timestamp"])
+
+    async def rack_power(self, budget: str) -> RackReading:
+        power, stamp = await self._custom_metric(budget, "rack_power_watts")
+        headroom, _ = await self._custom_metric(budget, "rack_power_headroom_watts")
+        return RackReading(power_watts=power, headroom_watts=headroom, timestamp_seconds=stamp)
+
+    async def patch_status(self, budget: str, status: Mapping[str, Any]) -> None:
+        try:
+            await self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, budget, {"status": dict(status)}, _content_type=MERGE_PATCH
+            )
+        except ApiException as exc:
+            raise ClusterError(f"patch status of {KIND} {budget}: HTTP {exc.status}") from exc
+
+    async def emit_event(
+        self, budget: BudgetSpec, *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{budget.name}.", namespace=EVENT_NAMESPACE),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=budget.name, uid=budget.uid or None
+            ),
+            reason=reason,
+            message=message,
+            type="Warning" if warning else "Normal",
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="wattscale-capper"),
+            reporting_component="wattscale.io/capper",
+            reporting_instance=self._identity,
+        )
+        try:
+            await self._core.create_namespaced_event(EVENT_NAMESPACE, event)
+        except ApiException as exc:
+            raise ClusterError(f"create event {reason}: HTTP {exc.status}") from exc
+
+    async def replica_target(self, workload: Workload) -> ReplicaTarget:
+        if workload.kind == "InferenceService":
+            group, version, resource, name = (
+                "serving.kserve.io",
+                "v1beta1",
+                "inferenceservices",
+                workload.name,
+            )
+        elif workload.scaled_object:
+            group, version, resource, name = "keda.sh", "v1alpha1", "scaledobjects", workload.scaled_object
+        else:
+            raise ClusterError(f"{workload.key}: no InferenceService or scaledObject to clamp")
+        try:
+            obj = await self._custom.get_namespaced_custom_object(
+                group, version, workload.namespace, resource, name
+            )
+        except ApiException as exc:
+            raise ClusterError(f"get {resource} {workload.namespace}/{name}: HTTP {exc.status}") from exc
+        metadata, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        if resource == "scaledobjects":
+            owners = [o.get("kind") for o in metadata.get("ownerReferences") or []]
+            if "InferenceService" in owners:
+                raise ClusterError(
+                    f"scaledobject {workload.namespace}/{name} is owned by KServe, which reverts any edit; "
+                    "clamp the InferenceService instead"
+                )
+            current_max, current_min = (
+                int(spec.get("maxReplicaCount", 100)),
+                int(spec.get("minReplicaCount", 0)),
+            )
+        else:
+            predictor = spec.get("predictor") or {}
+            current_min = int(predictor.get("minReplicas", 1))
+            current_max = int(predictor.get("maxReplicas", current_min))
+        annotation = (metadata.get("annotations") or {}).get(CONFIGURED_MAX_ANNOTATION)
+        configured = int(annotation) if annotation and str(annotation).isdigit() else current_max
+        return ReplicaTarget(workload, resource, name, current_max, current_min, configured)
+
+    async def set_max_replicas(self, target: ReplicaTarget, ceiling: int) -> None:
+        restoring = ceiling >= target.configured_max_replicas
+        annotations = {CONFIGURED_MAX_ANNOTATION: None if restoring else str(target.configured_max_replicas)}
+        value = target.configured_max_replicas if restoring else ceiling
+        if target.resource == "inferenceservices":
+            group, version = "serving.kserve.io", "v1beta1"
+            spec: dict[str, Any] = {"predictor": {"maxReplicas": value}}
+        else:
+            group, version = "keda.sh", "v1alpha1"
+            spec = {"maxReplicaCount": value}
+        body = {"metadata": {"annotations": annotations}, "spec": spec}
+        ns = target.workload.namespace
+        try:
+            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                group, version, ns, target.resource, target.name, body, _content_type=MERGE_PATCH
+            )
+        except ApiException as exc:
+            raise ClusterError(f"patch {target.resource} {ns}/{target.name}: HTTP {exc.status}") from exc

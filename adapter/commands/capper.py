@@ -1,0 +1,139 @@
+"""`wattscale capper`: keep every PowerBudget's rack under its cap (leader-elected; see adapter.capper)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+HELP = "keep racks under their PowerBudget caps by setting GPU power limits and replica ceilings"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", type=Path, help="cluster access; default: in-cluster when in a pod")
+    parser.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or socket.gethostname(),
+        help="this replica's name in the Lease (default: $POD_NAME, else the host name)",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "kube-system"),
+        help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else kube-system)",
+    )
+    parser.add_argument(
+        "--lease-name", default="wattscale-capper", help="Lease name (default: wattscale-capper)"
+    )
+    parser.add_argument("--lease-seconds", type=int, default=15, help="lease duration (default: 15)")
+    parser.add_argument("--interval-seconds", type=float, default=1.0, help="control period (default: 1)")
+    parser.add_argument(
+        "--agent-url-template",
+        default="http://{node_ip}:9400",
+        help="node agent base URL; {node_name} and {node_ip} are filled in; a node's annotation "
+        "wattscale.io/agent-url overrides it (default: http://{node_ip}:9400)",
+    )
+    parser.add_argument(
+        "--agent-token-file", type=Path, help="bearer token the agents accept for power-limit changes"
+    )
+    parser.add_argument(
+        "--metrics-address", default="0.0.0.0", help="bind address of /metrics (default: 0.0.0.0)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=9465, help="port of /metrics and /healthz (default: 9465)"
+    )
+    parser.add_argument("--once", action="store_true", help="run one period (if leader) and exit")
+    parser.add_argument("--log-level", default="info")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import sys
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.interval_seconds <= 0:
+        print("capper: --interval-seconds must be > 0", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import signal
+    import sys
+
+    import aiohttp
+    from aiohttp import web
+    from kubernetes_asyncio import client, config
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from adapter.capper.agents import AgentClient
+    from adapter.capper.cluster import KubeCluster
+    from adapter.capper.lease import LeaseElector
+    from adapter.capper.loop import Capper, CapperMetrics
+
+    if args.kubeconfig is not None:
+        await config.load_kube_config(config_file=str(args.kubeconfig))
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:
+        print("capper: no cluster (no --kubeconfig, not in a pod)", file=sys.stderr)
+        return 2
+    token = args.agent_token_file.read_text(encoding="utf-8").strip() if args.agent_token_file else None
+
+    metrics = CapperMetrics()
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.metrics_address, args.metrics_port).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async with client.ApiClient() as api, aiohttp.ClientSession() as session:
+        elector = LeaseElector(
+            client.CoordinationV1Api(api),
+            namespace=args.lease_namespace,
+            name=args.lease_name,
+            identity=args.identity,
+            lease_seconds=args.lease_seconds,
+        )
+        capper = Capper(
+            KubeCluster(api, agent_url_template=args.agent_url_template, identity=args.identity),
+            AgentClient(session, token=token),
+            metrics=metrics,
+            identity=args.identity,
+        )
+        try:
+            while not stop.is_set():
+                started = loop.time()
+                leading = await elector.try_acquire_or_renew()
+                metrics.leader.set(1.0 if leading else 0.0)
+                if leading:
+                    await capper.run_once()
+                if args.once:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        stop.wait(), max(0.0, args.interval_seconds - (loop.time() - started))
+                    )
+        finally:
+            await elector.release()
+            await runner.cleanup()
+    return 0

@@ -1,0 +1,209 @@
+"""PowerBudget parsing, the CRD's defaults agreeing with the code's, and Lease-based leader election."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from adapter.capper.budget import BudgetError, label_selector, parse_budget
+from adapter.capper.lease import LeaseElector
+from adapter.capper.policy import PRIORITY_HIGH, PRIORITY_LOW, PolicyConfig
+from adapter.cli import main
+
+CRD = Path(__file__).resolve().parents[3] / "apiservice" / "powerbudget-crd.yaml"
+
+
+def minimal(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "rack-a", "uid": "u", "generation": 1},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"wattscale.io/rack": "rack-a"}},
+            "capWatts": 40_800,
+            **spec,
+        },
+    }
+
+
+def test_a_minimal_budget_is_dry_run_with_the_default_thresholds() -> None:
+    budget = parse_budget(minimal())
+
+    assert budget.enforce is False
+    assert budget.node_selector == "wattscale.io/rack=rack-a"
+    config = budget.policy_config()
+    defaults = PolicyConfig(cap_watts=40_800, rack_watts_per_gpu_watt=1.0)
+    assert (config.soft_ratio, config.hard_ratio, config.guard_ratio) == (
+        defaults.soft_ratio,
+        defaults.hard_ratio,
+        defaults.guard_ratio,
+    )
+
+
+def test_the_crd_defaults_are_the_policy_defaults() -> None:
+    crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    thresholds = spec["thresholds"]["properties"]
+    defaults = PolicyConfig(cap_watts=1.0)
+    assert thresholds["softRatio"]["default"] == defaults.soft_ratio
+    assert thresholds["hardRatio"]["default"] == defaults.hard_ratio
+    assert thresholds["hysteresisRatio"]["default"] == defaults.hysteresis_ratio
+    assert thresholds["restoreAfterSeconds"]["default"] == defaults.restore_after_seconds
+    assert thresholds["guardRatio"]["default"] == defaults.guard_ratio
+    assert spec["mode"]["default"] == "dryRun"
+    columns = {c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert {"Cap", "Power", "Headroom"} <= columns
+    assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["group"] == "wattscale.io"
+
+
+def test_workload_priorities_and_enforce_mode_are_read() -> None:
+    budget = parse_budget(
+        minimal(
+            mode="enforce",
+            thresholds={"guardRatio": 0},
+            workloads=[
+                {"kind": "InferenceService", "namespace": "llm", "name": "chat", "priorityClass": "high"},
+                {"kind": "Deployment", "namespace": "llm", "name": "batch", "replicaPeakPowerWatts": 900},
+            ],
+        )
+    )
+
+    assert budget.enforce is True and budget.guard_ratio is None
+    assert [w.priority for w in budget.workloads] == [PRIORITY_HIGH, PRIORITY_LOW]
+    assert budget.workloads[1].replica_peak_power_watts == 900.0
+
+
+def test_every_problem_of_a_bad_budget_is_listed() -> None:
+    raw = minimal(
+        capWatts="lots",
+        mode="yolo",
+        workloads=[{"kind": "StatefulSet", "namespace": "x", "name": "y", "priorityClass": "urgent"}],
+    )
+    raw["spec"]["nodeSelector"] = {}
+
+    with pytest.raises(BudgetError) as exc:
+        parse_budget(raw)
+
+    text = str(exc.value)
+    for expected in ("nodeSelector", "capWatts", "spec.mode", "kind", "priorityClass"):
+        assert expected in text
+
+
+def test_label_selectors_use_the_list_api_syntax() -> None:
+    selector = label_selector(
+        {
+            "matchLabels": {"zone": "a"},
+            "matchExpressions": [
+                {"key": "rack", "operator": "In", "values": ["r1", "r2"]},
+                {"key": "gpu", "operator": "Exists"},
+                {"key": "drain", "operator": "DoesNotExist"},
+            ],
+        }
+    )
+
+    assert selector == "zone=a,rack in (r1,r2),gpu,!drain"
+
+
+class FakeLeaseApi:
+    """The Lease endpoints with the API server's optimistic concurrency (409 on a stale resourceVersion)."""
+
+    def __init__(self) -> None:
+        self.lease: client.V1Lease | None = None
+        self.version = 0
+        self.writes = 0
+
+    async def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
+        if self.lease is None:
+            raise ApiException(status=404)
+        return copy.deepcopy(self.lease)
+
+    async def create_namespaced_lease(self, namespace: str, body: client.V1Lease) -> client.V1Lease:
+        if self.lease is not None:
+            raise ApiException(status=409)
+        return self._store(body)
+
+    async def replace_namespaced_lease(
+        self, name: str, namespace: str, body: client.V1Lease
+    ) -> client.V1Lease:
+        assert self.lease is not None
+        if body.metadata.resource_version != self.lease.metadata.resource_version:
+            raise ApiException(status=409)
+        return self._store(body)
+
+    def _store(self, body: client.V1Lease) -> client.V1Lease:
+        self.version += 1
+        self.writes += 1
+        body.metadata.resource_version = str(self.version)
+        self.lease = copy.deepcopy(body)
+        return body
+
+
+async def test_one_replica_leads_until_its_lease_expires_then_another_takes_over() -> None:
+    api = FakeLeaseApi()
+    now = [100.0]
+
+    def elector(identity: str) -> LeaseElector:
+        return LeaseElector(
+            api,  # type: ignore[arg-type]
+            namespace="kube-system",
+            name="wattscale-capper",
+            identity=identity,
+            lease_seconds=15,
+            clock=lambda: now[0],
+        )
+
+    a, b = elector("a"), elector("b")
+    assert await a.try_acquire_or_renew() is True
+    assert await b.try_acquire_or_renew() is False and b.holder == "a"
+
+    now[0] += 10
+    assert await a.try_acquire_or_renew() is True  # renewed at 110
+    now[0] += 10
+    assert await b.try_acquire_or_renew() is False  # 120 < 110 + 15
+
+    now[0] += 20  # a stopped renewing
+    assert await b.try_acquire_or_renew() is True
+    assert api.lease is not None and api.lease.spec.lease_transitions == 1
+    assert await a.try_acquire_or_renew() is False and a.is_leader is False
+
+
+async def test_a_leader_does_not_rewrite_the_lease_every_period() -> None:
+    api = FakeLeaseApi()
+    now = [0.0]
+    leader = LeaseElector(
+        api,  # type: ignore[arg-type]
+        namespace="ns",
+        name="l",
+        identity="a",
+        renew_seconds=2.0,
+        clock=lambda: now[0],
+    )
+    for _ in range(10):
+        assert await leader.try_acquire_or_renew()
+        now[0] += 0.5
+
+    assert api.writes == 3  # at 0, 2 and 4 s
+
+
+async def test_a_released_lease_is_taken_at_once() -> None:
+    api = FakeLeaseApi()
+    a = LeaseElector(api, namespace="ns", name="l", identity="a", clock=lambda: 50.0)  # type: ignore[arg-type]
+    b = LeaseElector(api, namespace="ns", name="l", identity="b", clock=lambda: 51.0)  # type: ignore[arg-type]
+    await a.try_acquire_or_renew()
+
+    await a.release()
+
+    assert await b.try_acquire_or_renew() is True
+
+
+def test_capper_without_a_cluster_exits_with_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    assert main(["capper", "--once", "--metrics-port", "0"]) == 2
+    assert "no cluster" in capsys.readouterr().err
