@@ -12,6 +12,7 @@ allowed and denied answers both cached for `cache_ttl_seconds` (the Go defaults 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -104,7 +105,10 @@ class AuthenticationConfig:
         )
 
 
-def issued_by_any(certificate: x509.Certificate, cas: Sequence[x509.Certificate]) -> bool:
+@functools.lru_cache(maxsize=1024)
+def issued_by_any(certificate: x509.Certificate, cas: tuple[x509.Certificate, ...]) -> bool:
+    """Whether one of `cas` signed `certificate`. Cached: the aggregator presents the same
+    certificate on every request, and a signature check costs more than the rest of a request."""
     for ca in cas:
         try:
             certificate.verify_directly_issued_by(ca)

@@ -93,6 +93,7 @@ class Reflector:
         self._list = source.list_function(api)
         self.objects: dict[tuple[str, str], KubeObject] = {}
         self.synced = asyncio.Event()
+        self.changes = 0
 
     def _raw(self, item: Any) -> dict[str, Any]:
         if isinstance(item, dict):
@@ -104,6 +105,7 @@ class Reflector:
         response = await self._list()
         raw = self._raw(response)
         self.objects = {}
+        self.changes += 1
         for item in raw.get("items") or []:
             obj = to_kube_object(self.source.resource, item)
             self.objects[(obj.namespace, obj.name)] = obj
@@ -113,6 +115,7 @@ class Reflector:
     def _apply(self, event_type: str, item: Any) -> str:
         raw = self._raw(item)
         obj = to_kube_object(self.source.resource, raw)
+        self.changes += 1
         if event_type == "DELETED":
             self.objects.pop((obj.namespace, obj.name), None)
         elif event_type in ("ADDED", "MODIFIED"):
@@ -168,6 +171,9 @@ class KubeObjectCache:
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(reflector.synced.wait() for reflector in self._reflectors.values()))
+
+    def version(self) -> int:
+        return sum(reflector.changes for reflector in self._reflectors.values())
 
     def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]:
         reflector = self._reflectors.get(resource)

@@ -33,6 +33,10 @@ class KubeObject:
 class ObjectIndex(Protocol):
     def synced(self) -> bool: ...
 
+    def version(self) -> int:
+        """Changes whenever any object or label changes, so answers derived from the index can be cached."""
+        ...
+
     def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]: ...
 
 
@@ -48,11 +52,17 @@ class StaticObjectIndex:
     def synced(self) -> bool:
         return True
 
+    def version(self) -> int:
+        return 0
+
     def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]:
         return self._by_scope.get((resource, namespace), [])
 
 
 class _NamesSource(Protocol):
+    @property
+    def generation(self) -> int: ...
+
     def objects(self, resource: str, namespace: str | None) -> Iterable[str]: ...
 
 
@@ -64,6 +74,9 @@ class StoreObjectIndex:
 
     def synced(self) -> bool:
         return True
+
+    def version(self) -> int:
+        return self._store.generation
 
     def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]:
         return [

@@ -25,6 +25,7 @@ from adapter.objects import ObjectIndex
 from adapter.query import CustomQuery, ExternalQuery
 from adapter.store import MetricStore, ObjectRef, StoredValue
 
+MAX_CACHED_ANSWERS = 512
 RACK_METRICS = tuple(spec.name for spec in CATALOGUE if POWER_BUDGETS in spec.resources)
 EXTERNAL_WORKLOAD_METRICS = tuple(spec.name for spec in CATALOGUE if NAMESPACES in spec.resources)
 
@@ -43,7 +44,9 @@ class StoreProvider:
         self._clock = clock
         self._observe_age = observe_age
         self._rendered: dict[tuple[str, ObjectRef, str], str] = {}
-        self._rendered_generation = -1
+        self._answers: dict[CustomQuery, tuple[list[str], float, float]] = {}
+        """query -> (items, valid until, oldest sample time)"""
+        self._rendered_generation: tuple[int, int] = (-1, -1)
 
     def list_custom_metrics(self) -> list[tuple[str, bool, str]]:
         return [
@@ -62,54 +65,86 @@ class StoreProvider:
         if spec is None or resource not in spec.resources:
             raise MetricNotFoundError.for_metric(resource, metric)
 
-    def _item(self, version: str, ref: ObjectRef, metric: str, value: StoredValue, query: CustomQuery) -> str:
-        if self._observe_age is not None:
-            self._observe_age(self._clock() - value.timestamp_seconds)
-        if not query.metric_selector.empty:
-            return wire.metric_value_item(
-                version, ref, metric, value, query.metric_selector.as_label_selector()
-            )
-        generation = self._store.generation
-        if generation != self._rendered_generation:
-            self._rendered = {}
-            self._rendered_generation = generation
+    def _rendered_item(self, version: str, ref: ObjectRef, metric: str, value: StoredValue) -> str:
         key = (version, ref, metric)
         item = self._rendered.get(key)
         if item is None:
             item = self._rendered[key] = wire.metric_value_item(version, ref, metric, value, None)
         return item
 
+    def _start_generation(self) -> None:
+        generation = (self._store.generation, self._index.version())
+        if generation != self._rendered_generation:
+            self._rendered = {}
+            self._answers = {}
+            self._rendered_generation = generation
+
     def custom_items(self, query: CustomQuery) -> list[str]:
-        """Rendered MetricValue items: exactly one for a named object, at least one for a selector."""
+        """Rendered MetricValue items: exactly one for a named object, at least one for a selector.
+
+        Answers are cached until the store or the object index changes, or until the first of the
+        answer's values would go stale: the HPA asks the same question every sync period.
+        """
         self._check_metric(query.resource, query.metric)
-        namespace = query.object_namespace
         now = self._clock()
+        self._start_generation()
+        cached = self._answers.get(query)
+        if cached is not None and now < cached[1]:
+            self._observe(now - cached[2])
+            return cached[0]
+        items, oldest_seconds = self._answer(query, now)
+        if len(self._answers) >= MAX_CACHED_ANSWERS:
+            self._answers.clear()
+        self._answers[query] = (items, oldest_seconds + self._store.max_age_seconds, oldest_seconds)
+        self._observe(now - oldest_seconds)
+        return items
+
+    def _observe(self, age_seconds: float) -> None:
+        if self._observe_age is not None:
+            self._observe_age(age_seconds)
+
+    def _answer(self, query: CustomQuery, now: float) -> tuple[list[str], float]:
+        namespace = query.object_namespace
+        metric_selector = None if query.metric_selector.empty else query.metric_selector
+        rendered_selector = query.metric_selector.as_label_selector()
         if not query.wildcard:
             ref = ObjectRef(query.resource, namespace, query.name)
             value = self._store.get(ref, query.metric, now_seconds=now)
-            if not query.metric_selector.matches(value.labels):
+            if metric_selector is not None and not metric_selector.matches(value.labels):
                 raise MetricNotFoundError(
                     f"the server could not find the metric {query.metric} for {query.resource} {query.name} "
                     f"with metric selector {query.metric_selector}"
                 )
-            return [self._item(query.version, ref, query.metric, value, query)]
+            if metric_selector is None:
+                return [self._rendered_item(query.version, ref, query.metric, value)], value.timestamp_seconds
+            item = wire.metric_value_item(query.version, ref, query.metric, value, rendered_selector)
+            return [item], value.timestamp_seconds
         values = self._store.values_of(query.resource, namespace, query.metric)
         objects = self._index.objects(
             query.resource, namespace if query.resource not in CLUSTER_SCOPED else None
         )
+        selector = None if query.selector.empty else query.selector
+        oldest_fresh = now - self._store.max_age_seconds
         items: list[str] = []
+        oldest = now
         stale = 0
         for obj in objects:
             found = values.get(obj.name)
-            if found is None or not query.selector.matches(obj.labels):
+            if found is None or (selector is not None and not selector.matches(obj.labels)):
                 continue
-            if not query.metric_selector.matches(found.labels):
+            if metric_selector is not None and not metric_selector.matches(found.labels):
                 continue
-            if not self._store.is_fresh(found, now):
+            if found.timestamp_seconds < oldest_fresh:
                 stale += 1
                 continue
+            oldest = min(oldest, found.timestamp_seconds)
             ref = ObjectRef(query.resource, namespace, obj.name)
-            items.append(self._item(query.version, ref, query.metric, found, query))
+            if metric_selector is None:
+                items.append(self._rendered_item(query.version, ref, query.metric, found))
+            else:
+                items.append(
+                    wire.metric_value_item(query.version, ref, query.metric, found, rendered_selector)
+                )
         if not items:
             if stale:
                 raise StaleMetricError(
@@ -117,7 +152,7 @@ class StoreProvider:
                     f"stale for all {stale} matching objects (max age {self._store.max_age_seconds:.0f}s)"
                 )
             raise MetricNotFoundError.for_selector(query.resource, query.metric, str(query.selector))
-        return items
+        return items, oldest
 
     def _external_candidates(
         self, query: ExternalQuery
