@@ -223,3 +223,77 @@ def watts_per_token(
             }
         )
     return out[OUTPUT_COLUMNS]
+
+
+def load_windows(
+    samples: pd.DataFrame,
+    *,
+    window_seconds: float,
+    step_seconds: float | None = None,
+    metrics: Metrics | None = None,
+    requests_metric: str = "requests_running",
+) -> pd.DataFrame:
+    """Sliding windows of load and power from scraped samples: the rows a `PowerModel` learns from.
+
+    Windows of `window_seconds` start every `step_seconds` (default: the window, i.e. no overlap).
+    Columns window_start_seconds, window_end_seconds, generation_tokens_per_second,
+    prompt_tokens_per_second, requests_running (time-weighted gauge mean, NaN if absent),
+    power_watts, method. Rows without power or tokens are dropped.
+    """
+    names = metrics or Metrics()
+    frame = samples.astype({"timestamp_seconds": np.float64, "value": np.float64})
+    step = window_seconds if step_seconds is None else step_seconds
+    start = float(frame["timestamp_seconds"].min())
+    end = float(frame["timestamp_seconds"].max())
+    starts = np.arange(start, end - window_seconds + 1e-9, step)
+    columns = [
+        "window_start_seconds",
+        "window_end_seconds",
+        "generation_tokens_per_second",
+        "prompt_tokens_per_second",
+        "requests_running",
+        "power_watts",
+        "method",
+    ]
+    if starts.size == 0:
+        return pd.DataFrame(columns=columns)
+    ends = starts + window_seconds
+
+    def per_window(metric: str, on_reset: Literal["post_value", "neighbour_rate"]) -> FloatArray:
+        series = _series(frame, metric)
+        if not series:
+            return np.full(starts.size, np.nan)
+        total = np.zeros(starts.size)
+        for times, values in series:
+            total = total + (
+                counter_at(times, values, ends, on_reset=on_reset)
+                - counter_at(times, values, starts, on_reset=on_reset)
+            )
+        return total
+
+    def gauge_mean(metric: str) -> FloatArray:
+        series = _series(frame, metric)
+        if not series:
+            return np.full(starts.size, np.nan)
+        total = np.zeros(starts.size)
+        for times, values in series:
+            integral, covered = gauge_integral(times, values, starts, ends)
+            total = total + np.where(covered > 0, integral / np.where(covered > 0, covered, 1.0), np.nan)
+        return total
+
+    counter_power = per_window(names.energy, "neighbour_rate") / window_seconds
+    gauge_power = gauge_mean(names.power)
+    use_counter = np.isfinite(counter_power)
+    out = pd.DataFrame(
+        {
+            "window_start_seconds": starts,
+            "window_end_seconds": ends,
+            "generation_tokens_per_second": per_window(names.generation_tokens, "post_value")
+            / window_seconds,
+            "prompt_tokens_per_second": per_window(names.prompt_tokens, "post_value") / window_seconds,
+            "requests_running": gauge_mean(requests_metric),
+            "power_watts": np.where(use_counter, counter_power, gauge_power),
+            "method": np.where(use_counter, "energy_counter", "power_gauge"),
+        }
+    )
+    return out.dropna(subset=["power_watts", "generation_tokens_per_second"]).reset_index(drop=True)[columns]

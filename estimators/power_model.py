@@ -121,12 +121,24 @@ def compare_regressors(
     names: tuple[str, ...] = REGRESSORS,
     n_splits: int = 3,
     gap: int = 0,
+    min_train_fraction: float = 0.5,
     random_state: int = 0,
 ) -> pd.DataFrame:
-    """Time-ordered cross-validated MAPE of each regressor (rows in time order; `gap` rows are left out
-    between train and test so overlapping windows do not leak). Columns regressor, mape_mean, mape_std,
-    sorted best first."""
-    splitter = TimeSeriesSplit(n_splits=n_splits, gap=gap)
+    """Time-ordered cross-validated MAPE of each regressor, best first (columns regressor, mape_mean,
+    mape_std).
+
+    Rows must be in time order. Each fold trains on everything before its test block and tests on
+    the next block; the first fold trains on at least `min_train_fraction` of the rows, because a
+    power model fitted on a few seconds of one batch size says nothing. `gap` rows are left out
+    between train and test so that overlapping windows do not leak.
+    """
+    test_size = int((len(X) * (1.0 - min_train_fraction) - gap) // n_splits)
+    if test_size < 1:
+        raise ValueError(
+            f"{len(X)} rows are too few for {n_splits} folds with a gap of {gap} and "
+            f"{min_train_fraction:.0%} of rows to train on first"
+        )
+    splitter = TimeSeriesSplit(n_splits=n_splits, gap=gap, test_size=test_size)
     rows = []
     for name in names:
         scores = -cross_val_score(

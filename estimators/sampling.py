@@ -122,7 +122,9 @@ def scrape_trace(
     """The H100 trace as a cluster would have scraped it, in the `timestamp,metric,value` shape.
 
     `samples` has the trace's samples.csv columns t, energy_j, power_w (`power_w` is NVML's 1 s
-    average on an H100); `steps` has steps.csv's. The GPU exporter (energy counter and power gauge)
+    average on an H100); `steps` has steps.csv's. `requests_running` is the batch of the step in
+    progress at the scrape (0 between runs; the gap between steps of one run, under 50 ms, counts as
+    running). The GPU exporter (energy counter and power gauge)
     follows `energy_plan`, the inference server (token counters) `token_plan`; the energy counter
     optionally restarts from zero at `energy_restart_seconds`.
     """
@@ -135,6 +137,12 @@ def scrape_trace(
     gpu_times = energy_plan.times(start, end, rng)
     token_times = token_plan.times(start, end, rng)
     tokens = token_counters(steps)
+    ordered = steps.sort_values("t_start")
+    step_index = np.searchsorted(ordered["t_start"].to_numpy(np.float64), token_times, side="right") - 1
+    in_step = (step_index >= 0) & (
+        token_times <= ordered["t_end"].to_numpy(np.float64)[np.clip(step_index, 0, None)] + 0.05
+    )
+    running = np.where(in_step, ordered["batch"].to_numpy(np.float64)[np.clip(step_index, 0, None)], 0.0)
     return pd.concat(
         [
             long_frame(gpu_times, "gpu_energy_joules_total", np.interp(gpu_times, t, energy)),
@@ -149,6 +157,7 @@ def scrape_trace(
                 "prompt_tokens_total",
                 step_value_at(tokens["timestamp_seconds"], tokens["prompt_tokens_total"], token_times),
             ),
+            long_frame(token_times, "requests_running", running),
         ],
         ignore_index=True,
     )
