@@ -63,7 +63,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "replicas_within_budget",
         "replicas",
         (DEPLOYMENTS, INFERENCE_SERVICES),
-        "replicas that fit the rack's remaining headroom at the workload's modelled peak power per replica",
+        "current replicas plus those that fit the rack's headroom at the power of the workload's hungriest replica in the window",
     ),
     MetricSpec(
         "node_power_watts", "W", (NODES,), "node power: measured where a source has it, else GPUs + CPU"
