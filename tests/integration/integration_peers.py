@@ -64,6 +64,13 @@ def free_port() -> int:
         return port
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout_seconds: float, what: str) -> None:
     """Poll `condition` until it holds; fail with `what` after the deadline."""
     deadline = time.monotonic() + timeout_seconds
