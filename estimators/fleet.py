@@ -171,10 +171,19 @@ def _pod_frame(
     assignments = latest.loc[latest["value"] > 0, [*_GPU, *_POD]]
     shares = split_gpu_power(gpus, assignments, _outer_on(_POD, [gen_rate, utilization]))
     gpu_per_pod = shares.groupby(_POD, as_index=False).agg(
-        gpu_power_watts=("gpu_share_watts", "sum"),
-        assigned_node=("node", "first"),
-        gpu_method=("method", lambda s: ",".join(sorted(set(s)))),
+        gpu_power_watts=("gpu_share_watts", "sum"), assigned_node=("node", "first")
     )
+    # A pod's GPUs usually share one method; join the distinct ones in one vectorised pass.
+    methods = shares[[*_POD, "method"]].drop_duplicates().sort_values([*_POD, "method"])
+    several = methods.duplicated(_POD, keep=False)
+    joined = pd.concat(
+        [
+            methods.loc[~several],
+            methods.loc[several].groupby(_POD)["method"].agg(",".join).reset_index(),
+        ],
+        ignore_index=True,
+    ).rename(columns={"method": "gpu_method"})
+    gpu_per_pod = gpu_per_pod.merge(joined, on=_POD, how="left")
 
     labelled = samples.dropna(subset=[*_POD, "node"]).sort_values("timestamp_seconds")
     pod_nodes = labelled.groupby(_POD)["node"].last().reset_index()

@@ -223,3 +223,15 @@ def test_replicas_within_budget(
 def test_replicas_within_budget_refuses_an_unknown_peak(peak_watts: float) -> None:
     with pytest.raises(ValueError, match="replica_peak_power_watts"):
         replicas_within_budget(100.0, peak_watts, 1)
+
+
+def test_pod_on_two_gpus_sums_them_and_names_both_methods() -> None:
+    samples = _gpu_pod_samples()
+    samples = samples[~((samples["metric"] == "gpu_assignment_info") & (samples["pod"] != "a"))]
+    extra = [
+        _row("gpu_assignment_info", 1.0, t, node="n1", gpu_uuid="g1", namespace="llm", pod="a")
+        for t in SCRAPES_SECONDS
+    ]
+    pods = _estimate(pd.concat([samples, pd.DataFrame(extra)], ignore_index=True))
+    assert pods.loc["a", "gpu_power_watts"] == pytest.approx(500.0)
+    assert pods.loc["a", "method"] == "energy_counter,power_gauge"
