@@ -149,7 +149,11 @@ class Capper:
         for raw in budgets:
             name = str((raw.get("metadata") or {}).get("name") or "")
             names.add(name)
-            await self._run_budget(name, raw)
+            try:
+                await self._run_budget(name, raw)
+            except Exception:  # our bug: log it and keep capping the other racks
+                self.metrics.errors.labels(name, "internal").inc()
+                log.exception("capper.budget_failed", extra={"budget": name})
         for gone in set(self.runtime) - names:
             del self.runtime[gone]
 

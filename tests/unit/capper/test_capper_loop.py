@@ -340,3 +340,26 @@ async def test_an_invalid_budget_is_reported_in_its_status_and_nothing_is_done()
         error = h.cluster.statuses[-1]["lastError"]
         assert "spec.capWatts" in error and "spec.mode" in error
         assert all(agent.puts == [] for agent in agents) and h.cluster.events == []
+
+
+async def test_a_capper_in_the_adapter_process_reads_rack_power_from_the_store() -> None:
+    from adapter.capper.cluster import store_rack_power
+    from adapter.store import MetricStore, ObjectRef, StoredValue
+
+    now = [1_000.0]
+    store = MetricStore(max_age_seconds=30, clock=lambda: now[0])
+    ref = ObjectRef("powerbudgets.wattscale.io", "", "rack-a")
+    store.put_all(
+        {
+            (ref, "rack_power_watts"): StoredValue(31_000.0, 999.0, 10.0),
+            (ref, "rack_power_headroom_watts"): StoredValue(5_720.0, 999.0, 10.0),
+        }
+    )
+    read = store_rack_power(store)
+
+    assert await read("rack-a") == RackReading(31_000.0, 5_720.0, 999.0)
+    now[0] += 60  # older than max age: the loop must see a failure, not an old number
+    with pytest.raises(ClusterError):
+        await read("rack-a")
+    with pytest.raises(ClusterError):
+        await read("rack-b")
