@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -219,6 +219,66 @@ def store_values(
     return put.values
 
 
+def estimate_pass(
+    history: SampleHistory,
+    *,
+    now_seconds: float,
+    index: ObjectIndex,
+    racks: Sequence[RackSettings],
+    window_seconds: float,
+) -> dict[Key, StoredValue]:
+    """Samples -> estimators -> the values of one store snapshot."""
+    frame = history.frame(now_seconds)
+    rack_frame = pd.DataFrame(
+        {
+            "rack": [r.name for r in racks],
+            "cap_watts": [r.cap_watts for r in racks],
+            "margin_ratio": [r.margin_ratio for r in racks],
+        }
+    )
+    mapping = node_racks(index, racks, frame)
+    estimate = estimate_fleet(
+        frame, node_racks=mapping, racks=rack_frame, window_seconds=window_seconds, now_seconds=now_seconds
+    )
+    return store_values(estimate, index=index, racks_of_nodes=mapping, window_seconds=window_seconds)
+
+
+INDEXED_RESOURCES = (PODS, NODES, DEPLOYMENTS)
+"""What an estimator pass needs of the object index: pod labels, node labels, Deployment selectors."""
+
+
+class Estimator(Protocol):
+    """Where the sample history lives and the estimator passes run."""
+
+    async def add(self, collector: str, samples: Sequence[Sample], received_seconds: float) -> None: ...
+
+    async def estimate(
+        self, *, now_seconds: float, index: ObjectIndex, racks: Sequence[RackSettings], window_seconds: float
+    ) -> dict[Key, StoredValue]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalEstimator:
+    """History and passes in this process, inline: for tests and small fleets."""
+
+    def __init__(self, keep_seconds: float) -> None:
+        self.history = SampleHistory(keep_seconds)
+
+    async def add(self, collector: str, samples: Sequence[Sample], received_seconds: float) -> None:
+        self.history.add(collector, samples, received_seconds)
+
+    async def estimate(
+        self, *, now_seconds: float, index: ObjectIndex, racks: Sequence[RackSettings], window_seconds: float
+    ) -> dict[Key, StoredValue]:
+        return estimate_pass(
+            self.history, now_seconds=now_seconds, index=index, racks=racks, window_seconds=window_seconds
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -229,6 +289,7 @@ class Pipeline:
         settings: Settings,
         self_metrics: SelfMetrics,
         racks: Callable[[], Sequence[RackSettings]] | None = None,
+        estimator: Estimator | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.collectors = list(collectors)
@@ -238,9 +299,7 @@ class Pipeline:
         self._metrics = self_metrics
         self._racks = racks or (lambda: settings.racks)
         self._clock = clock
-        longest_interval = max((c.interval_seconds for c in collectors), default=0.0)
-        # Two windows: counters need a sample before the window starts to measure across all of it.
-        self.history = SampleHistory(2 * settings.window_seconds + longest_interval)
+        self.estimator = estimator or LocalEstimator(history_seconds(settings, collectors))
         self._failing: set[str] = set()
 
     async def poll(self, collector: Collector) -> bool:
@@ -263,7 +322,7 @@ class Pipeline:
                 log.warning("collector.stale", extra={"collector": name, "error": error, "detail": str(exc)})
             return False
         now = self._clock()
-        self.history.add(name, samples, now)
+        await self.estimator.add(name, samples, now)
         self._metrics.collector_samples.labels(name).set(len(samples))
         self._metrics.collector_last_success.labels(name).set(now)
         self._metrics.collector_up.labels(name).set(1)
@@ -272,29 +331,15 @@ class Pipeline:
             log.info("collector.recovered", extra={"collector": name})
         return True
 
-    def estimate_once(self) -> int:
+    async def estimate_once(self) -> int:
         """One estimator pass over the history; returns how many values the store now holds."""
         started = time.perf_counter()
         now = self._clock()
-        frame = self.history.frame(now)
-        racks = list(self._racks())
-        rack_frame = pd.DataFrame(
-            {
-                "rack": [r.name for r in racks],
-                "cap_watts": [r.cap_watts for r in racks],
-                "margin_ratio": [r.margin_ratio for r in racks],
-            }
-        )
-        mapping = node_racks(self._index, racks, frame)
-        estimate = estimate_fleet(
-            frame,
-            node_racks=mapping,
-            racks=rack_frame,
-            window_seconds=self._settings.window_seconds,
+        values = await self.estimator.estimate(
             now_seconds=now,
-        )
-        values = store_values(
-            estimate, index=self._index, racks_of_nodes=mapping, window_seconds=self._settings.window_seconds
+            index=self._index,
+            racks=list(self._racks()),
+            window_seconds=self._settings.window_seconds,
         )
         # A value whose inputs stopped arriving stays, with its old timestamp, so the API can say
         # "stale" (503) rather than "never heard of it" (404), until it is old enough to forget.
@@ -317,7 +362,7 @@ class Pipeline:
     async def _estimate_forever(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.estimate_once)
+                await self.estimate_once()
             except Exception:  # a bug in one pass must not stop the next; the old snapshot stays served
                 log.exception("pipeline.estimate_failed")
             await asyncio.sleep(self._settings.estimate_interval_seconds)
@@ -329,11 +374,17 @@ class Pipeline:
             tasks.create_task(self._estimate_forever(), name="estimator")
 
     async def aclose(self) -> None:
+        await self.estimator.aclose()
         for collector in self.collectors:
             try:
                 await collector.aclose()
             except Exception:
                 log.exception("collector.close_failed", extra={"collector": collector.name})
+
+
+def history_seconds(settings: Settings, collectors: Sequence[Collector]) -> float:
+    """Two windows and a poll: counters need a sample from before the window to measure all of it."""
+    return 2 * settings.window_seconds + max((c.interval_seconds for c in collectors), default=0.0)
 
 
 def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> list[Collector]:

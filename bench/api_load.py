@@ -100,9 +100,38 @@ async def serve(args: argparse.Namespace) -> None:
             store.put_all(pod_values(args.pods, time.time()))  # type: ignore[attr-defined]
 
     refresher = asyncio.create_task(refresh())
+    pipeline_task = asyncio.create_task(run_pipeline(args.pipeline_pods)) if args.pipeline_pods else None
     await stop.wait()
     refresher.cancel()
+    if pipeline_task is not None:
+        pipeline_task.cancel()
     await runner.cleanup()
+
+
+async def run_pipeline(pods: int) -> None:
+    """A real pipeline over a simulated fleet of `pods` pods in the same process, as `serve` runs it."""
+    from adapter.estimator_process import ProcessEstimator
+    from adapter.objects import StaticObjectIndex
+    from adapter.pipeline import Pipeline, history_seconds
+    from adapter.selfmetrics import SelfMetrics
+    from adapter.settings import Settings
+    from adapter.store import MetricStore
+    from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
+
+    nodes = tuple(SimNode(f"node-{i}", f"rack-{i // 16}", 8) for i in range(pods // 8 + 1))
+    fleet = Fleet(nodes, tuple(SimPod("sim", f"pod-{i}", f"node-{i // 8}", 1, 0.5) for i in range(pods)))
+    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0), fleet=fleet)
+    racks = [{"name": f"rack-{r}", "cap_watts": 60000} for r in range(len(nodes) // 16 + 1)]
+    settings = Settings.from_mapping({"window_seconds": 60, "racks": racks})
+    pipeline = Pipeline(
+        [collector],
+        store=MetricStore(max_age_seconds=120),
+        index=StaticObjectIndex([]),
+        settings=settings,
+        self_metrics=SelfMetrics(),
+        estimator=ProcessEstimator(history_seconds(settings, [collector])),
+    )
+    await pipeline.run()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -177,6 +206,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--match", choices=["all", "deployment"], default="deployment")
     parser.add_argument("--refresh-seconds", type=float, default=1.0, help="new store snapshot this often")
+    parser.add_argument(
+        "--pipeline-pods", type=int, default=0, help="also run a real pipeline over this many simulated pods"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=18443, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)

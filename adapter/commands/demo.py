@@ -67,7 +67,8 @@ def curl_examples(base_url: str) -> list[str]:
 async def _demo(args: argparse.Namespace) -> int:
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator
-    from adapter.pipeline import Pipeline
+    from adapter.estimator_process import ProcessEstimator
+    from adapter.pipeline import Pipeline, history_seconds
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls
     from adapter.settings import Settings
@@ -88,14 +89,21 @@ async def _demo(args: argparse.Namespace) -> int:
     index = demo_index()
     self_metrics = SelfMetrics()
     collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
-    pipeline = Pipeline([collector], store=store, index=index, settings=settings, self_metrics=self_metrics)  # type: ignore[arg-type]
+    pipeline = Pipeline(
+        [collector],
+        store=store,
+        index=index,  # type: ignore[arg-type]
+        settings=settings,
+        self_metrics=self_metrics,
+        estimator=ProcessEstimator(history_seconds(settings, [collector])),
+    )
     serving = ServingSettings(bind_address=args.host, port=args.port)
     tls = serving_tls(serving, request_client_certificates=False)
     # Two polls make a counter rate: estimate once before serving so the first request has values.
     await pipeline.poll(collector)
     await asyncio.sleep(1.0)
     await pipeline.poll(collector)
-    pipeline.estimate_once()
+    await pipeline.estimate_once()
     async with running(
         serving=serving,
         tls=tls,

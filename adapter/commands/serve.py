@@ -70,10 +70,11 @@ async def _serve(args: argparse.Namespace) -> int:
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator, Authenticator, Authorizer
     from adapter.catalogue import POWER_BUDGETS
+    from adapter.estimator_process import ProcessEstimator
     from adapter.kube_auth import ExtensionAuthentication, KubeAccessReviewer, KubeTokenReviewer
     from adapter.kube_cache import KubeObjectCache
     from adapter.objects import ObjectIndex, StoreObjectIndex
-    from adapter.pipeline import Pipeline, load_collectors
+    from adapter.pipeline import Pipeline, history_seconds, load_collectors
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls
     from adapter.settings import Settings
@@ -102,7 +103,12 @@ async def _serve(args: argparse.Namespace) -> int:
         log.warning("auth.disabled", extra={"reason": "--insecure-disable-auth"})
         index: ObjectIndex = StoreObjectIndex(store)
         pipeline = Pipeline(
-            collectors, store=store, index=index, settings=settings, self_metrics=self_metrics
+            collectors,
+            store=store,
+            index=index,
+            settings=settings,
+            self_metrics=self_metrics,
+            estimator=ProcessEstimator(history_seconds(settings, collectors)),
         )
         async with running(
             serving=serving,
@@ -141,7 +147,13 @@ async def _serve(args: argparse.Namespace) -> int:
             return [*settings.racks, *power_budget_racks(cache.objects(POWER_BUDGETS, None))]
 
         pipeline = Pipeline(
-            collectors, store=store, index=cache, settings=settings, self_metrics=self_metrics, racks=racks
+            collectors,
+            store=store,
+            index=cache,
+            settings=settings,
+            self_metrics=self_metrics,
+            racks=racks,
+            estimator=ProcessEstimator(history_seconds(settings, collectors)),
         )
         try:
             async with running(

@@ -102,7 +102,7 @@ async def advance(
     for fake in fakes:
         fake.latest = batch
         await pipeline.poll(fake)
-    pipeline.estimate_once()
+    await pipeline.estimate_once()
 
 
 async def test_values_follow_the_simulated_load(clock: list[float]) -> None:
@@ -173,3 +173,31 @@ def test_settings_list_every_problem() -> None:
         "racks[0].cap_watts: required",
         "racks[1].name: required",
     ]
+
+
+async def test_the_estimator_child_process_gives_the_same_values_as_an_inline_pass(
+    clock: list[float],
+) -> None:
+    from adapter.estimator_process import ProcessEstimator
+    from adapter.pipeline import LocalEstimator
+
+    pipeline, _, simulated, fakes = make_pipeline(clock)
+    child = ProcessEstimator(keep_seconds=70.0)
+    local = pipeline.estimator
+    assert isinstance(local, LocalEstimator)
+    try:
+        for _ in range(4):
+            clock[0] += 5.0
+            batch = await simulated.collect()
+            for fake in fakes:
+                fake.latest = batch
+                await pipeline.poll(fake)
+                await child.add(fake.name, await fake.collect(), clock[0])
+        settings = {"now_seconds": clock[0], "index": StaticObjectIndex([]), "window_seconds": 30.0}
+        racks = list(pipeline._racks())
+        inline = await local.estimate(racks=racks, **settings)  # type: ignore[arg-type]
+        remote = await child.estimate(racks=racks, **settings)  # type: ignore[arg-type]
+        assert remote == inline
+        assert len(remote) > 20
+    finally:
+        await child.aclose()
