@@ -1,0 +1,228 @@
+"""The adapter's side of the node agents: reads every agent's `/v1/gpus` (or its `/metrics`) and
+returns per-GPU samples plus `gpu_assignment_info` per pod holding a GPU.
+
+Agents are listed (`agent_urls`) or found through a headless Service (`agent_service`,
+"name.namespace.svc:port", resolved to every address at each poll). An agent that does not answer
+is left out of that poll (logged once) unless none answers. The energy counter is reset-proofed per
+GPU, since a driver reload restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Self
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from collectors.base import CollectorError, Sample
+from collectors.nvml import GpuReading, reading_samples
+from collectors.prometheus_text import parse_exposition
+from collectors.support import (
+    MonotonicSums,
+    PolledCollector,
+    PollSettings,
+    TransientCollectorError,
+    build_settings,
+    http_get,
+)
+
+_URL = re.compile(r"^https?://[^/\s]+$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d+$")
+_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_NUMBER_FIELDS = {f.name for f in fields(GpuReading)} - {
+    "uuid",
+    "index",
+    "name",
+    "mig_uuids",
+    "lost",
+    "errors",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeAgentSettings(PollSettings):
+    agent_urls: tuple[str, ...] = ()
+    agent_service: str | None = None
+    source: Literal["gpus", "metrics"] = "gpus"
+    interval_seconds: float = 5.0
+
+    def problems(self) -> list[str]:
+        found = PollSettings.problems(self)
+        if bool(self.agent_urls) == (self.agent_service is not None):
+            found.append("agent_urls, agent_service: set exactly one of them")
+        for i, url in enumerate(self.agent_urls):
+            if not _URL.match(url.rstrip("/")):
+                found.append(f"agent_urls[{i}]: want http(s)://host:port, got {url!r}")
+        if self.agent_service is not None and not _HOST_PORT.match(self.agent_service):
+            found.append(f"agent_service: want name:port, got {self.agent_service!r}")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAnswer:
+    node: str
+    readings: list[GpuReading]
+    pods: dict[str, list[tuple[str, str]]]
+
+
+def answer_from_gpus_json(document: Any) -> AgentAnswer:
+    """Parse `/v1/gpus`; raises `CollectorError` when it is not shaped as the agent API says."""
+    try:
+        node = str(document["node"])
+        readings, pods = [], {}
+        for gpu in document["gpus"]:
+            reading = GpuReading(
+                uuid=str(gpu["uuid"]), index=int(gpu["index"]), name=str(gpu.get("name", ""))
+            )
+            for key in _NUMBER_FIELDS:
+                value = gpu.get(key)
+                if value is not None:
+                    setattr(reading, key, float(value))
+            reading.lost = bool(gpu.get("lost", False))
+            reading.errors = {str(k): str(v) for k, v in (gpu.get("errors") or {}).items()}
+            readings.append(reading)
+            pods[reading.uuid] = [(str(p["namespace"]), str(p["pod"])) for p in gpu.get("pods", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CollectorError(f"malformed /v1/gpus answer: {type(exc).__name__}: {exc}") from exc
+    return AgentAnswer(node, readings, pods)
+
+
+def answer_from_metrics(text: str) -> AgentAnswer:
+    prefix = "wattscale_agent_gpu_"
+    readings: dict[str, GpuReading] = {}
+    pods: dict[str, list[tuple[str, str]]] = {}
+    node = ""
+    for series in parse_exposition(text, lambda name: name.startswith(prefix)):
+        labels = series.labels
+        uuid = labels.get("gpu_uuid", "")
+        node = labels.get("node", node)
+        key = series.name.removeprefix(prefix)
+        if key == "assignment_info":
+            pods.setdefault(uuid, []).append((labels.get("namespace", ""), labels.get("pod", "")))
+            continue
+        if key not in _NUMBER_FIELDS or "gpu_index" not in labels:
+            continue
+        reading = readings.setdefault(
+            uuid, GpuReading(uuid=uuid, index=int(labels["gpu_index"]), name=labels.get("gpu_name", ""))
+        )
+        setattr(reading, key, series.value)
+    return AgentAnswer(node, list(readings.values()), pods)
+
+
+class NodeAgentCollector(PolledCollector):
+    def __init__(
+        self,
+        name: str,
+        settings: NodeAgentSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name, settings, registry=registry, clock=clock)
+        self.settings = settings
+        self._session = session
+        self._owns_session = session is None
+        self._energy = MonotonicSums()
+        self._failing_agents: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
+        return cls(name, build_settings(NodeAgentSettings, name, raw))
+
+    async def _agent_urls(self) -> list[str]:
+        if self.settings.agent_urls:
+            return [url.rstrip("/") for url in self.settings.agent_urls]
+        assert self.settings.agent_service is not None
+        host, port = self.settings.agent_service.rsplit(":", 1)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise TransientCollectorError(f"{self.name}: cannot resolve {host}: {exc}") from exc
+        addresses = sorted({str(info[4][0]) for info in infos})
+        return [f"http://[{a}]:{port}" if ":" in a else f"http://{a}:{port}" for a in addresses]
+
+    async def _read_agent(self, url: str) -> AgentAnswer:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        path = "/v1/gpus" if self.settings.source == "gpus" else "/metrics"
+        body = await http_get(self._session, url + path, max_bytes=_MAX_RESPONSE_BYTES)
+        if self.settings.source == "metrics":
+            return answer_from_metrics(body.decode("utf-8", errors="replace"))
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise CollectorError(f"{url}/v1/gpus: answer is not JSON") from exc
+        try:
+            return answer_from_gpus_json(document)
+        except CollectorError as exc:
+            raise CollectorError(f"{url}: {exc}") from exc
+
+    async def _poll(self) -> list[Sample]:
+        urls = await self._agent_urls()
+        if not urls:
+            raise TransientCollectorError(f"{self.name}: no agents found")
+        results = await asyncio.gather(*(self._read_agent(url) for url in urls), return_exceptions=True)
+        answers: list[AgentAnswer] = []
+        errors: list[CollectorError] = []
+        for url, result in zip(urls, results, strict=True):
+            if isinstance(result, CollectorError):
+                errors.append(result)
+                self._metrics.errors_total.labels(self.name, "target").inc()
+                if url not in self._failing_agents:
+                    self._failing_agents.add(url)
+                    self._log.warning(
+                        "collector.target_failing",
+                        extra={"event": "collector.target_failing", "target": url, "error": str(result)},
+                    )
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            self._failing_agents.discard(url)
+            answers.append(result)
+        if errors and not answers:
+            first = errors[0]
+            kind = TransientCollectorError if isinstance(first, TransientCollectorError) else CollectorError
+            raise kind(f"{self.name}: all {len(urls)} agents failed; first: {first}") from first
+        energy = self._energy.update(
+            ((a.node, r.uuid), (a.node, r.uuid), r.energy_joules_total)
+            for a in answers
+            for r in a.readings
+            if r.energy_joules_total is not None and not r.lost
+        )
+        samples: list[Sample] = []
+        for answer in answers:
+            for reading in answer.readings:
+                if reading.lost:
+                    continue
+                if not reading.timestamp_seconds:
+                    reading.timestamp_seconds = self._clock()  # /metrics carries no read time
+                samples.extend(reading_samples(answer.node, reading, energy.get((answer.node, reading.uuid))))
+                for namespace, pod in answer.pods.get(reading.uuid, []):
+                    samples.append(
+                        Sample(
+                            metric="gpu_assignment_info",
+                            value=1.0,
+                            timestamp_seconds=reading.timestamp_seconds,
+                            labels={
+                                "node": answer.node,
+                                "gpu_uuid": reading.uuid,
+                                "namespace": namespace,
+                                "pod": pod,
+                            },
+                        )
+                    )
+        return samples
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
