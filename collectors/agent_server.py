@@ -45,7 +45,8 @@ class AgentSettings:
     pod_resources_socket: str | None = None
     """None: no pod mapping (e.g. outside Kubernetes)."""
     control_token_file: str | None = None
-    """Without it every power-limit request is refused."""
+    """Read at each request; while it is unset, missing or empty, every power-limit request is refused
+    (the DaemonSet mounts an optional Secret there)."""
     allow_power_limit_changes: bool = False
 
     def problems(self) -> list[str]:
@@ -54,8 +55,6 @@ class AgentSettings:
             found.append("node: must not be empty")
         if not self.interval_seconds > 0:
             found.append("interval_seconds: must be > 0")
-        if self.control_token_file is not None and not Path(self.control_token_file).is_file():
-            found.append(f"control_token_file: no such file {self.control_token_file!r}")
         if self.allow_power_limit_changes and self.control_token_file is None:
             found.append("allow_power_limit_changes: needs control_token_file")
         return found
@@ -194,7 +193,10 @@ def _authorised(request: web.Request) -> bool:
     token_file = request.app[SETTINGS].control_token_file
     if token_file is None:
         return False
-    expected = Path(token_file).read_text().strip()
+    try:
+        expected = Path(token_file).read_text().strip()
+    except OSError:
+        return False
     given = request.headers.get("Authorization", "")
     return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
 

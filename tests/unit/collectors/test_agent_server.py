@@ -168,3 +168,14 @@ async def test_a_lost_gpu_and_a_kubelet_outage_keep_the_agent_serving(
     ]
     assert "UNAVAILABLE" in body["pod_mapping_error"]
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_without_the_token_secret_every_change_is_refused(
+    tmp_path: Path, aiohttp_client: MakeClient
+) -> None:
+    settings = AgentSettings(node="n", interval_seconds=3600.0, control_token_file=str(tmp_path / "absent"))
+    client = await aiohttp_client(create_agent_app(settings, NvmlReader(FakeNvml([FakeGpu("GPU-a")]))))
+    answer = await client.put(
+        "/v1/gpus/GPU-a/power-limit", json={"watts": 300}, headers={"Authorization": "Bearer "}
+    )
+    assert answer.status == 403
