@@ -1,0 +1,58 @@
+"""Reading the adapter's answers: custom-metrics documents through kubectl, quantities, its own /metrics."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from decimal import Decimal
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubeharness.adapter import DeployedAdapter
+from kubeharness.controlplane import ControlPlane
+from kubeharness.https import https_get
+
+CUSTOM_METRICS = "/apis/custom.metrics.k8s.io"
+
+
+def raw_path(version: str, path: str, *, label_selector: str | None = None) -> str:
+    query = f"?labelSelector={urllib.parse.quote(label_selector)}" if label_selector else ""
+    return f"{CUSTOM_METRICS}/{version}{path}{query}"
+
+
+def get_raw(plane: ControlPlane, path: str) -> Any:
+    """`kubectl get --raw` through kube-apiserver and the aggregator, as an admin; the JSON document."""
+    return json.loads(plane.kubectl("get", "--raw", path).stdout)
+
+
+def quantity(value: str) -> Decimal:
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
+
+def item_values(document: dict[str, Any]) -> dict[str, Decimal]:
+    """name of the described object -> value, from a MetricValueList."""
+    return {item["describedObject"]["name"]: quantity(item["value"]) for item in document["items"]}
+
+
+def adapter_request_counts(plane: ControlPlane, adapter: DeployedAdapter) -> dict[str, float]:
+    """wattscale_api_requests_total summed by status code, read from the adapter's /metrics as the front
+    proxy would ask (front-proxy client cert, system:masters)."""
+    proxy = plane.front_proxy_client
+    answer = https_get(
+        f"{adapter.url}/metrics",
+        ca_path=adapter.ca.cert_path,
+        client_cert=(proxy.cert_path, proxy.key_path),
+        headers={"X-Remote-User": "admin", "X-Remote-Group": "system:masters"},
+    )
+    assert answer.status == 200, answer.body[:500]
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(answer.body.decode()):
+        if family.name != "wattscale_api_requests":
+            continue
+        for sample in family.samples:
+            if sample.name == "wattscale_api_requests_total":
+                code = sample.labels["code"]
+                counts[code] = counts.get(code, 0.0) + sample.value
+    return counts
