@@ -100,6 +100,8 @@ class ExporterSettings(PollSettings):
 def parse_exposition(text: str, keep: Callable[[str], bool] | None = None) -> list[Series]:
     """Series in a `/metrics` answer (Prometheus text format), keeping only names `keep` accepts."""
     series: list[Series] = []
+    if keep is not None:
+        text = _wanted_lines(text, keep)
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -122,6 +124,26 @@ def parse_exposition(text: str, keep: Callable[[str], bool] | None = None) -> li
     except (ValueError, TypeError, IndexError, KeyError) as exc:
         raise CollectorError(f"malformed Prometheus text: {exc}") from exc
     return series
+
+
+def _wanted_lines(text: str, keep: Callable[[str], bool]) -> str:
+    """Only the sample lines `keep` wants, before the (slow) parser sees them.
+
+    A vLLM answer is mostly histogram buckets the collector never reads; dropping them first cuts
+    the parse cost about tenfold. `# TYPE` lines go too, so samples are parsed as untyped and keep
+    their names exactly as exposed (as Prometheus stores them)."""
+    wanted = []
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        end = len(line)
+        for stop in ("{", " ", "\t"):
+            at = line.find(stop)
+            if 0 <= at < end:
+                end = at
+        if keep(line[:end]):
+            wanted.append(line)
+    return "\n".join(wanted) + "\n"
 
 
 def first_label(labels: Mapping[str, str], *keys: str) -> str:
