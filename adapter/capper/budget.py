@@ -44,6 +44,7 @@ class BudgetSpec:
     hysteresis_ratio: float
     restore_after_seconds: float
     guard_ratio: float | None
+    guard_priority_step_watts: float
     rack_watts_per_gpu_watt: float
     default_priority: int
     workloads: tuple[Workload, ...]
@@ -57,6 +58,7 @@ class BudgetSpec:
             hysteresis_ratio=self.hysteresis_ratio,
             restore_after_seconds=self.restore_after_seconds,
             guard_ratio=self.guard_ratio,
+            guard_priority_step_watts=self.guard_priority_step_watts,
             rack_watts_per_gpu_watt=self.rack_watts_per_gpu_watt,
         )
 
@@ -162,6 +164,9 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         hysteresis_ratio=_number(thresholds, "hysteresisRatio", 0.05, problems, "spec.thresholds."),
         restore_after_seconds=_number(thresholds, "restoreAfterSeconds", 10.0, problems, "spec.thresholds."),
         guard_ratio=guard if guard > 0 else None,
+        guard_priority_step_watts=_number(
+            thresholds, "guardPriorityStepWatts", 250.0, problems, "spec.thresholds."
+        ),
         rack_watts_per_gpu_watt=_number(spec, "rackWattsPerGpuWatt", 1.0, problems, "spec."),
         default_priority=PRIORITY_BY_CLASS.get(str(default_class), 0),
         workloads=tuple(workloads),

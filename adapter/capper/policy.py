@@ -78,7 +78,7 @@ class PolicyConfig:
     """A GPU drawing at least this fraction of its limit is pressing on it and would use more."""
     guard_ratio: float | None = 0.98
     """Keep non-GPU power + rack_watts_per_gpu_watt x sum(limits) under guard_ratio x cap; None: no guard."""
-    guard_priority_step_watts: float = 150.0
+    guard_priority_step_watts: float = 250.0
     """Within the guard, each priority step above the lowest gets this much more limit."""
     non_gpu_smoothing_seconds: float = 30.0
 

@@ -113,13 +113,18 @@ class RunResult:
     rack_energy_joules: float
     tokens_high_vs_uncapped: float | None = None
     tokens_low_vs_uncapped: float | None = None
+    p99_ttft_high_vs_uncapped: float | None = None
+    p99_ttft_low_vs_uncapped: float | None = None
 
     def versus_uncapped(self, uncapped: RunResult) -> RunResult:
-        """The same run with its tokens expressed relative to the no-cap run of the same trace and seed."""
+        """The same run with its tokens and p99 TTFT expressed relative to the no-cap run of the same trace
+        and seed."""
         return dataclasses.replace(
             self,
             tokens_high_vs_uncapped=_ratio(self.tokens_high, uncapped.tokens_high),
             tokens_low_vs_uncapped=_ratio(self.tokens_low, uncapped.tokens_low),
+            p99_ttft_high_vs_uncapped=_ratio(self.p99_ttft_seconds_high, uncapped.p99_ttft_seconds_high),
+            p99_ttft_low_vs_uncapped=_ratio(self.p99_ttft_seconds_low, uncapped.p99_ttft_seconds_low),
         )
 
     def to_dict(self) -> dict[str, object]:

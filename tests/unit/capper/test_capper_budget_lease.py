@@ -54,6 +54,7 @@ def test_the_crd_defaults_are_the_policy_defaults() -> None:
     assert thresholds["hysteresisRatio"]["default"] == defaults.hysteresis_ratio
     assert thresholds["restoreAfterSeconds"]["default"] == defaults.restore_after_seconds
     assert thresholds["guardRatio"]["default"] == defaults.guard_ratio
+    assert thresholds["guardPriorityStepWatts"]["default"] == defaults.guard_priority_step_watts
     assert spec["mode"]["default"] == "dryRun"
     columns = {c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert {"Cap", "Power", "Headroom"} <= columns
