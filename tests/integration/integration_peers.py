@@ -8,12 +8,19 @@ Prometheus runs as a subprocess on loopback with `scrape_interval: 1s`; the fixt
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 
@@ -98,3 +105,40 @@ async def prometheus_has(base_url: str, promql: str) -> bool:
     ):
         answer = await response.json()
     return bool(answer.get("data", {}).get("result"))
+
+
+async def run_collect_once(
+    config: Mapping[str, object], tmp_dir: Path
+) -> tuple[int, list[dict[str, Any]], str]:
+    """Run `wattscale collect --config F --once` as its own process (the test's event loop keeps
+    serving the peers meanwhile); returns (exit status, the JSON lines, stderr)."""
+    config_file = tmp_dir / f"collect-{time.monotonic_ns()}.yaml"
+    config_file.write_text(yaml.safe_dump(dict(config)))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "adapter.cli",
+        "collect",
+        "--config",
+        str(config_file),
+        "--once",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(120):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+    return process.returncode, lines, stderr.decode()
+
+
+def load_unit_helper(name: str) -> ModuleType:
+    """A helper module of tests/unit/collectors (e.g. the Redfish mockup), loaded by path: the two
+    test folders are not packages, so neither can import the other's modules by name."""
+    path = Path(__file__).resolve().parents[1] / "unit" / "collectors" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"wattscale_unit_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -7,11 +7,19 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import replay_fixtures as replay
-from integration_peers import ReplayExporter, StartPrometheus, Target, prometheus_has, wait_for
+from integration_peers import (
+    ReplayExporter,
+    StartPrometheus,
+    Target,
+    prometheus_has,
+    run_collect_once,
+    wait_for,
+)
 from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
@@ -222,3 +230,52 @@ async def test_faults_against_the_real_server(
     with pytest.raises(TransientCollectorError, match="ClientConnectorError"):
         await refused.collect()
     await refused.aclose()
+
+
+async def test_wattscale_collect_prints_the_normalised_samples(
+    replay_exporter: StartExporter, start_prometheus: StartPrometheus, tmp_path: Path
+) -> None:
+    exporters, base_url, _ = await _start_fleet(replay_exporter, start_prometheus)
+    config = {
+        "collectors": [
+            {"name": "dcgm", "type": "dcgm", "prometheus_url": base_url},
+            {"name": "vllm", "type": "vllm", "prometheus_url": base_url},
+            {"name": "kepler", "type": "kepler", "prometheus_url": base_url},
+            {
+                "name": "vllm-direct",
+                "type": "vllm",
+                "scrape_urls": [{"url": exporters["vllm"].url, "labels": replay.POD}],
+            },
+        ]
+    }
+    status, lines, stderr = await run_collect_once(config, tmp_path)
+    assert status == 0, stderr
+    seen = {(line["collector"], line["metric"]) for line in lines}
+    assert {
+        ("dcgm", "gpu_power_watts"),
+        ("dcgm", "gpu_energy_joules_total"),
+        ("dcgm", "gpu_assignment_info"),
+        ("vllm", "generation_tokens_total"),
+        ("vllm-direct", "generation_tokens_total"),
+        ("kepler", "pod_cpu_energy_joules_total"),
+    } <= seen
+    (power,) = [
+        line
+        for line in lines
+        if line["metric"] == "gpu_power_watts" and line["labels"]["gpu_uuid"] == replay.GPU_UUID
+    ]
+    assert power["value"] == replay.GPU_POWER_WATTS
+    assert power["labels"] == {"node": replay.NODE, "gpu_uuid": replay.GPU_UUID}
+    tokens = [
+        line for line in lines if line["collector"] == "vllm" and line["metric"] == "generation_tokens_total"
+    ]
+    assert tokens[0]["labels"] == {**replay.POD, "node": replay.NODE}
+
+    # A source that is down makes the command fail, after printing what the others returned.
+    config["collectors"].append(
+        {"name": "gone", "type": "vllm", "prometheus_url": "http://127.0.0.1:9", "retries": 0}
+    )
+    status, lines, stderr = await run_collect_once(config, tmp_path)
+    assert status == 1
+    assert "gone: TransientCollectorError" in stderr
+    assert any(line["collector"] == "dcgm" for line in lines)

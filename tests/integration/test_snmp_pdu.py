@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from integration_peers import free_udp_port, wait_for
+from integration_peers import free_udp_port, run_collect_once, wait_for
 from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
@@ -215,3 +215,27 @@ async def test_unsupported_readings_and_unreachable_agents(agent: Agent) -> None
             await silent.collect()
     finally:
         await silent.aclose()
+
+
+async def test_wattscale_collect_reads_every_vendor(agent: Agent, tmp_path: Path) -> None:
+    recordings = {"apc": "apc-rpdu2", "raritan": "raritan-pdu2", "sentry4": "sentry4", "eaton": "eaton-epdu"}
+    config = {
+        "collectors": [
+            {
+                "name": f"pdu-{vendor}",
+                "type": "snmp_pdu",
+                "host": "127.0.0.1",
+                "port": agent.port,
+                "vendor": vendor,
+                "community": recording,
+                "rack": "rack-a",
+                "pdu": vendor,
+            }
+            for vendor, recording in recordings.items()
+        ]
+    }
+    status, lines, stderr = await run_collect_once(config, tmp_path)
+    assert status == 0, stderr
+    power = {line["labels"]["pdu"]: line["value"] for line in lines if line["metric"] == "pdu_power_watts"}
+    assert power == {"apc": 1170.0, "raritan": 1665.3, "sentry4": 2966.0, "eaton": 1584.0}
+    assert "community" not in stderr and "apc-rpdu2" not in stderr  # no secrets in logs

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from collector_helpers import FIXTURES
 
-MOCKUP = FIXTURES / "redfish-rackpdu"
+# Self-contained (no test-helper imports) so tests/integration can load it too.
+MOCKUP = Path(__file__).resolve().parents[2] / "fixtures" / "redfish-rackpdu"
 USERNAME = "admin"
 PASSWORD = "P@ssw0rd"
 
