@@ -297,6 +297,8 @@ class NvmlSettings(PollSettings):
     node: str = ""
     """The `node` label; defaults to $NODE_NAME, else the host name."""
     interval_seconds: float = 5.0
+    pod_resources_socket: str | None = None
+    """The kubelet's pod-resources socket: when set, `gpu_assignment_info` says which pods hold each GPU."""
 
     def problems(self) -> list[str]:
         return PollSettings.problems(self)
@@ -328,7 +330,25 @@ class NvmlCollector(PolledCollector):
 
     async def _poll(self) -> list[Sample]:
         readings = await asyncio.to_thread(self._reader.read_all)
-        return self.samples_from(readings)
+        samples = self.samples_from(readings)
+        socket_path = self.settings.pod_resources_socket
+        if socket_path is not None:
+            from collectors.pod_resources import gpu_pods, list_pod_devices
+
+            devices = await list_pod_devices(socket_path, timeout_seconds=self.settings.timeout_seconds)
+            holders = gpu_pods(devices, [(r.uuid, r.index, r.mig_uuids) for r in readings if not r.lost])
+            stamp = self._clock()
+            samples.extend(
+                Sample(
+                    metric="gpu_assignment_info",
+                    value=1.0,
+                    timestamp_seconds=stamp,
+                    labels={"node": self.node, "gpu_uuid": uuid, "namespace": namespace, "pod": pod},
+                )
+                for uuid, pods in sorted(holders.items())
+                for namespace, pod in pods
+            )
+        return samples
 
     def samples_from(self, readings: list[GpuReading]) -> list[Sample]:
         energy = self._energy.update(

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pynvml
 import pytest
+from fake_kubelet import FakeKubeletPodResources
 from fake_nvml import FakeGpu, FakeNvml
 from prometheus_client import CollectorRegistry
 
@@ -117,3 +120,21 @@ def test_mig_devices_and_power_limits() -> None:
         reader.set_power_limit("GPU-a", 450.0, apply=True)
     with pytest.raises(KeyError):
         reader.set_power_limit("GPU-zzz", 450.0, apply=False)
+
+
+async def test_pods_holding_each_gpu_come_from_the_kubelet(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    kubelet = FakeKubeletPodResources(tmp_path / "kubelet.sock")
+    kubelet.pods = [("llm", "llama-0", "vllm", "nvidia.com/gpu", ["GPU-b"])]
+    await kubelet.start()
+    settings = NvmlSettings(node="gpu-node-1", pod_resources_socket=str(kubelet.socket_path))
+    nvml = FakeNvml([FakeGpu("GPU-a"), FakeGpu("GPU-b")])
+    collector = NvmlCollector("nvml", settings, reader=NvmlReader(nvml), registry=registry)
+    try:
+        samples = list(await collector.collect())
+    finally:
+        await kubelet.stop()
+    assert [dict(s.labels) for s in samples if s.metric == "gpu_assignment_info"] == [
+        {"node": "gpu-node-1", "gpu_uuid": "GPU-b", "namespace": "llm", "pod": "llama-0"}
+    ]
