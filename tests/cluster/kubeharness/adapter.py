@@ -41,8 +41,10 @@ class DeployedAdapter:
     documents: list[dict[str, Any]]
     api_services: list[str]
     service_account: str
+    namespace_dry_run_output: str
+    namespace_absent_after_its_dry_run: bool
     dry_run_output: str
-    dry_run_left_namespace_absent: bool
+    found_after_dry_run: list[str]
 
     def metric_url(self, path: str, version: str = "v1beta2") -> str:
         return f"{self.url}/apis/custom.metrics.k8s.io/{version}{path}"
@@ -136,8 +138,17 @@ def deploy_adapter(plane: ControlPlane, fleet_path: Path) -> DeployedAdapter:
     manifest_path = workdir / "manifests-applied.yaml"
     manifest_path.write_text(yaml.safe_dump_all(documents))
 
-    dry_run = plane.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(manifest_path))
+    # A server-side dry run cannot see a Namespace it has not really created, so namespaced objects in the
+    # same file fail it ("namespaces ... not found"). Users dry-run the Namespace, create it, then dry-run
+    # the rest; that is what happens here.
+    namespaces = [doc for doc in documents if doc.get("kind") == "Namespace"]
+    namespace_dry_run = plane.apply(namespaces, "--dry-run=server")
     namespace_absent = plane.kubectl("get", "namespace", ADAPTER_NAMESPACE, check=False).returncode != 0
+    plane.apply(namespaces)
+    dry_run = plane.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(manifest_path))
+    found = plane.kubectl(
+        "get", "--ignore-not-found", "--output=name", "-f", str(manifest_path)
+    ).stdout.split()
     # Everything but the APIServices first: registering them before the adapter answers would only make
     # the aggregator's availability check back off exponentially while it starts.
     plane.apply([doc for doc in documents if doc.get("kind") != "APIService"])
@@ -225,8 +236,10 @@ def deploy_adapter(plane: ControlPlane, fleet_path: Path) -> DeployedAdapter:
         documents=documents,
         api_services=api_services,
         service_account=account,
+        namespace_dry_run_output=namespace_dry_run,
+        namespace_absent_after_its_dry_run=namespace_absent,
         dry_run_output=dry_run.stdout,
-        dry_run_left_namespace_absent=namespace_absent,
+        found_after_dry_run=found,
     )
     try:
         wait_for_readyz(adapter)

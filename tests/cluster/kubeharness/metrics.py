@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubeharness.adapter import DeployedAdapter
 from kubeharness.controlplane import ControlPlane
 from kubeharness.https import https_get
+from kubeharness.processes import wait_until
 
 CUSTOM_METRICS = "/apis/custom.metrics.k8s.io"
 
@@ -25,6 +26,18 @@ def raw_path(version: str, path: str, *, label_selector: str | None = None) -> s
 def get_raw(plane: ControlPlane, path: str) -> Any:
     """`kubectl get --raw` through kube-apiserver and the aggregator, as an admin; the JSON document."""
     return json.loads(plane.kubectl("get", "--raw", path).stdout)
+
+
+def wait_for_pod_metric(plane: ControlPlane, version: str, metric: str, app: str, pods: list[str]) -> Any:
+    """The MetricValueList for app=<app>'s pods once it covers all of `pods`: a freshly started pod has
+    no estimate until the adapter has polled it at least once."""
+    path = raw_path(version, f"/namespaces/llm/pods/*/{metric}", label_selector=f"app={app}")
+
+    def covered() -> Any:
+        document = get_raw(plane, path)
+        return document if sorted(item_values(document)) == sorted(pods) else None
+
+    return wait_until(covered, timeout_seconds=60, description=f"{version} {metric} for {pods}")
 
 
 def quantity(value: str) -> Decimal:

@@ -1,0 +1,191 @@
+"""The real HPA controller scaling Deployments on wattscale's numbers, and failing the way users see it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import kubernetes.client
+import pytest
+from kubeharness.adapter import DeployedAdapter
+from kubeharness.controlplane import ControlPlane
+from kubeharness.kubelet import KubeletStandIn
+from kubeharness.metrics import adapter_request_counts, get_raw, item_values, quantity, raw_path
+from kubeharness.processes import wait_until
+from kubeharness.workloads import (
+    WORKLOAD_NAMESPACE,
+    create_deployment,
+    create_hpa,
+    delete_workload,
+    desired_replicas,
+    hpa_condition,
+    hpa_status,
+    wait_for_running_pods,
+)
+
+pytestmark = pytest.mark.cluster
+
+# Scaling needs a few HPA syncs (2 s each), the adapter's 10 s window to catch up, and pods to start.
+_SCALE_TIMEOUT_SECONDS = 150
+
+
+@pytest.fixture
+def workload(
+    request: pytest.FixtureRequest, admin_api: kubernetes.client.ApiClient, adapter: DeployedAdapter
+) -> Iterator[str]:
+    name: str = request.param
+    yield name
+    delete_workload(admin_api, name)
+
+
+def _wait_replicas(api: kubernetes.client.ApiClient, name: str, count: int, plane: ControlPlane) -> None:
+    wait_until(
+        lambda: desired_replicas(api, name) == count,
+        timeout_seconds=_SCALE_TIMEOUT_SECONDS,
+        description=f"Deployment {name} scaled to {count}",
+        on_timeout=lambda: (
+            plane.kubectl("describe", "hpa", name, "-n", WORKLOAD_NAMESPACE, check=False).stdout
+        ),
+    )
+
+
+def _current_pods_average(status: dict[str, Any]) -> Decimal | None:
+    for metric in status.get("currentMetrics") or []:
+        if metric.get("type") == "Pods":
+            return quantity(metric["pods"]["current"]["averageValue"])
+    return None
+
+
+@pytest.mark.parametrize("workload", ["llama"], indirect=True)
+def test_pods_metric_scales_up_under_load_and_back_down_when_idle(
+    workload: str,
+    admin_api: kubernetes.client.ApiClient,
+    kubelet: KubeletStandIn,
+    control_plane: ControlPlane,
+) -> None:
+    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 1.0)
+    create_deployment(admin_api, workload, replicas=1, node="node-1")
+    wait_for_running_pods(admin_api, workload, 1)
+    create_hpa(
+        admin_api,
+        workload,
+        min_replicas=1,
+        max_replicas=3,
+        metric={
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "gpu_power_watts"},
+                # Between idle (~75 W) and peak (~400 W): full load is well above it, idle well below.
+                "target": {"type": "AverageValue", "averageValue": "250"},
+            },
+        },
+    )
+    _wait_replicas(admin_api, workload, 3, control_plane)
+    status = hpa_status(admin_api, workload)
+    average = _current_pods_average(status)
+    assert average is not None and average > 250, status
+    described = control_plane.kubectl("describe", "hpa", workload, "-n", WORKLOAD_NAMESPACE).stdout
+    assert "gpu_power_watts" in described
+    assert "/ 250" in described, described
+    wait_for_running_pods(admin_api, workload, 3)
+
+    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.0)
+    _wait_replicas(admin_api, workload, 1, control_plane)
+    average = _current_pods_average(hpa_status(admin_api, workload))
+    assert average is not None and average < 250
+    wait_for_running_pods(admin_api, workload, 1)
+
+
+@pytest.mark.parametrize("workload", ["mistral"], indirect=True)
+def test_object_metric_on_a_node_scales_the_deployment(
+    workload: str,
+    admin_api: kubernetes.client.ApiClient,
+    kubelet: KubeletStandIn,
+    control_plane: ControlPlane,
+) -> None:
+    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.5)
+    create_deployment(admin_api, workload, replicas=1, node="node-2")
+    wait_for_running_pods(admin_api, workload, 1)
+    node_path = raw_path("v1beta2", "/nodes/node-2/node_power_watts")
+    node_watts = wait_until(
+        lambda: item_values(get_raw(control_plane, node_path))["node-2"],
+        timeout_seconds=60,
+        description="node_power_watts of node-2",
+    )
+    # A target at half the node's draw: usage/target = 2 with one ready pod, so the HPA wants 2 replicas.
+    target_watts = int(node_watts / 2)
+    create_hpa(
+        admin_api,
+        workload,
+        min_replicas=1,
+        max_replicas=2,
+        metric={
+            "type": "Object",
+            "object": {
+                "describedObject": {"apiVersion": "v1", "kind": "Node", "name": "node-2"},
+                "metric": {"name": "node_power_watts"},
+                "target": {"type": "Value", "value": str(target_watts)},
+            },
+        },
+    )
+    _wait_replicas(admin_api, workload, 2, control_plane)
+    status = hpa_status(admin_api, workload)
+    active = hpa_condition(status, "ScalingActive")
+    assert active is not None and active["status"] == "True", status
+    [current] = [m for m in status["currentMetrics"] if m["type"] == "Object"]
+    assert current["object"]["describedObject"]["name"] == "node-2"
+    assert quantity(current["object"]["current"]["value"]) > target_watts
+    described = control_plane.kubectl("describe", "hpa", workload, "-n", WORKLOAD_NAMESPACE).stdout
+    assert '"node_power_watts" on Node/node-2' in described, described
+    assert f"/ {target_watts}" in described, described
+
+
+@pytest.mark.parametrize("workload", ["qwen"], indirect=True)
+def test_unknown_metric_stops_scaling_with_a_clear_condition(
+    workload: str,
+    admin_api: kubernetes.client.ApiClient,
+    kubelet: KubeletStandIn,
+    control_plane: ControlPlane,
+    adapter: DeployedAdapter,
+) -> None:
+    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.5)
+    create_deployment(admin_api, workload, replicas=1, node="node-2")
+    wait_for_running_pods(admin_api, workload, 1)
+    not_found_before = adapter_request_counts(control_plane, adapter).get("404", 0.0)
+    create_hpa(
+        admin_api,
+        workload,
+        min_replicas=1,
+        max_replicas=3,
+        metric={
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "no_such_metric_watts"},
+                "target": {"type": "AverageValue", "averageValue": "1"},
+            },
+        },
+    )
+    condition = wait_until(
+        lambda: (lambda c: c if c is not None and c["status"] == "False" else None)(
+            hpa_condition(hpa_status(admin_api, workload), "ScalingActive")
+        ),
+        timeout_seconds=60,
+        description="HPA qwen ScalingActive=False",
+    )
+    assert condition["reason"] == "FailedGetPodsMetric", condition
+    assert "no_such_metric_watts" in condition["message"]
+    assert desired_replicas(admin_api, workload) == 1
+
+    # The adapter answered the HPA with 404s, and is still up and serving.
+    assert adapter_request_counts(control_plane, adapter).get("404", 0.0) > not_found_before
+    adapter.process.check_running()
+    answer = control_plane.kubectl(
+        "get",
+        "--raw",
+        raw_path("v1beta2", "/namespaces/llm/pods/*/no_such_metric_watts", label_selector="app=qwen"),
+        check=False,
+    )
+    assert answer.returncode != 0
+    assert "NotFound" in answer.stderr or "not found" in answer.stderr.lower(), answer.stderr
+    get_raw(control_plane, "/apis/custom.metrics.k8s.io/v1beta2")
