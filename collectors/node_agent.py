@@ -25,8 +25,8 @@ from collectors.base import CollectorError, Sample
 from collectors.nvml import GpuReading, reading_samples
 from collectors.prometheus_text import parse_exposition
 from collectors.support import (
+    HttpPolledCollector,
     MonotonicSums,
-    PolledCollector,
     PollSettings,
     TransientCollectorError,
     build_settings,
@@ -116,7 +116,7 @@ def answer_from_metrics(text: str) -> AgentAnswer:
     return AgentAnswer(node, list(readings.values()), pods)
 
 
-class NodeAgentCollector(PolledCollector):
+class NodeAgentCollector(HttpPolledCollector):
     def __init__(
         self,
         name: str,
@@ -126,12 +126,9 @@ class NodeAgentCollector(PolledCollector):
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, settings, registry=registry, clock=clock)
+        super().__init__(name, settings, session=session, registry=registry, clock=clock)
         self.settings = settings
-        self._session = session
-        self._owns_session = session is None
         self._energy = MonotonicSums()
-        self._failing_agents: set[str] = set()
 
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
@@ -150,11 +147,8 @@ class NodeAgentCollector(PolledCollector):
         return [f"http://[{a}]:{port}" if ":" in a else f"http://{a}:{port}" for a in addresses]
 
     async def _read_agent(self, url: str) -> AgentAnswer:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-            self._owns_session = True
         path = "/v1/gpus" if self.settings.source == "gpus" else "/metrics"
-        body = await http_get(self._session, url + path, max_bytes=_MAX_RESPONSE_BYTES)
+        body = await http_get(self._get_session(), url + path, max_bytes=_MAX_RESPONSE_BYTES)
         if self.settings.source == "metrics":
             return answer_from_metrics(body.decode("utf-8", errors="replace"))
         try:
@@ -170,28 +164,7 @@ class NodeAgentCollector(PolledCollector):
         urls = await self._agent_urls()
         if not urls:
             raise TransientCollectorError(f"{self.name}: no agents found")
-        results = await asyncio.gather(*(self._read_agent(url) for url in urls), return_exceptions=True)
-        answers: list[AgentAnswer] = []
-        errors: list[CollectorError] = []
-        for url, result in zip(urls, results, strict=True):
-            if isinstance(result, CollectorError):
-                errors.append(result)
-                self._metrics.errors_total.labels(self.name, "target").inc()
-                if url not in self._failing_agents:
-                    self._failing_agents.add(url)
-                    self._log.warning(
-                        "collector.target_failing",
-                        extra={"event": "collector.target_failing", "target": url, "error": str(result)},
-                    )
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            self._failing_agents.discard(url)
-            answers.append(result)
-        if errors and not answers:
-            first = errors[0]
-            kind = TransientCollectorError if isinstance(first, TransientCollectorError) else CollectorError
-            raise kind(f"{self.name}: all {len(urls)} agents failed; first: {first}") from first
+        answers = await self._from_each(urls, lambda url: url, self._read_agent)
         energy = self._energy.update(
             ((a.node, r.uuid), (a.node, r.uuid), r.energy_joules_total)
             for a in answers
@@ -221,8 +194,3 @@ class NodeAgentCollector(PolledCollector):
                         )
                     )
         return samples
-
-    async def aclose(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        self._session = None

@@ -14,7 +14,6 @@ through unchanged, optionally renamed: a way to feed any exporter that already u
 from __future__ import annotations
 
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,14 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.base import CollectorError, Sample
 from collectors.prometheus_api import PrometheusClient
-from collectors.support import (
-    PolledCollector,
-    PollSettings,
-    Series,
-    TransientCollectorError,
-    build_settings,
-    http_get,
-)
+from collectors.support import HttpPolledCollector, PollSettings, Series, build_settings, http_get
 
 _URL = re.compile(r"^https?://[^/\s]+")
 
@@ -155,7 +147,7 @@ def first_label(labels: Mapping[str, str], *keys: str) -> str:
     return ""
 
 
-class ExporterCollector(PolledCollector):
+class ExporterCollector(HttpPolledCollector):
     """Base of the Prometheus-format sources; see the module docstring."""
 
     settings_cls: ClassVar[type[ExporterSettings]] = ExporterSettings
@@ -171,29 +163,20 @@ class ExporterCollector(PolledCollector):
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, settings, registry=registry, clock=clock)
+        super().__init__(
+            name,
+            settings,
+            session=session,
+            registry=registry,
+            clock=clock,
+            tls_ca_file=settings.tls_ca_file,
+            tls_insecure_skip_verify=settings.tls_insecure_skip_verify,
+        )
         self.settings = settings
-        self._session = session
-        self._owns_session = session is None
-        self._target_failing: set[str] = set()
 
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
         return cls(name, build_settings(cls.settings_cls, name, raw))
-
-    def _ssl(self) -> Any:
-        if self.settings.tls_insecure_skip_verify:
-            return False
-        if self.settings.tls_ca_file is not None:
-            return ssl.create_default_context(cafile=self.settings.tls_ca_file)
-        return None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No total timeout here: the poll loop's asyncio.timeout bounds each attempt.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()))
-            self._owns_session = True
-        return self._session
 
     def _headers(self) -> dict[str, str]:
         if self.settings.bearer_token_file is None:
@@ -224,46 +207,11 @@ class ExporterCollector(PolledCollector):
         return await self._scrape_all(settings.scrape_urls)
 
     async def _scrape_all(self, targets: Sequence[ScrapeTarget]) -> list[Series]:
-        """Every target's series. A target that fails is left out (logged once, counted) unless all
-        fail: one dead pod must not make every other pod's readings stale."""
-        import asyncio
-
-        session = self._get_session()
-        headers = self._headers()
-        results = await asyncio.gather(
-            *(self._scrape(session, target, headers) for target in targets), return_exceptions=True
+        session, headers = self._get_session(), self._headers()
+        per_target = await self._from_each(
+            targets, lambda target: target.url, lambda target: self._scrape(session, target, headers)
         )
-        series: list[Series] = []
-        errors: list[BaseException] = []
-        for target, result in zip(targets, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, CollectorError):
-                    raise result
-                errors.append(result)
-                self._metrics.errors_total.labels(self.name, "target").inc()
-                if target.url not in self._target_failing:
-                    self._target_failing.add(target.url)
-                    self._log.warning(
-                        "collector.target_failing",
-                        extra={
-                            "event": "collector.target_failing",
-                            "target": target.url,
-                            "error": str(result),
-                        },
-                    )
-                continue
-            if target.url in self._target_failing:
-                self._target_failing.discard(target.url)
-                self._log.info(
-                    "collector.target_recovered",
-                    extra={"event": "collector.target_recovered", "target": target.url},
-                )
-            series.extend(result)
-        if errors and len(errors) == len(targets):
-            first = errors[0]
-            kind = TransientCollectorError if isinstance(first, TransientCollectorError) else CollectorError
-            raise kind(f"{self.name}: all {len(targets)} targets failed; first: {first}") from first
-        return series
+        return [series for found in per_target for series in found]
 
     async def _scrape(
         self, session: aiohttp.ClientSession, target: ScrapeTarget, headers: Mapping[str, str]
@@ -293,11 +241,6 @@ class ExporterCollector(PolledCollector):
     async def _poll(self) -> list[Sample]:
         series = await self.fetch_series()
         return self.translate(series, self._clock())
-
-    async def aclose(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        self._session = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
 from collectors.support import (
+    HttpPolledCollector,
     MonotonicSums,
-    PolledCollector,
     PollSettings,
     Secret,
     build_settings,
@@ -103,7 +102,7 @@ def circuit_power_watts(circuit: Mapping[str, Any]) -> float | None:
     return None
 
 
-class RedfishPduCollector(PolledCollector):
+class RedfishPduCollector(HttpPolledCollector):
     def __init__(
         self,
         name: str,
@@ -113,11 +112,17 @@ class RedfishPduCollector(PolledCollector):
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(name, settings, registry=registry, clock=clock)
+        super().__init__(
+            name,
+            settings,
+            session=session,
+            registry=registry,
+            clock=clock,
+            tls_ca_file=settings.tls_ca_file,
+            tls_insecure_skip_verify=settings.tls_insecure_skip_verify,
+        )
         self.settings = settings
         self._base = settings.url.rstrip("/")
-        self._session = session
-        self._owns_session = session is None
         self._token: str | None = None
         self._session_location: str | None = None
         self._energy = MonotonicSums()
@@ -125,19 +130,6 @@ class RedfishPduCollector(PolledCollector):
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
         return cls(name, build_settings(RedfishPduSettings, name, raw))
-
-    def _ssl(self) -> Any:
-        if self.settings.tls_insecure_skip_verify:
-            return False
-        if self.settings.tls_ca_file is not None:
-            return ssl.create_default_context(cafile=self.settings.tls_ca_file)
-        return None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()))
-            self._owns_session = True
-        return self._session
 
     async def _login(self) -> None:
         settings = self.settings
@@ -301,16 +293,13 @@ class RedfishPduCollector(PolledCollector):
         return samples
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            if self._token is not None and self._session_location:
-                location = self._session_location
-                url = location if location.startswith("http") else f"{self._base}{location}"
-                try:
-                    async with self._session.delete(url, headers={"X-Auth-Token": self._token}):
-                        pass
-                except (aiohttp.ClientError, OSError):
-                    pass  # the PDU expires idle sessions itself
-            if self._owns_session:
-                await self._session.close()
+        session, token, location = self._session, self._token, self._session_location
+        if session is not None and not session.closed and token is not None and location:
+            url = location if location.startswith("http") else f"{self._base}{location}"
+            try:
+                async with session.delete(url, headers={"X-Auth-Token": token}):
+                    pass
+            except (aiohttp.ClientError, OSError):
+                pass  # the PDU expires idle sessions itself
         self._token = None
-        self._session = None
+        await super().aclose()

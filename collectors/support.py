@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 import time
 import types
 import typing
@@ -376,6 +377,88 @@ async def http_get(
         async with session.get(url, headers=headers, params=params, ssl=ssl) as response:
             response.raise_for_status()
             return await read_bounded(response, max_bytes, what)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class HttpPolledCollector(PolledCollector):
+    """A collector that speaks HTTP: one aiohttp session (borrowed, or its own and closed by
+    `aclose`), TLS options, and reading many targets where one dead target does not fail the poll."""
+
+    def __init__(
+        self,
+        name: str,
+        poll: PollSettings,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        tls_ca_file: str | None = None,
+        tls_insecure_skip_verify: bool = False,
+    ) -> None:
+        super().__init__(name, poll, registry=registry, clock=clock)
+        self._session = session
+        self._owns_session = session is None
+        self._tls_ca_file = tls_ca_file
+        self._tls_insecure_skip_verify = tls_insecure_skip_verify
+        self._failing_targets: set[str] = set()
+
+    def _ssl(self) -> Any:
+        if self._tls_insecure_skip_verify:
+            return False
+        if self._tls_ca_file is not None:
+            return ssl.create_default_context(cafile=self._tls_ca_file)
+        return None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No total timeout here: the poll loop's asyncio.timeout bounds each attempt.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl()))
+            self._owns_session = True
+        return self._session
+
+    async def _from_each(
+        self, targets: Sequence[T], name_of: Callable[[T], str], fetch: Callable[[T], Awaitable[R]]
+    ) -> list[R]:
+        """`fetch` every target at once. A target that fails is left out (logged when it starts and
+        stops failing, counted as reason "target") unless every target fails: one dead pod or node
+        must not make every other one's readings stale."""
+        results = await asyncio.gather(*(fetch(target) for target in targets), return_exceptions=True)
+        found: list[R] = []
+        errors: list[CollectorError] = []
+        for target, result in zip(targets, results, strict=True):
+            name = name_of(target)
+            if isinstance(result, CollectorError):
+                errors.append(result)
+                self._metrics.errors_total.labels(self.name, "target").inc()
+                if name not in self._failing_targets:
+                    self._failing_targets.add(name)
+                    self._log.warning(
+                        "collector.target_failing",
+                        extra={"event": "collector.target_failing", "target": name, "error": str(result)},
+                    )
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if name in self._failing_targets:
+                self._failing_targets.discard(name)
+                self._log.info(
+                    "collector.target_recovered",
+                    extra={"event": "collector.target_recovered", "target": name},
+                )
+            found.append(result)
+        if errors and len(errors) == len(targets):
+            first = errors[0]
+            kind = TransientCollectorError if isinstance(first, TransientCollectorError) else CollectorError
+            raise kind(f"{self.name}: all {len(targets)} targets failed; first: {first}") from first
+        return found
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
 
 
 # --------------------------------------------------------------------------------------------------

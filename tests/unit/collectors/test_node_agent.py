@@ -68,7 +68,7 @@ async def test_a_dead_agent_is_left_out(
         await collector.aclose()
     alone = _collector(registry, agent_urls=["http://127.0.0.1:9"], retries=0)
     try:
-        with pytest.raises(CollectorError, match="all 1 agents failed"):
+        with pytest.raises(CollectorError, match="all 1 targets failed"):
             await alone.collect()
     finally:
         await alone.aclose()
