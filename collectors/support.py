@@ -200,6 +200,12 @@ class PollSettings:
 
 # --------------------------------------------------------------------------------------------------
 # Self-metrics
+#
+# The pipeline keeps its own per-collector metrics (`wattscale_collector_up`, `_errors_total`, ...)
+# on the app's registry. These are what only the collector sees: retries folded into one failed
+# poll, failed targets within a poll that still succeeded, the answer being malformed rather than
+# late. They live on prometheus-client's default registry unless one is given, with a `source_`
+# infix so the two sets never clash on one /metrics page.
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,25 +226,25 @@ def self_metrics(registry: CollectorRegistry | None = None) -> SelfMetrics:
     if found is None:
         found = SelfMetrics(
             last_success_seconds=Gauge(
-                "wattscale_collector_last_success_timestamp_seconds",
+                "wattscale_collector_source_last_success_timestamp_seconds",
                 "Unix time of the collector's last successful poll.",
                 ["collector"],
                 registry=registry,
             ),
             errors_total=Counter(
-                "wattscale_collector_errors_total",
+                "wattscale_collector_source_errors_total",
                 "Failed polls (after retries), by reason.",
                 ["collector", "reason"],
                 registry=registry,
             ),
             duration_seconds=Gauge(
-                "wattscale_collector_last_duration_seconds",
+                "wattscale_collector_source_poll_duration_seconds",
                 "Wall time of the collector's last poll, retries included.",
                 ["collector"],
                 registry=registry,
             ),
             samples=Gauge(
-                "wattscale_collector_samples",
+                "wattscale_collector_source_samples",
                 "Samples returned by the collector's last successful poll.",
                 ["collector"],
                 registry=registry,

@@ -73,7 +73,7 @@ async def test_one_dead_target_does_not_stale_the_others(
         samples = await collector.collect()
         assert [s.metric for s in samples] == ["x_watts"]
         labels = {"collector": "PrometheusTextCollector", "reason": "target"}
-        assert registry.get_sample_value("wattscale_collector_errors_total", labels) == 1.0
+        assert registry.get_sample_value("wattscale_collector_source_errors_total", labels) == 1.0
         live.status = 503
         with pytest.raises(TransientCollectorError, match="all 2 targets failed"):
             await collector.collect()

@@ -130,7 +130,7 @@ async def test_malformed_answers_and_timeouts(serve: Serve, registry: CollectorR
         with pytest.raises(TransientCollectorError, match="no answer within"):
             await collector.collect()
         labels = {"collector": "pdu", "reason": "transient"}
-        assert registry.get_sample_value("wattscale_collector_errors_total", labels) == 1.0
+        assert registry.get_sample_value("wattscale_collector_source_errors_total", labels) == 1.0
     finally:
         mockup.delay_seconds = 0.0
         await collector.aclose()

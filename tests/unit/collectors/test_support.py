@@ -86,9 +86,9 @@ async def test_transient_failures_are_retried_within_one_poll(registry: Collecto
     samples = await collector.collect()
     assert [s.metric for s in samples] == ["x_watts"]
     assert collector.calls == 3
-    assert registry.get_sample_value("wattscale_collector_samples", {"collector": "flaky"}) == 1.0
+    assert registry.get_sample_value("wattscale_collector_source_samples", {"collector": "flaky"}) == 1.0
     assert registry.get_sample_value(
-        "wattscale_collector_last_success_timestamp_seconds", {"collector": "flaky"}
+        "wattscale_collector_source_last_success_timestamp_seconds", {"collector": "flaky"}
     )
 
 
@@ -98,7 +98,7 @@ async def test_malformed_answers_are_not_retried_and_are_counted(registry: Colle
         await collector.collect()
     assert collector.calls == 1
     labels = {"collector": "flaky", "reason": "invalid_answer"}
-    assert registry.get_sample_value("wattscale_collector_errors_total", labels) == 1.0
+    assert registry.get_sample_value("wattscale_collector_source_errors_total", labels) == 1.0
 
 
 async def test_a_hanging_source_times_out(registry: CollectorRegistry) -> None:
@@ -113,7 +113,7 @@ async def test_a_hanging_source_times_out(registry: CollectorRegistry) -> None:
         await collector.collect()
     assert collector.calls == 2
     labels = {"collector": "flaky", "reason": "transient"}
-    assert registry.get_sample_value("wattscale_collector_errors_total", labels) == 1.0
+    assert registry.get_sample_value("wattscale_collector_source_errors_total", labels) == 1.0
 
 
 async def test_output_is_bounded(registry: CollectorRegistry) -> None:
