@@ -167,7 +167,7 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         guard_priority_step_watts=_number(
             thresholds, "guardPriorityStepWatts", 250.0, problems, "spec.thresholds."
         ),
-        rack_watts_per_gpu_watt=_number(spec, "rackWattsPerGpuWatt", 1.0, problems, "spec."),
+        rack_watts_per_gpu_watt=_number(spec, "rackWattsPerGpuWatt", 1.45, problems, "spec."),
         default_priority=PRIORITY_BY_CLASS.get(str(default_class), 0),
         workloads=tuple(workloads),
         enforce=mode == "enforce",

@@ -66,8 +66,10 @@ class PolicyConfig:
     """Limits are restored only below (soft_ratio - hysteresis_ratio) x cap."""
     restore_after_seconds: float = 10.0
     """How long the rack must stay below the restore line before limits go up (per raise)."""
-    rack_watts_per_gpu_watt: float = 1.0
-    """Rack watts saved per GPU watt cut (server fans, PSU loss and CPUs follow GPU power). 1.0 is safe."""
+    rack_watts_per_gpu_watt: float = 1.45
+    """Rack watts that follow one GPU watt (fans, PSU loss; ~1.45 for DGX-class H100 servers). Too high
+    errs safe for the guard (non-GPU power is underestimated, the worst case overestimated); the reactive
+    cut then under-cuts a little, which the next period corrects."""
     protected_priority: int = PRIORITY_HIGH
     """Classes with priority >= this are cut only above the hard threshold."""
     min_change_watts: float = 10.0

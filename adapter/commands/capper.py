@@ -29,9 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval-seconds", type=float, default=1.0, help="control period (default: 1)")
     parser.add_argument(
         "--agent-url-template",
-        default="http://{node_ip}:9400",
+        default="http://{node_ip}:9477",
         help="node agent base URL; {node_name} and {node_ip} are filled in; a node's annotation "
-        "wattscale.io/agent-url overrides it (default: http://{node_ip}:9400)",
+        "wattscale.io/agent-url overrides it (default: http://{node_ip}:9477)",
     )
     parser.add_argument(
         "--agent-token-file", type=Path, help="bearer token the agents accept for power-limit changes"

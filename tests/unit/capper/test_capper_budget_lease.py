@@ -36,11 +36,12 @@ def test_a_minimal_budget_is_dry_run_with_the_default_thresholds() -> None:
     assert budget.enforce is False
     assert budget.node_selector == "wattscale.io/rack=rack-a"
     config = budget.policy_config()
-    defaults = PolicyConfig(cap_watts=40_800, rack_watts_per_gpu_watt=1.0)
-    assert (config.soft_ratio, config.hard_ratio, config.guard_ratio) == (
+    defaults = PolicyConfig(cap_watts=40_800)
+    assert (config.soft_ratio, config.hard_ratio, config.guard_ratio, config.rack_watts_per_gpu_watt) == (
         defaults.soft_ratio,
         defaults.hard_ratio,
         defaults.guard_ratio,
+        defaults.rack_watts_per_gpu_watt,
     )
 
 
@@ -56,6 +57,7 @@ def test_the_crd_defaults_are_the_policy_defaults() -> None:
     assert thresholds["guardRatio"]["default"] == defaults.guard_ratio
     assert thresholds["guardPriorityStepWatts"]["default"] == defaults.guard_priority_step_watts
     assert spec["mode"]["default"] == "dryRun"
+    assert spec["rackWattsPerGpuWatt"]["default"] == defaults.rack_watts_per_gpu_watt
     columns = {c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert {"Cap", "Power", "Headroom"} <= columns
     assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["group"] == "wattscale.io"

@@ -144,6 +144,7 @@ def budget_object(mode: str = "dryRun", **spec: Any) -> dict[str, Any]:
             "nodeSelector": {"matchLabels": {"wattscale.io/rack": "rack-a"}},
             "capWatts": 5_000,
             "thresholds": {"softRatio": 0.9, "hardRatio": 0.97, "guardRatio": 0},
+            "rackWattsPerGpuWatt": 1.0,
             "mode": mode,
             "workloads": [
                 {"kind": "InferenceService", "namespace": "llm", "name": "chat", "priorityClass": "high"},

@@ -20,7 +20,9 @@ from adapter.capper.policy import (
 )
 
 CAP_WATTS = 10_000.0
-REACTIVE = PolicyConfig(cap_watts=CAP_WATTS, soft_ratio=0.9, hard_ratio=0.97, guard_ratio=None)
+REACTIVE = PolicyConfig(
+    cap_watts=CAP_WATTS, soft_ratio=0.9, hard_ratio=0.97, guard_ratio=None, rack_watts_per_gpu_watt=1.0
+)
 
 
 def observe(
@@ -91,7 +93,12 @@ def test_above_hard_threshold_high_priority_is_cut_once_low_priority_is_at_minim
 
 def test_limits_come_back_only_after_the_rack_stays_below_the_hysteresis_line() -> None:
     config = PolicyConfig(
-        cap_watts=CAP_WATTS, soft_ratio=0.9, hysteresis_ratio=0.05, restore_after_seconds=10, guard_ratio=None
+        cap_watts=CAP_WATTS,
+        soft_ratio=0.9,
+        hysteresis_ratio=0.05,
+        restore_after_seconds=10,
+        guard_ratio=None,
+        rack_watts_per_gpu_watt=1.0,
     )
     capped = [400, 400, 500, 500]
     # 8.7 kW is below soft (9 kW) but above the restore line (8.5 kW): hold.
@@ -110,7 +117,13 @@ def test_limits_come_back_only_after_the_rack_stays_below_the_hysteresis_line() 
 
 
 def test_gpus_not_pressing_on_their_limit_are_restored_without_spending_headroom() -> None:
-    config = PolicyConfig(cap_watts=CAP_WATTS, soft_ratio=0.9, restore_after_seconds=0, guard_ratio=None)
+    config = PolicyConfig(
+        cap_watts=CAP_WATTS,
+        soft_ratio=0.9,
+        restore_after_seconds=0,
+        guard_ratio=None,
+        rack_watts_per_gpu_watt=1.0,
+    )
     obs = observe(8_400.0, [150, 150, 150, 150], [300, 300, 300, 300], LOW2_HIGH2)
 
     decision = decide(config, PolicyState(below_since_seconds=0.0), obs)
@@ -149,7 +162,13 @@ def test_a_gpu_without_a_reading_is_counted_at_its_limit() -> None:
 
 
 def test_changes_smaller_than_min_change_are_not_sent() -> None:
-    config = PolicyConfig(cap_watts=CAP_WATTS, soft_ratio=0.9, min_change_watts=10, guard_ratio=None)
+    config = PolicyConfig(
+        cap_watts=CAP_WATTS,
+        soft_ratio=0.9,
+        min_change_watts=10,
+        guard_ratio=None,
+        rack_watts_per_gpu_watt=1.0,
+    )
     # 6 W to shed from two GPUs already limited at 650 W: 3 W each is not worth an NVML call.
     obs = observe(9_006.0, [650, 650, 650, 650], [650, 650, 700, 700], LOW2_HIGH2)
 
