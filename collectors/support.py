@@ -348,6 +348,11 @@ def mapped_http_errors(what: str) -> Iterator[None]:
         if exc.status >= 500 or exc.status == 429:
             raise TransientCollectorError(f"{what}: HTTP {exc.status} {exc.message}") from exc
         raise CollectorError(f"{what}: HTTP {exc.status} {exc.message}") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Retrying will not change the certificate: say so at once.
+        raise CollectorError(
+            f"{what}: TLS: {exc.certificate_error}; set tls_ca_file (or tls_insecure_skip_verify)"
+        ) from exc
     except aiohttp.ClientPayloadError as exc:
         raise TransientCollectorError(f"{what}: truncated answer: {exc}") from exc
     except (aiohttp.ClientConnectionError, OSError) as exc:
