@@ -207,7 +207,7 @@ async def test_tls_with_the_pdus_ca_or_without_verification(
     trusted = _collector(registry, url, tls_ca_file=str(cert_file))
     unverified = _collector(registry, url, tls_insecure_skip_verify=True)
     try:
-        with pytest.raises(CollectorError, match="certificate verify failed.*set tls_ca_file") as caught:
+        with pytest.raises(CollectorError, match=r"certificate verify failed.*set tls_ca_file") as caught:
             await untrusted.collect()
         assert not isinstance(caught.value, TransientCollectorError)
         for collector in (trusted, unverified):
