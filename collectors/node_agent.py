@@ -30,7 +30,8 @@ from collectors.support import (
     PollSettings,
     TransientCollectorError,
     build_settings,
-    http_get,
+    mapped_http_errors,
+    read_bounded,
 )
 
 _URL = re.compile(r"^https?://[^/\s]+$")
@@ -116,6 +117,13 @@ def answer_from_metrics(text: str) -> AgentAnswer:
     return AgentAnswer(node, list(readings.values()), pods)
 
 
+def _status_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode("utf-8", errors="replace")
+
+
 class NodeAgentCollector(HttpPolledCollector):
     def __init__(
         self,
@@ -148,7 +156,14 @@ class NodeAgentCollector(HttpPolledCollector):
 
     async def _read_agent(self, url: str) -> AgentAnswer:
         path = "/v1/gpus" if self.settings.source == "gpus" else "/metrics"
-        body = await http_get(self._get_session(), url + path, max_bytes=_MAX_RESPONSE_BYTES)
+        what = url + path
+        with mapped_http_errors(what):
+            async with self._get_session().get(what) as response:
+                body = await read_bounded(response, _MAX_RESPONSE_BYTES, what)
+                if response.status == 503:
+                    # The agent is up but has no readings (no driver, first read pending): its Status says why.
+                    raise TransientCollectorError(f"{what}: HTTP 503: {_status_message(body)}")
+                response.raise_for_status()
         if self.settings.source == "metrics":
             return answer_from_metrics(body.decode("utf-8", errors="replace"))
         try:

@@ -1,0 +1,80 @@
+"""`wattscale agent` as a real process on a machine without a GPU driver: it must stay up, say why it
+has no readings, refuse power-limit changes, and the node_agent collector must report it clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from integration_peers import free_port, wait_for
+from prometheus_client import CollectorRegistry
+
+from collectors.base import CollectorError
+from collectors.node_agent import NodeAgentCollector, NodeAgentSettings
+from collectors.support import build_settings
+
+
+@pytest.fixture
+async def agent_url(tmp_path: Path) -> AsyncIterator[str]:
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    log = (tmp_path / "agent.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "adapter.cli",
+        "agent",
+        "--bind-address=127.0.0.1",
+        f"--port={port}",
+        "--node-name=cpu-node-1",
+        "--pod-resources-socket=",
+        f"--control-token-file={token}",
+        "--interval-seconds=0.5",
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    async def listening() -> bool:
+        assert process.returncode is None, (tmp_path / "agent.log").read_text()
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as response:
+                return response.status in (200, 503)
+        except aiohttp.ClientConnectionError:
+            return False
+
+    try:
+        await wait_for(listening, timeout_seconds=30, what="the agent to listen")
+        yield url
+    finally:
+        process.terminate()
+        await process.wait()
+        log.close()
+
+
+async def test_agent_without_nvml_explains_itself(agent_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{agent_url}/v1/gpus") as response:
+            assert response.status == 503
+            status = await response.json()
+        assert status["kind"] == "Status" and "NVML is not available" in status["message"]
+        async with session.get(f"{agent_url}/healthz") as response:
+            assert response.status == 503
+        async with session.put(f"{agent_url}/v1/gpus/GPU-x/power-limit", json={"watts": 300}) as response:
+            assert response.status == 403
+        async with session.get(f"{agent_url}/metrics") as response:
+            assert response.status == 200
+            assert "wattscale_agent_gpu_power_watts" in await response.text()
+
+    settings = build_settings(NodeAgentSettings, "agents", {"agent_urls": [agent_url], "retries": 0})
+    collector = NodeAgentCollector("agents", settings, registry=CollectorRegistry())
+    try:
+        with pytest.raises(CollectorError, match="HTTP 503: NVML is not available"):
+            await collector.collect()
+    finally:
+        await collector.aclose()
