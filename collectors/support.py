@@ -62,13 +62,6 @@ class Secret:
         return hash(self._value)
 
 
-class FromRaw(Protocol):
-    """A settings field type that parses itself (e.g. a scrape target given as a URL or a mapping)."""
-
-    @classmethod
-    def from_raw(cls, value: object, key: str, problems: list[str]) -> Any: ...
-
-
 class Settings(Protocol):
     def problems(self) -> list[str]: ...
 
@@ -525,15 +518,3 @@ class MonotonicSums:
         for key in [k for k in self._carried if k not in sums]:
             del self._carried[key]
         return {key: total + self._carried.get(key, 0.0) for key, total in sums.items()}
-
-
-async def gather_all(aws: Iterable[Awaitable[Any]]) -> list[Any]:
-    """`asyncio.gather` that cancels the rest when one fails, so a poll never leaks requests."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
