@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pandas as pd
 from aiohttp.test_utils import TestServer
 from integration_peers import load_unit_helper, run_collect_once
+from prometheus_client import CollectorRegistry
+
+from collectors.redfish_pdu import RedfishPduCollector, RedfishPduSettings
+from collectors.support import build_settings
+from estimators.fleet import estimate_fleet
 
 mockup_module = load_unit_helper("redfish_mockup")
 
@@ -40,3 +46,34 @@ async def test_collect_reads_the_pdu_through_a_session(
     status, _, stderr = await run_collect_once(config, tmp_path)
     assert status == 1
     assert "login refused" in stderr and "wrong" not in stderr
+
+
+async def test_rack_power_is_the_pdu_inlet_power(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    mockup = mockup_module.RedfishMockup(auth="none")
+    server = await aiohttp_server(mockup.app())
+    settings = build_settings(
+        RedfishPduSettings,
+        "pdu-a",
+        {"url": str(server.make_url("")).rstrip("/"), "rack": "rack-a", "auth": "none"},
+    )
+    collector = RedfishPduCollector("pdu-a", settings, registry=CollectorRegistry())
+    try:
+        samples = list(await collector.collect())
+    finally:
+        await collector.aclose()
+    frame = pd.DataFrame(
+        [
+            {"metric": s.metric, "value": s.value, "timestamp_seconds": s.timestamp_seconds, **s.labels}
+            for s in samples
+        ]
+    )
+    now = max(s.timestamp_seconds for s in samples)
+    racks = pd.DataFrame([{"rack": "rack-a", "cap_watts": 8000.0, "margin_ratio": 0.1}])
+    estimate = estimate_fleet(frame, node_racks={}, racks=racks, window_seconds=60.0, now_seconds=now)
+    rack = estimate.racks.set_index("rack").loc["rack-a"]
+    # Metrics.PowerWatts of the mockup, not the sum of its outlets or branches.
+    assert rack["rack_power_watts"] == 6438.0
+    assert not rack["estimated"]
+    assert rack["headroom_watts"] == 8000.0 - rack["margin_watts"] - 6438.0
