@@ -321,7 +321,11 @@ def by_identity(objects: list[Manifest]) -> dict[tuple[str, str], Manifest]:
 
 
 def test_apiservice_kustomize_base_builds_the_objects_the_renderer_starts_from(tmp_path: Path) -> None:
-    assert by_identity(kustomize_build(REPO / "apiservice")) == by_identity(manifests.base_objects())
+    # apiservice/ adds the PowerBudget CRD and the node agent (their owners' files) to the adapter's base.
+    crd = yaml.safe_load((REPO / "apiservice" / "powerbudget-crd.yaml").read_text())
+    agent = kustomize_build(REPO / "apiservice" / "agent")
+    expected = by_identity([*manifests.base_objects(), crd, *agent])
+    assert by_identity(kustomize_build(REPO / "apiservice")) == expected
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     base = Path(os.path.relpath(REPO / "apiservice", overlay))  # kustomize refuses absolute paths
@@ -330,4 +334,5 @@ def test_apiservice_kustomize_base_builds_the_objects_the_renderer_starts_from(t
             {"resources": [str(base)], "components": [str(base / "components" / "external-metrics")]}
         )
     )
-    assert by_identity(kustomize_build(overlay)) == by_identity(manifests.base_objects(external_metrics=True))
+    with_external = by_identity([*manifests.base_objects(external_metrics=True), crd, *agent])
+    assert by_identity(kustomize_build(overlay)) == with_external
