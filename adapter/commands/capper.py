@@ -28,6 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-seconds", type=int, default=15, help="lease duration (default: 15)")
     parser.add_argument("--interval-seconds", type=float, default=1.0, help="control period (default: 1)")
     parser.add_argument(
+        "--replica-period-seconds",
+        type=float,
+        default=15.0,
+        help="how often replica ceilings are reconsidered (default: 15, one HPA sync)",
+    )
+    parser.add_argument(
         "--agent-url-template",
         default="http://{node_ip}:9477",
         help="node agent base URL; {node_name} and {node_ip} are filled in; a node's annotation "
@@ -119,6 +125,7 @@ async def _run(args: argparse.Namespace) -> int:
             AgentClient(session, token=token),
             metrics=metrics,
             identity=args.identity,
+            replica_period_seconds=args.replica_period_seconds,
         )
         try:
             while not stop.is_set():

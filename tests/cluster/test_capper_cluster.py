@@ -131,6 +131,8 @@ def capper(
             str(free_port()),
             "--agent-token-file",
             str(control_plane.workdir / "capper" / "agent-token"),
+            "--replica-period-seconds",
+            "1",
         ],
         control_plane.workdir / "logs" / "wattscale-capper.log",
         env={"KUBERNETES_SERVICE_HOST": "", "KUBERNETES_SERVICE_PORT": ""},
@@ -230,3 +232,98 @@ def test_capper_acts_on_a_power_budget_over_its_cap(
             "involvedObject.kind=PowerBudget",
             check=False,
         )
+
+
+# Only the part of KServe's CRD the capper touches: the API server stores and patches it like the real one.
+_INFERENCE_SERVICE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "inferenceservices.serving.kserve.io"},
+    "spec": {
+        "group": "serving.kserve.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "InferenceService",
+            "listKind": "InferenceServiceList",
+            "plural": "inferenceservices",
+            "singular": "inferenceservice",
+        },
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+def _inference_service(plane: ControlPlane) -> dict[str, Any]:
+    done = plane.kubectl("get", "inferenceservice", "chat", "-n", "llm", "-o", "json")
+    obj: dict[str, Any] = json.loads(done.stdout)
+    return obj
+
+
+def test_capper_clamps_and_restores_an_inference_service_replica_ceiling(
+    control_plane: ControlPlane, capper: ManagedProcess
+) -> None:
+    control_plane.apply([_INFERENCE_SERVICE_CRD])
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.serving.kserve.io"
+    )
+    control_plane.apply(
+        [
+            {
+                "apiVersion": "serving.kserve.io/v1beta1",
+                "kind": "InferenceService",
+                "metadata": {"name": "chat", "namespace": "llm"},
+                "spec": {
+                    "predictor": {
+                        "minReplicas": 1,
+                        "maxReplicas": 8,
+                        "model": {"modelFormat": {"name": "hf"}},
+                    }
+                },
+            }
+        ]
+    )
+    budget = _budget("enforce")
+    workload = {"kind": "InferenceService", "namespace": "llm", "name": "chat", "priorityClass": "high"}
+    # No replica fits: each would need far more than any headroom.
+    budget["spec"]["workloads"] = [{**workload, "replicaPeakPowerWatts": 1e9}]
+    control_plane.apply([budget], "--force-conflicts")
+    try:
+        clamped = wait_until(
+            lambda: (
+                (isvc := _inference_service(control_plane))["spec"]["predictor"]["maxReplicas"] == 1 and isvc
+            ),
+            timeout_seconds=_TIMEOUT_SECONDS,
+            description="InferenceService chat clamped to one replica",
+            on_timeout=capper.tail,
+        )
+        annotations = clamped["metadata"].get("annotations") or {}
+        assert annotations.get("wattscale.io/configured-max-replicas") == "8"
+        assert clamped["spec"]["predictor"]["model"] == {"modelFormat": {"name": "hf"}}  # merge patch kept it
+        reasons = [e["reason"] for e in _events(control_plane)]
+        assert "ReplicaCeilingChanged" in reasons
+
+        # Headroom for any number of replicas: the configured ceiling comes back and the annotation goes.
+        budget["spec"]["workloads"] = [{**workload, "replicaPeakPowerWatts": 1}]
+        budget["spec"]["capWatts"] = 1e9
+        control_plane.apply([budget], "--force-conflicts")
+        restored = wait_until(
+            lambda: (
+                (isvc := _inference_service(control_plane))["spec"]["predictor"]["maxReplicas"] == 8 and isvc
+            ),
+            timeout_seconds=_TIMEOUT_SECONDS,
+            description="InferenceService chat back to its configured ceiling",
+            on_timeout=capper.tail,
+        )
+        assert "wattscale.io/configured-max-replicas" not in (restored["metadata"].get("annotations") or {})
+    finally:
+        control_plane.kubectl("delete", "powerbudget", "rack-a", "--ignore-not-found")
+        control_plane.kubectl("delete", "inferenceservice", "chat", "-n", "llm", "--ignore-not-found")
