@@ -50,8 +50,11 @@ def run_all(
         for seed in range(seeds)
         for policy in POLICIES
     ]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(_run, configs, chunksize=2))
+    if jobs == 0:
+        results = [_run(config) for config in configs]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_run, configs, chunksize=2))
     uncapped = {(r.trace, r.oversubscription, r.seed): r for r in results if r.policy == "none"}
     return [r.versus_uncapped(uncapped[(r.trace, r.oversubscription, r.seed)]) for r in results]
 
@@ -131,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default: 3)")
     parser.add_argument("--duration", type=float, default=1800.0, help="seconds per run (default: 1800)")
     parser.add_argument("--actuation-delay", type=float, default=1.0, help="seconds (default: 1)")
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="worker processes; 0: in this process (default: 2)"
+    )
     parser.add_argument("--jsonl", help="also write one JSON line per run to this file")
     args = parser.parse_args(argv)
 
