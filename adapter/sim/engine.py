@@ -218,6 +218,7 @@ def simulate(config: SimConfig, policy: policies.SimPolicy | None = None) -> Run
     ttft = np.zeros((ticks, gpus), dtype=np.float32)
     tbt = np.zeros((ticks, gpus), dtype=np.float32)
     tbt_weight = np.zeros((ticks, gpus), dtype=np.float32)
+    dark = np.zeros(ticks, dtype=bool)
     server_of_gpu = np.arange(gpus) // config.server.gpus
     accumulator, breaker_margin, trips, dark_until = 0.0, 0.0, 0, -1
     alpha, max_batch = curve.alpha, curve.max_batch
@@ -227,6 +228,7 @@ def simulate(config: SimConfig, policy: policies.SimPolicy | None = None) -> Run
         while pending and pending[0][0] <= t:
             applied = pending.popleft()[1]
         if t < dark_until:
+            dark[t] = True
             wait_requests[:] = 0.0
             wait_tokens[:] = 0.0
             active[:] = 0.0
@@ -266,7 +268,11 @@ def simulate(config: SimConfig, policy: policies.SimPolicy | None = None) -> Run
             queue_seconds = np.where(
                 wait_requests < 1e-3, 0.0, np.minimum(queue_seconds, config.duration_seconds)
             )
-            ttft[t] = queue_seconds + prompt_mean / (prefill_rate * speed)
+            arriving = arrivals.requests[t]
+            own_prompt = np.divide(
+                arrivals.prompt_tokens[t], arriving, out=np.full(gpus, prompt_mean), where=arriving > 0
+            )
+            ttft[t] = queue_seconds + own_prompt / (prefill_rate * speed)
             tbt[t] = np.divide(active, decode_rate, out=np.zeros(gpus), where=decode_rate > 0)
             tbt_weight[t] = np.where(active >= 1.0, generated, 0.0)
             server_gpu_watts = np.bincount(server_of_gpu, weights=delivered, minlength=config.servers)
@@ -307,6 +313,7 @@ def simulate(config: SimConfig, policy: policies.SimPolicy | None = None) -> Run
     above = rack_watts > config.cap_watts
     high = rack.priority >= PRIORITY_HIGH
     ttft_weight = arrivals.requests.astype(np.float32)
+    ttft_weight[dark] = 0.0  # requests that arrive while the rack is dark are lost, not slow
     total_tokens = float(tokens.sum())
     rack_energy = float(rack_watts.sum() * dt)
     return RunResult(
