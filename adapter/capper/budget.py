@@ -45,6 +45,8 @@ class BudgetSpec:
     restore_after_seconds: float
     guard_ratio: float | None
     guard_priority_step_watts: float
+    stale_after_seconds: float
+    stale_lower_after_seconds: float
     rack_watts_per_gpu_watt: float
     default_priority: int
     workloads: tuple[Workload, ...]
@@ -59,6 +61,8 @@ class BudgetSpec:
             restore_after_seconds=self.restore_after_seconds,
             guard_ratio=self.guard_ratio,
             guard_priority_step_watts=self.guard_priority_step_watts,
+            stale_after_seconds=self.stale_after_seconds,
+            stale_lower_after_seconds=self.stale_lower_after_seconds,
             rack_watts_per_gpu_watt=self.rack_watts_per_gpu_watt,
         )
 
@@ -166,6 +170,10 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         guard_ratio=guard if guard > 0 else None,
         guard_priority_step_watts=_number(
             thresholds, "guardPriorityStepWatts", 250.0, problems, "spec.thresholds."
+        ),
+        stale_after_seconds=_number(thresholds, "staleAfterSeconds", 5.0, problems, "spec.thresholds."),
+        stale_lower_after_seconds=_number(
+            thresholds, "staleLowerAfterSeconds", 15.0, problems, "spec.thresholds."
         ),
         rack_watts_per_gpu_watt=_number(spec, "rackWattsPerGpuWatt", 1.45, problems, "spec."),
         default_priority=PRIORITY_BY_CLASS.get(str(default_class), 0),

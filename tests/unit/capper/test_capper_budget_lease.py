@@ -56,6 +56,8 @@ def test_the_crd_defaults_are_the_policy_defaults() -> None:
     assert thresholds["restoreAfterSeconds"]["default"] == defaults.restore_after_seconds
     assert thresholds["guardRatio"]["default"] == defaults.guard_ratio
     assert thresholds["guardPriorityStepWatts"]["default"] == defaults.guard_priority_step_watts
+    assert thresholds["staleAfterSeconds"]["default"] == defaults.stale_after_seconds
+    assert thresholds["staleLowerAfterSeconds"]["default"] == defaults.stale_lower_after_seconds
     assert spec["mode"]["default"] == "dryRun"
     assert spec["rackWattsPerGpuWatt"]["default"] == defaults.rack_watts_per_gpu_watt
     columns = {c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
