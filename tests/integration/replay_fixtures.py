@@ -2,9 +2,10 @@
 
 Each `render_*` returns `/metrics` text for time `now_seconds`, given the replay's start time. The
 advancing series carry round numbers so a test knows what every counter implies:
-GPU 0 of the DCGM fixture draws 250 W and belongs to pod llm/llama-0; that pod's vLLM server
-generates 500 tokens/s and reads 1000 prompt tokens/s; Kepler gives it 30 W package + 10 W dram
-and measures 600 W for the whole node (platform energy).
+GPU 0 of the DCGM fixture draws 250 W and is time-sliced between pods llm/llama-0 and llm/llama-1,
+so dcgm-exporter serves each of its series twice, once per pod. llama-0's vLLM server generates
+500 tokens/s and reads 1000 prompt tokens/s, llama-1's generates 1500 tokens/s; Kepler gives
+llama-0 30 W package + 10 W dram and measures 600 W for the whole node (platform energy).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ KEPLER_RANGE = json.loads((FIXTURES / "kepler/kepler-0.7-legacy-prometheus-query
 NODE = "424773df46e0"
 GPU_UUID = "GPU-20c56d28-0da5-6d26-a36a-e7af1ce2586e"
 POD = {"namespace": "llm", "pod": "llama-0"}
+SHARING_POD = {"namespace": "llm", "pod": "llama-1"}
+SHARING_POD_TOKENS_PER_SECOND = 1500.0
 GPU_POWER_WATTS = 250.0
 GPU_ENERGY_START_MILLIJOULES = 128996013
 GENERATION_TOKENS_PER_SECOND = 500.0
@@ -47,15 +50,19 @@ def dcgm_energy_millijoules(elapsed_seconds: float) -> float:
 
 
 def render_dcgm(now_seconds: float, start_seconds: float) -> str:
-    pod_labels = ',pod="llama-0",namespace="llm",container="vllm"'
+    """As dcgm-exporter with pod mapping renders a time-sliced GPU: one copy per holding pod."""
+    holders = [f',pod="{p["pod"]}",namespace="{p["namespace"]}",container="vllm"' for p in (POD, SHARING_POD)]
+    values = {
+        "DCGM_FI_DEV_POWER_USAGE{": GPU_POWER_WATTS,
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{": dcgm_energy_millijoules(now_seconds - start_seconds),
+    }
     lines = []
     for line in DCGM_TEXT.splitlines():
-        if GPU_UUID in line and line.startswith("DCGM_FI_DEV_POWER_USAGE{"):
-            line = re.sub(r"\} \S+$", pod_labels + "} " + repr(GPU_POWER_WATTS), line)
-        elif GPU_UUID in line and line.startswith("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{"):
-            energy = dcgm_energy_millijoules(now_seconds - start_seconds)
-            line = re.sub(r"\} \S+$", pod_labels + "} " + repr(energy), line)
-        lines.append(line)
+        prefix = next((p for p in values if line.startswith(p)), None)
+        if GPU_UUID in line and prefix is not None:
+            lines.extend(re.sub(r"\} \S+$", extra + "} " + repr(values[prefix]), line) for extra in holders)
+        else:
+            lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -67,11 +74,12 @@ def prompt_tokens(elapsed_seconds: float) -> float:
     return 5.0 + PROMPT_TOKENS_PER_SECOND * elapsed_seconds
 
 
-def render_vllm(now_seconds: float, start_seconds: float) -> str:
+def render_vllm(now_seconds: float, start_seconds: float, tokens_per_second: float | None = None) -> str:
     elapsed = now_seconds - start_seconds
+    tokens = generation_tokens(elapsed) if tokens_per_second is None else 7.0 + tokens_per_second * elapsed
     text = VLLM_TEXT.replace(
         'vllm:generation_tokens_total{model_name="facebook/opt-125m"} 7.0',
-        f'vllm:generation_tokens_total{{model_name="facebook/opt-125m"}} {generation_tokens(elapsed)!r}',
+        f'vllm:generation_tokens_total{{model_name="facebook/opt-125m"}} {tokens!r}',
     ).replace(
         'vllm:prompt_tokens_total{model_name="facebook/opt-125m"} 5.0',
         f'vllm:prompt_tokens_total{{model_name="facebook/opt-125m"}} {prompt_tokens(elapsed)!r}',

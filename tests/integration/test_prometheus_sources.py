@@ -66,11 +66,15 @@ async def _start_fleet(
     exporters = {
         "dcgm": await replay_exporter(lambda now: replay.render_dcgm(now, start)),
         "vllm": await replay_exporter(lambda now: replay.render_vllm(now, start)),
+        "vllm-sharing": await replay_exporter(
+            lambda now: replay.render_vllm(now, start, replay.SHARING_POD_TOKENS_PER_SECOND)
+        ),
         "kepler": await replay_exporter(lambda now: replay.render_kepler_legacy(now, start)),
     }
     targets = [
         Target(exporters["dcgm"].url, {}, "dcgm"),
         Target(exporters["vllm"].url, {**replay.POD, "node": replay.NODE}, "vllm"),
+        Target(exporters["vllm-sharing"].url, {**replay.SHARING_POD, "node": replay.NODE}, "vllm-sharing"),
         Target(exporters["kepler"].url, {"node": replay.NODE}, "kepler"),
     ]
     base_url = await start_prometheus(targets)
@@ -128,7 +132,7 @@ async def test_collectors_read_back_what_the_exporters_served_and_the_estimate_m
     pod_labels = {**replay.POD, "node": replay.NODE}
     gpu_labels = {"node": replay.NODE, "gpu_uuid": replay.GPU_UUID}
     for sample in samples:
-        if sample.metric == "generation_tokens_total":
+        if sample.metric == "generation_tokens_total" and sample.labels["pod"] == replay.POD["pod"]:
             assert dict(sample.labels) == pod_labels
             assert sample.value in tokens
             # Prometheus stamps a sample with the start of its scrape, just before we served it.
@@ -137,8 +141,19 @@ async def test_collectors_read_back_what_the_exporters_served_and_the_estimate_m
             assert min(abs(sample.value - served) for served in energy_joules) < 1e-6
         if sample.metric == "gpu_power_watts" and dict(sample.labels) == gpu_labels:
             assert sample.value == replay.GPU_POWER_WATTS
+    # dcgm-exporter serves the shared GPU twice; one poll reads it once and names both holders.
+    dcgm = _make(DcgmCollector, prometheus_url=base_url)
+    try:
+        one_poll = list(await dcgm.collect())
+    finally:
+        await dcgm.aclose()
+    for metric in ("gpu_power_watts", "gpu_energy_joules_total"):
+        assert [dict(s.labels) for s in one_poll if s.metric == metric].count(gpu_labels) == 1
     assignments = {tuple(sorted(s.labels.items())) for s in samples if s.metric == "gpu_assignment_info"}
-    assert assignments == {tuple(sorted({**gpu_labels, **replay.POD}.items()))}
+    assert assignments == {
+        tuple(sorted({**gpu_labels, **replay.POD}.items())),
+        tuple(sorted({**gpu_labels, **replay.SHARING_POD}.items())),
+    }
 
     # The estimator's view of the pod, from the samples alone.
     frame = _frame(samples)
@@ -150,13 +165,27 @@ async def test_collectors_read_back_what_the_exporters_served_and_the_estimate_m
         window_seconds=float(stamps.max() - stamps.min()) + 0.5,
         now_seconds=float(stamps.max()),
     )
-    pod = estimate.pods.set_index(["namespace", "pod"]).loc[("llm", "llama-0")]
+    pods = estimate.pods.set_index(["namespace", "pod"])
+    pod, sharing = pods.loc[("llm", "llama-0")], pods.loc[("llm", "llama-1")]
+    # The GPU's 250 W counted once, split by the two pods' token rates (500 and 1500 tokens/s).
+    total_tokens = replay.GENERATION_TOKENS_PER_SECOND + replay.SHARING_POD_TOKENS_PER_SECOND
+    share = replay.GPU_POWER_WATTS * replay.GENERATION_TOKENS_PER_SECOND / total_tokens
+    assert pod["gpu_power_watts"] + sharing["gpu_power_watts"] == pytest.approx(
+        replay.GPU_POWER_WATTS, rel=0.03
+    )
+    nodes = estimate.nodes.set_index("node")
+    assert nodes.loc[replay.NODE, "gpu_power_watts"] == pytest.approx(replay.GPU_POWER_WATTS, rel=0.03)
     cpu_watts = replay.CPU_PACKAGE_WATTS + replay.CPU_DRAM_WATTS
-    assert pod["gpu_power_watts"] == pytest.approx(replay.GPU_POWER_WATTS, rel=0.03)
-    assert pod["power_watts"] == pytest.approx(replay.GPU_POWER_WATTS + cpu_watts, rel=0.03)
+    assert pod["gpu_power_watts"] == pytest.approx(share, rel=0.05)
+    assert pod["power_watts"] == pytest.approx(share + cpu_watts, rel=0.05)
     assert pod["generation_tokens_per_second"] == pytest.approx(replay.GENERATION_TOKENS_PER_SECOND, rel=0.03)
-    implied = (replay.GPU_POWER_WATTS + cpu_watts) / replay.GENERATION_TOKENS_PER_SECOND
-    assert pod["watts_per_token"] == pytest.approx(implied, rel=0.05)
+    assert pod["watts_per_token"] == pytest.approx(
+        (share + cpu_watts) / replay.GENERATION_TOKENS_PER_SECOND, rel=0.06
+    )
+    sharing_watts = replay.GPU_POWER_WATTS - share
+    assert sharing["watts_per_token"] == pytest.approx(
+        sharing_watts / replay.SHARING_POD_TOKENS_PER_SECOND, rel=0.06
+    )
 
 
 async def test_scrape_mode_reads_the_same_exporters_without_prometheus(
@@ -266,10 +295,15 @@ async def test_wattscale_collect_prints_the_normalised_samples(
     ]
     assert power["value"] == replay.GPU_POWER_WATTS
     assert power["labels"] == {"node": replay.NODE, "gpu_uuid": replay.GPU_UUID}
-    tokens = [
-        line for line in lines if line["collector"] == "vllm" and line["metric"] == "generation_tokens_total"
-    ]
-    assert tokens[0]["labels"] == {**replay.POD, "node": replay.NODE}
+    tokens = {
+        line["labels"]["pod"]: line["labels"]
+        for line in lines
+        if line["collector"] == "vllm" and line["metric"] == "generation_tokens_total"
+    }
+    assert tokens == {
+        "llama-0": {**replay.POD, "node": replay.NODE},
+        "llama-1": {**replay.SHARING_POD, "node": replay.NODE},
+    }
 
     # A source that is down makes the command fail, after printing what the others returned.
     config["collectors"].append(
