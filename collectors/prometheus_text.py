@@ -169,8 +169,6 @@ class ExporterCollector(HttpPolledCollector):
             session=session,
             registry=registry,
             clock=clock,
-            tls_ca_file=settings.tls_ca_file,
-            tls_insecure_skip_verify=settings.tls_insecure_skip_verify,
         )
         self.settings = settings
 

@@ -399,14 +399,13 @@ class HttpPolledCollector(PolledCollector):
         session: aiohttp.ClientSession | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
-        tls_ca_file: str | None = None,
-        tls_insecure_skip_verify: bool = False,
     ) -> None:
         super().__init__(name, poll, registry=registry, clock=clock)
         self._session = session
         self._owns_session = session is None
-        self._tls_ca_file = tls_ca_file
-        self._tls_insecure_skip_verify = tls_insecure_skip_verify
+        # Settings classes that offer TLS options name them so; the others use the system CAs.
+        self._tls_ca_file: str | None = getattr(poll, "tls_ca_file", None)
+        self._tls_insecure_skip_verify: bool = getattr(poll, "tls_insecure_skip_verify", False)
         self._failing_targets: set[str] = set()
 
     def _ssl(self) -> Any:

@@ -1,20 +1,15 @@
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from redfish_mockup import PASSWORD, USERNAME, RedfishMockup
 
+from adapter.tls import generate_self_signed
 from collectors.base import Collector, CollectorConfigError, CollectorError, Sample
 from collectors.redfish_pdu import RedfishPduCollector, RedfishPduSettings, circuit_power_watts
 from collectors.support import TransientCollectorError, build_settings
@@ -165,39 +160,10 @@ def test_delta_feed_lines_are_summed_when_there_is_no_neutral() -> None:
     assert circuit_power_watts({"PowerWatts": {"Reading": 42}, "PolyPhasePowerWatts": lines}) == 42.0
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by its own key (its own CA)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pdu.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "pdu.crt", tmp_path / "pdu.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_tls_with_the_pdus_ca_or_without_verification(
     aiohttp_server: Callable[..., Awaitable[TestServer]], registry: CollectorRegistry, tmp_path: Path
 ) -> None:
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = generate_self_signed(tmp_path, ["127.0.0.1"], common_name="pdu.test")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     server = await aiohttp_server(RedfishMockup().app(), ssl=context)
