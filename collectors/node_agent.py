@@ -125,6 +125,8 @@ def _status_message(body: bytes) -> str:
 
 
 class NodeAgentCollector(HttpPolledCollector):
+    settings: NodeAgentSettings
+
     def __init__(
         self,
         name: str,
@@ -135,7 +137,6 @@ class NodeAgentCollector(HttpPolledCollector):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, settings, session=session, registry=registry, clock=clock)
-        self.settings = settings
         self._energy = MonotonicSums()
 
     @classmethod

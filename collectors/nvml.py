@@ -308,6 +308,8 @@ class NvmlCollector(PolledCollector):
     """This machine's GPUs. For a cluster, run `wattscale agent` on each GPU node and read it with
     the `node_agent` collector instead; this one suits a single host or the agent itself."""
 
+    settings: NvmlSettings
+
     def __init__(
         self,
         name: str,
@@ -318,7 +320,6 @@ class NvmlCollector(PolledCollector):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, settings, registry=registry, clock=clock)
-        self.settings = settings
         self.node = settings.node or default_node_name()
         self._reader = reader if reader is not None else NvmlReader(clock=clock)
         self._energy = MonotonicSums()

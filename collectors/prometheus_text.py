@@ -14,14 +14,12 @@ through unchanged, optionally renamed: a way to feed any exporter that already u
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import aiohttp
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.base import CollectorError, Sample
@@ -151,26 +149,9 @@ class ExporterCollector(HttpPolledCollector):
     """Base of the Prometheus-format sources; see the module docstring."""
 
     settings_cls: ClassVar[type[ExporterSettings]] = ExporterSettings
+    settings: ExporterSettings
     source_metrics: ClassVar[frozenset[str]] = frozenset()
     """Sample names (as in the exposition, `_total` included) this source reads; empty = all."""
-
-    def __init__(
-        self,
-        name: str,
-        settings: ExporterSettings,
-        *,
-        session: aiohttp.ClientSession | None = None,
-        registry: CollectorRegistry | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(
-            name,
-            settings,
-            session=session,
-            registry=registry,
-            clock=clock,
-        )
-        self.settings = settings
 
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:

@@ -103,6 +103,8 @@ def circuit_power_watts(circuit: Mapping[str, Any]) -> float | None:
 
 
 class RedfishPduCollector(HttpPolledCollector):
+    settings: RedfishPduSettings
+
     def __init__(
         self,
         name: str,
@@ -119,7 +121,6 @@ class RedfishPduCollector(HttpPolledCollector):
             registry=registry,
             clock=clock,
         )
-        self.settings = settings
         self._base = settings.url.rstrip("/")
         self._token: str | None = None
         self._session_location: str | None = None

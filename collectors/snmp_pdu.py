@@ -214,6 +214,8 @@ def interpret(vendor: str, tables: Mapping[str, Table]) -> PduReading:
 
 
 class SnmpPduCollector(PolledCollector):
+    settings: SnmpPduSettings
+
     def __init__(
         self,
         name: str,
@@ -223,7 +225,6 @@ class SnmpPduCollector(PolledCollector):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, settings, registry=registry, clock=clock)
-        self.settings = settings
         self._pdu = settings.pdu or f"{settings.host}:{settings.port}"
         self._engine: Any = None
         self._energy = MonotonicSums()

@@ -258,6 +258,7 @@ class PolledCollector:
 
     name: str
     interval_seconds: float
+    settings: PollSettings
 
     def __init__(
         self,
@@ -269,6 +270,8 @@ class PolledCollector:
     ) -> None:
         self.name = name
         self.interval_seconds = poll.interval_seconds
+        self.settings = poll
+        """Subclasses narrow its type (`settings: RedfishPduSettings`)."""
         self._poll_settings = poll
         self._metrics = self_metrics(registry)
         self._clock = clock
