@@ -301,55 +301,25 @@ class SnmpPduCollector(PolledCollector):
                 f"{self.name}: {settings.vendor} PDU at {settings.host} reports no inlet power "
                 "(unsupported on this model, or wrong vendor)"
             )
-        samples = [
-            Sample(
-                metric="pdu_power_watts",
-                value=sum(reading.inlet_watts.values()),
-                timestamp_seconds=now,
-                labels=labels,
-            )
-        ]
-        samples.extend(
-            Sample(
-                metric="pdu_inlet_power_watts", value=w, timestamp_seconds=now, labels={**labels, "inlet": i}
-            )
-            for i, w in sorted(reading.inlet_watts.items())
-        )
+        samples: list[Sample] = []
+
+        def add(metric: str, value: float | None, **extra: str) -> None:
+            if value is not None:
+                samples.append(
+                    Sample(metric=metric, value=value, timestamp_seconds=now, labels={**labels, **extra})
+                )
+
+        add("pdu_power_watts", sum(reading.inlet_watts.values()))
+        for inlet, watts in sorted(reading.inlet_watts.items()):
+            add("pdu_inlet_power_watts", watts, inlet=inlet)
         if reading.energy_joules:
             energy = [(self._pdu, inlet, joules) for inlet, joules in reading.energy_joules.items()]
-            for _, total in self._energy.update(energy).items():
-                samples.append(
-                    Sample(
-                        metric="pdu_energy_joules_total", value=total, timestamp_seconds=now, labels=labels
-                    )
-                )
-        if reading.capacity_volt_amperes is not None:
-            samples.append(
-                Sample(
-                    metric="pdu_power_capacity_volt_amperes",
-                    value=reading.capacity_volt_amperes,
-                    timestamp_seconds=now,
-                    labels=labels,
-                )
-            )
-        if reading.rated_current_amps is not None:
-            samples.append(
-                Sample(
-                    metric="pdu_rated_current_amps",
-                    value=reading.rated_current_amps,
-                    timestamp_seconds=now,
-                    labels=labels,
-                )
-            )
-        samples.extend(
-            Sample(
-                metric="pdu_outlet_power_watts",
-                value=w,
-                timestamp_seconds=now,
-                labels={**labels, "outlet": o},
-            )
-            for o, w in sorted(reading.outlet_watts.items())
-        )
+            for total in self._energy.update(energy).values():
+                add("pdu_energy_joules_total", total)
+        add("pdu_power_capacity_volt_amperes", reading.capacity_volt_amperes)
+        add("pdu_rated_current_amps", reading.rated_current_amps)
+        for outlet, watts in sorted(reading.outlet_watts.items()):
+            add("pdu_outlet_power_watts", watts, outlet=outlet)
         return samples
 
     async def aclose(self) -> None:
