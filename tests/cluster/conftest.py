@@ -9,7 +9,6 @@ the report of any test that fails while they run.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from pathlib import Path
 
 import kubernetes.client
 import pytest
@@ -18,7 +17,13 @@ from kubeharness.binaries import Binaries, locate_binaries
 from kubeharness.controlplane import ControlPlane, start_control_plane
 from kubeharness.kubelet import KubeletStandIn, TestNode
 from kubeharness.processes import ManagedProcess
-from kubeharness.workloads import WORKLOAD_NAMESPACE, create_deployment, delete_workload, ensure_namespace
+from kubeharness.workloads import (
+    WORKLOAD_NAMESPACE,
+    create_deployment,
+    delete_workload,
+    ensure_namespace,
+    wait_for_running_pods,
+)
 
 RACK_LABEL = "wattscale.io/rack"
 TEST_NODES = [
@@ -26,6 +31,7 @@ TEST_NODES = [
     TestNode(name="node-2", gpus=8, labels={RACK_LABEL: "rack-a"}),
 ]
 STEADY_APP = "phi"
+FLEET_FILE = "fleet.json"
 
 _live_processes: list[ManagedProcess] = []
 
@@ -66,7 +72,7 @@ def admin_api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
 
 @pytest.fixture(scope="session")
 def kubelet(control_plane: ControlPlane, admin_api: kubernetes.client.ApiClient) -> Iterator[KubeletStandIn]:
-    stand_in = KubeletStandIn(admin_api, TEST_NODES, control_plane.workdir / "fleet.json")
+    stand_in = KubeletStandIn(admin_api, TEST_NODES, control_plane.workdir / FLEET_FILE)
     stand_in.start()
     ensure_namespace(admin_api, WORKLOAD_NAMESPACE)
     try:
@@ -77,7 +83,7 @@ def kubelet(control_plane: ControlPlane, admin_api: kubernetes.client.ApiClient)
 
 @pytest.fixture(scope="session")
 def adapter(control_plane: ControlPlane, kubelet: KubeletStandIn) -> Iterator[DeployedAdapter]:
-    deployed = deploy_adapter(control_plane, control_plane.workdir / "fleet.json")
+    deployed = deploy_adapter(control_plane, control_plane.workdir / FLEET_FILE)
     _live_processes.append(deployed.process)
     try:
         yield deployed
@@ -89,16 +95,9 @@ def adapter(control_plane: ControlPlane, kubelet: KubeletStandIn) -> Iterator[De
 @pytest.fixture(scope="session")
 def steady_workload(admin_api: kubernetes.client.ApiClient, kubelet: KubeletStandIn) -> Iterator[list[str]]:
     """Two pods of app `phi` on node-1 at half load, for the tests that only read metrics."""
-    from kubeharness.workloads import wait_for_running_pods
-
     kubelet.set_load(WORKLOAD_NAMESPACE, STEADY_APP, 0.5)
     create_deployment(admin_api, STEADY_APP, replicas=2, node="node-1")
     try:
         yield wait_for_running_pods(admin_api, STEADY_APP, 2)
     finally:
         delete_workload(admin_api, STEADY_APP)
-
-
-@pytest.fixture(scope="session")
-def fleet_path(control_plane: ControlPlane) -> Path:
-    return control_plane.workdir / "fleet.json"

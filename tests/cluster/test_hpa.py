@@ -11,7 +11,7 @@ import pytest
 from kubeharness.adapter import DeployedAdapter
 from kubeharness.controlplane import ControlPlane
 from kubeharness.kubelet import KubeletStandIn
-from kubeharness.metrics import adapter_request_counts, get_raw, item_values, quantity, raw_path
+from kubeharness.metrics import adapter_request_counts, get_raw, node_metric, quantity, raw_path
 from kubeharness.processes import wait_until
 from kubeharness.workloads import (
     WORKLOAD_NAMESPACE,
@@ -107,12 +107,7 @@ def test_object_metric_on_a_node_scales_the_deployment(
     kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.5)
     create_deployment(admin_api, workload, replicas=1, node="node-2")
     wait_for_running_pods(admin_api, workload, 1)
-    node_path = raw_path("v1beta2", "/nodes/node-2/node_power_watts")
-    node_watts = wait_until(
-        lambda: item_values(get_raw(control_plane, node_path))["node-2"],
-        timeout_seconds=60,
-        description="node_power_watts of node-2",
-    )
+    node_watts = node_metric(control_plane, "node-2", "node_power_watts")
     # A target at half the node's draw: usage/target = 2 with one ready pod, so the HPA wants 2 replicas.
     target_watts = int(node_watts / 2)
     create_hpa(
@@ -166,13 +161,12 @@ def test_unknown_metric_stops_scaling_with_a_clear_condition(
             },
         },
     )
-    condition = wait_until(
-        lambda: (lambda c: c if c is not None and c["status"] == "False" else None)(
-            hpa_condition(hpa_status(admin_api, workload), "ScalingActive")
-        ),
-        timeout_seconds=60,
-        description="HPA qwen ScalingActive=False",
-    )
+
+    def scaling_inactive() -> dict[str, Any] | None:
+        condition = hpa_condition(hpa_status(admin_api, workload), "ScalingActive")
+        return condition if condition is not None and condition["status"] == "False" else None
+
+    condition = wait_until(scaling_inactive, timeout_seconds=60, description="HPA qwen ScalingActive=False")
     assert condition["reason"] == "FailedGetPodsMetric", condition
     assert "no_such_metric_watts" in condition["message"]
     assert desired_replicas(admin_api, workload) == 1

@@ -15,8 +15,7 @@ from kubeharness.adapter import DeployedAdapter
 from kubeharness.binaries import Binaries
 from kubeharness.controlplane import ControlPlane
 from kubeharness.identities import service_account_token
-from kubeharness.metrics import get_raw, item_values, raw_path
-from kubeharness.processes import wait_until
+from kubeharness.metrics import node_metric
 from kubeharness.workloads import ensure_namespace
 
 pytestmark = pytest.mark.cluster
@@ -30,13 +29,7 @@ def test_keda_metrics_api_scaler_reads_a_node_metric(
     steady_workload: list[str],
     tmp_path: Path,
 ) -> None:
-    seen = wait_until(
-        lambda: item_values(get_raw(control_plane, raw_path("v1beta2", "/nodes/node-1/node_power_watts")))[
-            "node-1"
-        ],
-        timeout_seconds=60,
-        description="node_power_watts of node-1",
-    )
+    seen = node_metric(control_plane, "node-1", "node_power_watts")
     ensure_namespace(admin_api, "keda")
     granted = service_account_token(admin_api, "keda", "keda-operator", grant_metrics=True)
     ungranted = service_account_token(admin_api, "keda", "keda-without-grant", grant_metrics=False)

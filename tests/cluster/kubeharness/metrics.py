@@ -40,6 +40,14 @@ def wait_for_pod_metric(plane: ControlPlane, version: str, metric: str, app: str
     return wait_until(covered, timeout_seconds=60, description=f"{version} {metric} for {pods}")
 
 
+def node_metric(plane: ControlPlane, node: str, metric: str) -> Decimal:
+    """A node's value through the aggregator, once the adapter has one."""
+    path = raw_path("v1beta2", f"/nodes/{node}/{metric}")
+    return wait_until(
+        lambda: item_values(get_raw(plane, path))[node], timeout_seconds=60, description=f"{metric} of {node}"
+    )
+
+
 def quantity(value: str) -> Decimal:
     return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
 
