@@ -119,7 +119,10 @@ async def refresh(app: web.Application) -> None:
 async def _refresh_loop(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
-            await refresh(app)
+            try:
+                await refresh(app)
+            except Exception:  # our bug: log it and keep serving the last snapshot
+                log.exception("agent.refresh_failed", extra={"event": "agent.refresh_failed"})
             await asyncio.sleep(app[SETTINGS].interval_seconds)
 
     task = asyncio.create_task(loop())

@@ -140,10 +140,11 @@ class NvmlReader:
 
     def read_all(self) -> list[GpuReading]:
         self.start()
-        readings = []
-        for index, handle in self._handles():
-            readings.append(self._read_one(index, handle))
-        return readings
+        try:
+            handles = self._handles()
+        except self._nvml.NVMLError as exc:
+            raise CollectorError(f"NVML could not list the GPUs: {exc} ({reason_of(exc)})") from exc
+        return [self._read_one(index, handle) for index, handle in handles]
 
     def _read_one(self, index: int, handle: Any) -> GpuReading:
         nvml = self._nvml

@@ -43,6 +43,7 @@ class FakeNvml:
         self.driver_loaded = driver_loaded
         self.initialised = 0
         self.set_calls: list[tuple[str, int]] = []
+        self.count_error: type[pynvml.NVMLError] | None = None
 
     def _gpu(self, handle: Any, function: str) -> FakeGpu:
         gpu: FakeGpu = handle.gpu
@@ -61,6 +62,8 @@ class FakeNvml:
         self.initialised -= 1
 
     def nvmlDeviceGetCount(self) -> int:
+        if self.count_error is not None:
+            raise self.count_error()
         return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:

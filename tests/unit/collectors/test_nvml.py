@@ -101,6 +101,10 @@ async def test_no_driver_is_a_clear_error(registry: CollectorRegistry) -> None:
     collector = _collector(FakeNvml([], driver_loaded=False), registry)
     with pytest.raises(CollectorError, match="NVML is not available"):
         await collector.collect()
+    unknown = FakeNvml([FakeGpu("GPU-a")])
+    unknown.count_error = pynvml.NVMLError_Unknown
+    with pytest.raises(CollectorError, match="NVML could not list the GPUs"):
+        await _collector(unknown, registry).collect()
 
 
 def test_mig_devices_and_power_limits() -> None:
