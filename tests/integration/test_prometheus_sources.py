@@ -271,6 +271,19 @@ async def test_wattscale_collect_prints_the_normalised_samples(
             {"name": "vllm", "type": "vllm", "prometheus_url": base_url},
             {"name": "kepler", "type": "kepler", "prometheus_url": base_url},
             {
+                "name": "raw",
+                "type": "prometheus_text",
+                "prometheus_url": base_url,
+                "metrics": ["DCGM_FI_DEV_POWER_USAGE"],
+                "rename": {"DCGM_FI_DEV_POWER_USAGE": "dcgm_power_watts"},
+            },
+            {
+                "name": "vllm-query",
+                "type": "vllm",
+                "prometheus_url": base_url,
+                "query": 'vllm:generation_tokens_total{pod="llama-1"}',
+            },
+            {
                 "name": "vllm-direct",
                 "type": "vllm",
                 "scrape_urls": [{"url": exporters["vllm"].url, "labels": replay.POD}],
@@ -304,6 +317,14 @@ async def test_wattscale_collect_prints_the_normalised_samples(
         "llama-0": {**replay.POD, "node": replay.NODE},
         "llama-1": {**replay.SHARING_POD, "node": replay.NODE},
     }
+    # Passed through with Prometheus's labels, renamed; and a custom query's narrower selection.
+    raw = [line for line in lines if line["collector"] == "raw"]
+    assert {line["metric"] for line in raw} == {"dcgm_power_watts"}
+    assert any(line["labels"].get("UUID") == replay.GPU_UUID and line["value"] == 250.0 for line in raw)
+    queried = [line for line in lines if line["collector"] == "vllm-query"]
+    assert [(line["metric"], line["labels"]["pod"]) for line in queried] == [
+        ("generation_tokens_total", "llama-1")
+    ]
 
     # A source that is down makes the command fail, after printing what the others returned.
     config["collectors"].append(
