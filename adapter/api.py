@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
@@ -165,7 +165,9 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def self_metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[SELF_METRICS].registry)
+    # The app's own registry, then the process-wide one: collectors record their per-source metrics
+    # there (wattscale_collector_source_*), along with the process and Python runtime metrics.
+    body = generate_latest(request.app[SELF_METRICS].registry) + generate_latest(REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -285,6 +285,7 @@ async def test_health_needs_no_credentials_and_metrics_needs_a_grant(adapter: Ad
     code, text = await adapter.get("/metrics", proxy, proxy_headers("prometheus"))
     assert code == 200 and isinstance(text, str)
     assert 'wattscale_api_requests_total{code="403",route="/metrics"}' in text
+    assert "process_cpu_seconds_total" in text  # the process-wide registry, where collectors record too
 
 
 async def test_new_client_ca_is_trusted_after_reload(adapter: Adapter) -> None:
