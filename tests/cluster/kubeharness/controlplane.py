@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import subprocess
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -255,6 +256,7 @@ def _start_apiserver(
 
 
 def _start_controller_manager(plane: ControlPlane, logs: Path, kubeconfig: Path) -> None:
+    health_port = free_port()
     controller_manager = ManagedProcess(
         "kube-controller-manager",
         [
@@ -270,12 +272,35 @@ def _start_controller_manager(plane: ControlPlane, logs: Path, kubeconfig: Path)
             "--horizontal-pod-autoscaler-sync-period=2s",
             "--horizontal-pod-autoscaler-downscale-stabilization=0s",
             "--leader-elect=false",
-            "--secure-port=0",
+            # Its own HTTPS endpoint only for /healthz (always allowed); a self-signed cert is fine there.
+            "--bind-address=127.0.0.1",
+            f"--secure-port={health_port}",
+            f"--cert-dir={plane.workdir / 'controller-manager-certs'}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
         ],
         logs / "kube-controller-manager.log",
     )
     plane.processes.append(controller_manager)
     core = kubernetes.client.CoreV1Api(plane.api_client())
+
+    def healthy() -> bool:
+        controller_manager.check_running()
+        context = ssl.create_default_context()
+        # Only liveness is read here, from a loopback port we chose; its serving cert is self-signed.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{health_port}/healthz", context=context, timeout=5
+        ) as answer:
+            return bool(answer.status == 200)
+
+    wait_until(
+        healthy,
+        timeout_seconds=_START_TIMEOUT_SECONDS,
+        description="kube-controller-manager /healthz",
+        on_timeout=plane.tails,
+    )
 
     def default_service_account_created() -> bool:
         # The serviceaccount controller creating `default` proves the controller manager is up and
