@@ -64,6 +64,19 @@ def power_budget_racks(objects: Sequence[Any]) -> list[Any]:
     return racks
 
 
+_overridden_racks_logged: set[str] = set()
+
+
+def merge_racks(configured: Sequence[Any], from_budgets: Sequence[Any]) -> list[Any]:
+    """Config racks plus PowerBudget racks; a PowerBudget replaces a config rack of the same name,
+    because the cluster's object is what operators edit and what the capper enforces."""
+    budget_names = {rack.name for rack in from_budgets}
+    for name in budget_names & {rack.name for rack in configured} - _overridden_racks_logged:
+        _overridden_racks_logged.add(name)
+        log.warning("racks.config_overridden", extra={"rack": name, "by": "PowerBudget"})
+    return [*(rack for rack in configured if rack.name not in budget_names), *from_budgets]
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
 
@@ -144,7 +157,7 @@ async def _serve(args: argparse.Namespace) -> int:
         follow = asyncio.create_task(extension.follow(resource_version), name="auth-configmap")
 
         def racks() -> list[Any]:
-            return [*settings.racks, *power_budget_racks(cache.objects(POWER_BUDGETS, None))]
+            return merge_racks(settings.racks, power_budget_racks(cache.objects(POWER_BUDGETS, None)))
 
         pipeline = Pipeline(
             collectors,
