@@ -28,7 +28,8 @@ def split_gpu_power(gpus: pd.DataFrame, assignments: pd.DataFrame, pod_load: pd.
 
     gpus: node, gpu_uuid, power_watts, method. assignments: node, gpu_uuid, namespace, pod.
     pod_load: namespace, pod and any of generation_tokens_per_second, utilization_ratio.
-    Returns node, gpu_uuid, namespace, pod, gpu_share_watts, method (the GPU's method, plus
+    Returns node, gpu_uuid, namespace, pod, share_ratio (the pod's fraction of the GPU; they sum to 1
+    per GPU), gpu_share_watts, method (the GPU's method, plus
     "/token_share", "/utilization_share" or "/equal_share" for a shared GPU).
     """
     load = pod_load.copy()
@@ -41,7 +42,7 @@ def split_gpu_power(gpus: pd.DataFrame, assignments: pd.DataFrame, pod_load: pd.
         load[[*POD_KEYS, "generation_tokens_per_second", "utilization_ratio"]], on=POD_KEYS, how="left"
     )
     if shares.empty:
-        return pd.DataFrame(columns=[*GPU_KEYS, *POD_KEYS, "gpu_share_watts", "method"])
+        return pd.DataFrame(columns=[*GPU_KEYS, *POD_KEYS, "share_ratio", "gpu_share_watts", "method"])
     by_gpu = [shares[key] for key in GPU_KEYS]
     pods_on_gpu = shares.groupby(by_gpu)["pod"].transform("size").to_numpy(np.float64)
     weight = 1.0 / pods_on_gpu
@@ -57,9 +58,10 @@ def split_gpu_power(gpus: pd.DataFrame, assignments: pd.DataFrame, pod_load: pd.
         usable = complete & (total > 0) & (pods_on_gpu > 1)
         weight = np.where(usable, values.to_numpy(np.float64) / np.where(total > 0, total, 1.0), weight)
         split = np.where(usable, label, split)
+    shares["share_ratio"] = weight
     shares["gpu_share_watts"] = shares["power_watts"].to_numpy(np.float64) * weight
     shares["method"] = shares["method"].astype(str) + split
-    return shares[[*GPU_KEYS, *POD_KEYS, "gpu_share_watts", "method"]]
+    return shares[[*GPU_KEYS, *POD_KEYS, "share_ratio", "gpu_share_watts", "method"]]
 
 
 def fit_cpu_to_node(pods: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataFrame:

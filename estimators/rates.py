@@ -234,3 +234,104 @@ def series_rates(
     span = out["last_seconds"] - out["first_seconds"]
     out["rate_per_second"] = (out["increase"] / span).where(span > 0)
     return out[columns]
+
+
+def counters_at(
+    frame: pd.DataFrame,
+    keys: Sequence[str],
+    queries: pd.DataFrame,
+    *,
+    on_reset: ResetRule = "post_value",
+    max_extrapolation_factor: float = 1.1,
+    time_column: str = "timestamp_seconds",
+    value_column: str = "value",
+) -> FloatArray:
+    """`counter_at` for many series at once: the reset-corrected counter of the series named by each
+    row of `queries` (columns `keys` + `at_seconds`) at that row's instant, NaN where not covered.
+
+    Same rules as `counter_at` (module docstring), extrapolating at most `max_extrapolation_factor`
+    times the series' median sample interval; vectorised so one estimator pass over ten thousand
+    pods stays a handful of array operations.
+    """
+    keys = list(keys)
+    out = np.full(len(queries), np.nan)
+    data = frame[[*keys, time_column, value_column]].dropna()
+    if data.empty or queries.empty:
+        return out
+    data = data.sort_values([*keys, time_column], kind="stable")
+    data = data.drop_duplicates([*keys, time_column], keep="last")
+    sid = data.groupby(keys, sort=False).ngroup().to_numpy(np.int64)
+    order = np.lexsort((data[time_column].to_numpy(np.float64), sid))
+    sid = sid[order]
+    t = data[time_column].to_numpy(np.float64)[order]
+    v = data[value_column].to_numpy(np.float64)[order]
+    first = np.ones(sid.size, dtype=bool)
+    first[1:] = sid[1:] != sid[:-1]
+    last = np.ones(sid.size, dtype=bool)
+    last[:-1] = sid[1:] != sid[:-1]
+
+    step = np.where(first, 0.0, np.diff(v, prepend=v[0]))
+    dt = np.where(first, np.nan, np.diff(t, prepend=t[0]))
+    dropped = step < 0
+    step = np.where(dropped, v, step)
+    if on_reset == "neighbour_rate" and dropped.any():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(dropped | first, np.nan, step / dt)
+        previous = np.where(first, np.nan, np.roll(rate, 1))
+        following = np.where(last, np.nan, np.roll(rate, -1))
+        both = np.vstack((previous, following))
+        counted = np.isfinite(both).sum(axis=0)
+        around = np.where(counted > 0, np.nansum(both, axis=0) / np.maximum(counted, 1), np.nan)
+        fill = around * dt
+        step = np.where(dropped & np.isfinite(fill), np.maximum(step, fill), step)
+    start_of = np.flatnonzero(first)
+    counter = np.cumsum(step)
+    counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))
+
+    intervals = pd.Series(dt).groupby(sid).median().to_numpy(np.float64)
+    max_extrapolation = max_extrapolation_factor * intervals
+
+    table = data[keys].iloc[order][first].assign(_sid=sid[first])
+    wanted = queries[keys].merge(table, on=keys, how="left")["_sid"]
+    qsid = wanted.fillna(-1).to_numpy(np.int64)
+    at = queries["at_seconds"].to_numpy(np.float64)
+    origin = float(t.min())
+    asked = np.isfinite(at)
+    reach = max(float(np.max(np.abs(t - origin))), float(np.max(np.abs(at[asked] - origin), initial=0.0)))
+    span = 4.0 * (reach + 1.0)
+    qsid = np.where(asked, qsid, -1)
+    at = np.where(asked, at, origin)
+    composite = sid * span + span / 2 + (t - origin)
+    wanted_key = qsid * span + span / 2 + (at - origin)
+    position = np.searchsorted(composite, wanted_key, side="right")
+    left = position - 1
+    right = position
+    n = sid.size
+    has_left = (left >= 0) & (qsid >= 0) & (sid[np.clip(left, 0, n - 1)] == qsid)
+    has_right = (right < n) & (qsid >= 0) & (sid[np.clip(right, 0, n - 1)] == qsid)
+    lc = np.clip(left, 0, n - 1)
+    rc = np.clip(right, 0, n - 1)
+    limit = max_extrapolation[np.clip(qsid, 0, None)]
+
+    inside = has_left & has_right
+    span_lr = t[rc] - t[lc]
+    out = np.where(
+        inside, counter[lc] + (counter[rc] - counter[lc]) * (at - t[lc]) / np.where(inside, span_lr, 1.0), out
+    )
+
+    after = has_left & ~has_right
+    exact_end = after & (at == t[lc])
+    out = np.where(exact_end, counter[lc], out)
+    before_last = np.clip(lc - 1, 0, n - 1)
+    has_rate = after & (lc >= 1) & (sid[before_last] == qsid)
+    tail_rate = (counter[lc] - counter[before_last]) / np.where(has_rate, t[lc] - t[before_last], 1.0)
+    extend = has_rate & (at - t[lc] <= limit)
+    out = np.where(extend, counter[lc] + tail_rate * (at - t[lc]), out)
+
+    before = ~has_left & has_right
+    after_first = np.clip(rc + 1, 0, n - 1)
+    has_head = before & (rc + 1 < n) & (sid[after_first] == qsid)
+    head_rate = (counter[after_first] - counter[rc]) / np.where(has_head, t[after_first] - t[rc], 1.0)
+    unwind = has_head & (t[rc] - at <= limit)
+    out = np.where(unwind, np.maximum(-v[rc], head_rate * (at - t[rc])), out)
+    return out

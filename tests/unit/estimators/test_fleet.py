@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from estimators.fleet import (
     estimate_fleet,
     replicas_within_budget,
 )
+from estimators.sampling import ScrapePlan, scrape_trace, token_counters, true_joules_per_token
 
 SCRAPES_SECONDS = [0.0, 15.0, 30.0, 45.0, 60.0]
 RACKS = pd.DataFrame({"rack": ["rack-a"], "cap_watts": [5000.0], "margin_ratio": [0.1]})
@@ -235,3 +237,89 @@ def test_pod_on_two_gpus_sums_them_and_names_both_methods() -> None:
     pods = _estimate(pd.concat([samples, pd.DataFrame(extra)], ignore_index=True))
     assert pods.loc["a", "gpu_power_watts"] == pytest.approx(500.0)
     assert pods.loc["a", "method"] == "energy_counter,power_gauge"
+
+
+TRACE = Path(__file__).resolve().parents[3] / "data" / "h100-llama8b"
+
+
+@pytest.fixture(scope="module")
+def h100() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(TRACE / "samples.csv"), pd.read_csv(TRACE / "steps.csv")
+
+
+def _pipeline_frame(h100: tuple[pd.DataFrame, pd.DataFrame], seed: int, *, restart: bool) -> pd.DataFrame:
+    """The H100 trace as the pipeline's history: one GPU (node agent) and one vLLM pod, polled every
+    15 s in the same pass (+-0.5 s), 5% of polls lost."""
+    samples, steps = h100
+    rng = np.random.default_rng(seed)
+    offset = rng.uniform(0.0, 15.0)
+    plan = ScrapePlan(interval_seconds=15.0, offset_seconds=offset, drop_ratio=0.05, jitter_seconds=0.5)
+    frame = scrape_trace(
+        samples,
+        steps,
+        energy_plan=plan,
+        token_plan=plan,
+        rng=rng,
+        energy_restart_seconds=rng.uniform(60.0, 180.0) if restart else None,
+    )
+    gpu = frame["metric"].str.startswith("gpu_")
+    frame = frame.assign(
+        node="node-1",
+        gpu_uuid=np.where(gpu, "GPU-0", None),
+        namespace=np.where(gpu, None, "llm"),
+        pod=np.where(gpu, None, "llama-0"),
+    )
+    assigned = frame[frame["metric"] == "gpu_power_watts"].assign(
+        metric="gpu_assignment_info", value=1.0, namespace="llm", pod="llama-0"
+    )
+    return pd.concat([frame, assigned], ignore_index=True)
+
+
+def _served(
+    h100: tuple[pd.DataFrame, pd.DataFrame], seeds: range, window_seconds: float, *, restart: bool = False
+) -> pd.DataFrame:
+    samples, steps = h100
+    tokens = token_counters(steps)
+    rows = []
+    for seed in seeds:
+        frame = _pipeline_frame(h100, seed, restart=restart)
+        for now in np.arange(60.0, 212.0, 12.0):
+            pod = estimate_fleet(
+                frame, node_racks={}, racks=RACKS, window_seconds=window_seconds, now_seconds=now
+            ).pods.iloc[0]
+            edges = [pod["token_window_start_seconds"], pod["token_window_end_seconds"]]
+            truth = true_joules_per_token(samples["t"], samples["energy_j"], tokens, edges)["watts_per_token"]
+            rows.append(
+                {
+                    **pod.to_dict(),
+                    "true_watts_per_token": truth.iloc[0] if np.isfinite(edges).all() else np.nan,
+                }
+            )
+    out = pd.DataFrame(rows)
+    return out.assign(relative_error=out["watts_per_token"] / out["true_watts_per_token"] - 1.0)
+
+
+@pytest.mark.parametrize("window_seconds", [30.0, 60.0])
+def test_served_watts_per_token_matches_the_energy_counter_on_the_h100_trace(
+    h100: tuple[pd.DataFrame, pd.DataFrame], window_seconds: float
+) -> None:
+    served = _served(h100, range(3), window_seconds)
+    assert np.isfinite(served["watts_per_token"]).all()
+    spanned = served.dropna(subset=["true_watts_per_token"])
+    assert len(spanned) >= 0.8 * len(served)
+    # The token window is about one window long and ends at the latest token scrape.
+    span = spanned["token_window_end_seconds"] - spanned["token_window_start_seconds"]
+    assert (span >= 0.5 * window_seconds).all() and (span <= window_seconds + 16.0).all()
+    assert (spanned["token_window_end_seconds"] <= spanned["window_end_seconds"]).all()
+    errors = spanned["relative_error"].abs()
+    assert (errors <= 0.05).mean() >= 0.9
+    assert errors.median() <= 0.01
+
+
+def test_served_watts_per_token_through_a_gpu_counter_restart(
+    h100: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    served = _served(h100, range(3, 5), 60.0, restart=True)
+    assert (served["watts_per_token"] > 0).all()
+    assert "energy_counter+reset_fill" in set(served["method"])
+    assert served["relative_error"].abs().max() <= 0.35

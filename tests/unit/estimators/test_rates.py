@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from estimators.rates import (
     counter_at,
+    counters_at,
     gauge_integral,
     reset_corrected,
     reset_intervals,
@@ -89,3 +92,39 @@ def test_series_rates_per_series_with_a_reset() -> None:
     assert rates.loc["b", "rate_per_second"] == pytest.approx(2.0)
     assert np.isnan(rates.loc["c", "rate_per_second"])
     assert series_rates(frame.iloc[:0], ["pod"]).empty
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.floats(0.0, 300.0, allow_nan=False),
+            st.floats(0.0, 1e4, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", "zz"]), st.floats(-50.0, 350.0)), min_size=1, max_size=10
+    ),
+    st.sampled_from(["post_value", "neighbour_rate"]),
+)
+def test_vectorised_counters_at_agrees_with_counter_at(
+    rows: list[tuple[str, float, float]], asks: list[tuple[str, float]], on_reset: str
+) -> None:
+    frame = pd.DataFrame(rows, columns=["pod", "timestamp_seconds", "value"])
+    queries = pd.DataFrame(asks, columns=["pod", "at_seconds"])
+    got = counters_at(frame, ["pod"], queries, on_reset=on_reset)  # type: ignore[arg-type]
+    for i, (pod, at) in enumerate(asks):
+        series = frame[frame["pod"] == pod].drop_duplicates("timestamp_seconds", keep="last")
+        if series.empty:
+            assert np.isnan(got[i])
+            continue
+        expected = counter_at(
+            series["timestamp_seconds"],
+            series["value"],
+            [at],
+            on_reset=on_reset,  # type: ignore[arg-type]
+        )[0]
+        np.testing.assert_allclose(got[i], expected, rtol=1e-9, atol=1e-6, equal_nan=True)
