@@ -153,10 +153,12 @@ def _counter_rate(
     at = counters_at(rows, keys, edges, on_reset=on_reset).reshape(2, len(series))
     rate = (at[1] - at[0]) / window.seconds
     from_edges = series.assign(**{name: rate}).dropna(subset=[name])
-    fallback = series_rates(_metric(window.current, metric, keys), keys).dropna(subset=["rate_per_second"])
+    uncovered = series.loc[~np.isfinite(rate)]
+    if uncovered.empty:
+        return from_edges.astype({name: np.float64})
+    current = _metric(window.current, metric, keys).merge(uncovered, on=keys)
+    fallback = series_rates(current, keys).dropna(subset=["rate_per_second"])
     fallback = fallback[keys].assign(**{name: fallback["rate_per_second"].astype(np.float64)})
-    missing = fallback[keys].merge(from_edges[keys], on=keys, how="left", indicator=True)["_merge"]
-    fallback = fallback.loc[(missing == "left_only").to_numpy()]
     return pd.concat([from_edges, fallback], ignore_index=True).astype({name: np.float64})
 
 
@@ -293,11 +295,14 @@ def _pod_frame(window: _Window, node_power_watts: pd.Series) -> pd.DataFrame:
         shares["share_ratio"].to_numpy(np.float64) * span_energy,
         shares["gpu_share_watts"].to_numpy(np.float64) * share_span,
     )
-    gpu_per_pod = shares.groupby(_POD, as_index=False).agg(
-        gpu_power_watts=("gpu_share_watts", "sum"),
-        span_gpu_joules=("span_gpu_joules", lambda s: s.sum(min_count=1)),
-        assigned_node=("node", "first"),
-    )
+    by_pod = shares.groupby(_POD)
+    gpu_per_pod = pd.DataFrame(
+        {
+            "gpu_power_watts": by_pod["gpu_share_watts"].sum(),
+            "span_gpu_joules": by_pod["span_gpu_joules"].sum(min_count=1),
+            "assigned_node": by_pod["node"].first(),
+        }
+    ).reset_index()
     # A pod's GPUs usually share one method; join the distinct ones in one vectorised pass.
     methods = shares[[*_POD, "method"]].drop_duplicates().sort_values([*_POD, "method"])
     several = methods.duplicated(_POD, keep=False)
@@ -454,6 +459,8 @@ def estimate_fleet(
         raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
     labels = ["node", "gpu_uuid", "namespace", "pod", "rack", "pdu"]
     frame = _with_labels(samples, labels).astype({"value": np.float64, "timestamp_seconds": np.float64})
+    # Every helper selects rows by metric: compare category codes, not strings.
+    frame = frame.assign(metric=frame["metric"].astype("category"))
     history = frame.loc[frame["timestamp_seconds"] <= now_seconds]
     start = now_seconds - window_seconds
     window = _Window(history, history.loc[history["timestamp_seconds"] >= start], start, float(now_seconds))
