@@ -195,3 +195,25 @@ def trace_load_windows(
             "power_watts": (np.interp(ends, t, energy) - np.interp(starts, t, energy)) / window_seconds,
         }
     )
+
+
+def h100_reference_model() -> PowerModel:
+    """A `PowerModel` fitted on the shipped H100 serving curve (`estimators.power_curve`): one H100
+    replica of a Llama-3.1-8B-shaped server, 512-token prompts, 96 generated tokens per request.
+
+    For a fleet without history of its own: `h100_reference_model().marginal_watts_at_peak()` is one
+    GPU's modelled peak draw (about 400 W), the divisor `replicas_within_budget` needs per GPU.
+    """
+    from estimators.power_curve import load_h100_table
+
+    table = load_h100_table()
+    rows = table.loc[table["phase"].isin(["idle", "serving"])]
+    prompt_per_generated = 512.0 / 96.0
+    X = pd.DataFrame(
+        {
+            "generation_tokens_per_second": rows["tokens_per_second"].to_numpy(np.float64),
+            "prompt_tokens_per_second": rows["tokens_per_second"].to_numpy(np.float64) * prompt_per_generated,
+            "requests_running": rows["batch"].to_numpy(np.float64),
+        }
+    )
+    return PowerModel().fit(X, rows["power_watts"].to_numpy(np.float64))

@@ -12,7 +12,14 @@ from sklearn.exceptions import NotFittedError, SkipTestWarning
 from sklearn.metrics import mean_absolute_percentage_error
 from sklearn.utils.estimator_checks import check_estimator
 
-from estimators.power_model import FEATURES, REGRESSORS, PowerModel, compare_regressors, trace_load_windows
+from estimators.power_model import (
+    FEATURES,
+    REGRESSORS,
+    PowerModel,
+    compare_regressors,
+    h100_reference_model,
+    trace_load_windows,
+)
 
 TRACE = Path(__file__).resolve().parents[3] / "data" / "h100-llama8b"
 
@@ -106,3 +113,11 @@ def test_unfitted_and_unknown_regressor_are_refused() -> None:
         PowerModel(regressor="magic").fit(np.zeros((4, 3)), np.ones(4))
     with pytest.raises(ValueError, match="replicas"):
         PowerModel().fit(np.eye(3), np.ones(3)).marginal_watts(np.ones(3), replicas=0)
+
+
+def test_reference_model_from_the_shipped_h100_curve() -> None:
+    model = h100_reference_model()
+    # One H100 at batch 256 draws about 398 W in the trace; the model's peak is that row.
+    assert model.marginal_watts_at_peak() == pytest.approx(398.0, rel=0.05)
+    busy = pd.DataFrame([[1844.6, 1844.6 * 512 / 96, 256.0]], columns=FEATURES)
+    assert model.predict(busy)[0] == pytest.approx(398.0, rel=0.05)
