@@ -31,7 +31,8 @@ Rules, in the order they are applied:
    cover one span. `gpu_energy_joules`, `energy_joules` and `generation_tokens` are over that span
    (CPU energy as its power times the span); `generation_tokens_per_second` is tokens over the span.
    A pod whose token counter has no such span (too few samples) falls back to rates over the window.
-   A token counter last scraped before the window began counts as absent.
+   A token counter last read more than half a window ago counts as absent, so a server that stopped
+   reporting stops refreshing its figures (and the store lets them go stale).
 6. Node power is measured (`node_energy_joules_total` or `node_power_watts`) when available, else the
    sum of its GPUs and its pods' CPU power, marked `estimated`: that sum misses fans, NICs and PSU loss.
 7. Rack power is the sum of its PDUs when any PDU reports, else the sum of its nodes (`estimated`).
@@ -206,6 +207,11 @@ def _measured_node_power(window: _Window) -> pd.Series:
     return _sum_by(node_meters, "node", "power_watts")
 
 
+def _fresh_after(window: _Window) -> float:
+    """A token counter last read before this is stale: its figures would describe the past."""
+    return window.end - 0.5 * window.seconds
+
+
 def _token_windows(window: _Window) -> pd.DataFrame:
     """Per pod: the token window of rule 5 and the generated tokens in it.
 
@@ -216,7 +222,7 @@ def _token_windows(window: _Window) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=columns)
     latest = rows.groupby(_POD)["timestamp_seconds"].transform("max")
-    rows = rows.assign(_latest=latest).loc[latest >= window.start]
+    rows = rows.assign(_latest=latest).loc[latest >= _fresh_after(window)]
     early = rows.loc[rows["timestamp_seconds"] <= rows["_latest"] - 0.5 * window.seconds]
     early = early.assign(_distance=(early["timestamp_seconds"] - (early["_latest"] - window.seconds)).abs())
     # Nearest to one window back; on a tie (a dropped scrape) the later sample, a longer span.
@@ -262,6 +268,9 @@ def _pod_frame(window: _Window, node_power_watts: pd.Series) -> pd.DataFrame:
     gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     token_spans = _token_windows(window)
     rated = _counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second")
+    token_rows = _metric(window.history, "generation_tokens_total", _POD)
+    fresh = token_rows.loc[token_rows["timestamp_seconds"] >= _fresh_after(window), _POD].drop_duplicates()
+    rated = rated.merge(fresh, on=_POD, how="inner")
     prompt_rate = _counter_rate(window, "prompt_tokens_total", _POD, "prompt_tokens_per_second")
     cpu_power = _counter_rate(
         window, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts", "neighbour_rate"

@@ -304,8 +304,10 @@ def test_served_watts_per_token_matches_the_energy_counter_on_the_h100_trace(
     h100: tuple[pd.DataFrame, pd.DataFrame], window_seconds: float
 ) -> None:
     served = _served(h100, range(3), window_seconds)
-    assert np.isfinite(served["watts_per_token"]).all()
-    spanned = served.dropna(subset=["true_watts_per_token"])
+    # A lost scrape can leave the newest token sample over half a window old: that pass refreshes
+    # nothing (the store keeps the previous value) rather than describe the past as now.
+    assert np.isfinite(served["watts_per_token"]).mean() >= 0.9
+    spanned = served.dropna(subset=["true_watts_per_token", "watts_per_token"])
     assert len(spanned) >= 0.8 * len(served)
     # The token window is about one window long and ends at the latest token scrape.
     span = spanned["token_window_end_seconds"] - spanned["token_window_start_seconds"]
@@ -319,7 +321,7 @@ def test_served_watts_per_token_matches_the_energy_counter_on_the_h100_trace(
 def test_served_watts_per_token_through_a_gpu_counter_restart(
     h100: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
-    served = _served(h100, range(3, 5), 60.0, restart=True)
+    served = _served(h100, range(3, 5), 60.0, restart=True).dropna(subset=["watts_per_token"])
     assert (served["watts_per_token"] > 0).all()
     assert "energy_counter+reset_fill" in set(served["method"])
     assert served["relative_error"].abs().max() <= 0.35
