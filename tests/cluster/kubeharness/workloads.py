@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import kubernetes.client
@@ -35,8 +36,10 @@ def create_deployment(
     replicas: int,
     node: str,
     namespace: str = WORKLOAD_NAMESPACE,
+    pod_labels: Mapping[str, str] | None = None,
 ) -> None:
-    """A model-server-like Deployment pinned to `node` (no scheduler runs); its pods carry label app=<name>."""
+    """A model-server-like Deployment pinned to `node` (no scheduler runs); its pods carry label app=<name>
+    and `pod_labels`."""
     labels = {"app": name}
     body = kubernetes.client.V1Deployment(
         metadata=kubernetes.client.V1ObjectMeta(name=name, labels=labels),
@@ -44,7 +47,7 @@ def create_deployment(
             replicas=replicas,
             selector=kubernetes.client.V1LabelSelector(match_labels=labels),
             template=kubernetes.client.V1PodTemplateSpec(
-                metadata=kubernetes.client.V1ObjectMeta(labels=labels),
+                metadata=kubernetes.client.V1ObjectMeta(labels={**labels, **(pod_labels or {})}),
                 spec=kubernetes.client.V1PodSpec(
                     node_name=node,
                     # Never pulled: the kubelet stand-in marks the pods Running without a runtime.
@@ -56,6 +59,36 @@ def create_deployment(
         ),
     )
     kubernetes.client.AppsV1Api(api).create_namespaced_deployment(namespace, body)
+
+
+# The part of KServe's CRD the tests need: the API server stores InferenceServices like the real thing, and
+# the adapter joins their pods by the label KServe puts on predictor pods.
+INFERENCE_SERVICE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "inferenceservices.serving.kserve.io"},
+    "spec": {
+        "group": "serving.kserve.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "InferenceService",
+            "listKind": "InferenceServiceList",
+            "plural": "inferenceservices",
+            "singular": "inferenceservice",
+        },
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+INFERENCE_SERVICE_LABEL = "serving.kserve.io/inferenceservice"
 
 
 def delete_workload(api: kubernetes.client.ApiClient, name: str, namespace: str = WORKLOAD_NAMESPACE) -> None:
