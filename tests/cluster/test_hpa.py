@@ -52,6 +52,42 @@ def _wait_replicas(api: kubernetes.client.ApiClient, name: str, count: int, plan
     )
 
 
+def _start(
+    api: kubernetes.client.ApiClient,
+    kubelet: KubeletStandIn,
+    name: str,
+    *,
+    node: str,
+    load: float,
+    pod_labels: dict[str, str] | None = None,
+) -> None:
+    """One Running pod of Deployment <name> on <node>, simulated at <load> of peak batch."""
+    kubelet.set_load(WORKLOAD_NAMESPACE, name, load)
+    create_deployment(api, name, replicas=1, node=node, pod_labels=pod_labels)
+    wait_for_running_pods(api, name, 1)
+
+
+def _pods_metric(metric: str, average_value: str) -> dict[str, Any]:
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": metric},
+            "target": {"type": "AverageValue", "averageValue": average_value},
+        },
+    }
+
+
+def _object_metric(described: dict[str, str], metric: str, value: int) -> dict[str, Any]:
+    return {
+        "type": "Object",
+        "object": {
+            "describedObject": described,
+            "metric": {"name": metric},
+            "target": {"type": "Value", "value": str(value)},
+        },
+    }
+
+
 def _current_pods_average(status: dict[str, Any]) -> Decimal | None:
     for metric in status.get("currentMetrics") or []:
         if metric.get("type") == "Pods":
@@ -66,22 +102,10 @@ def test_pods_metric_scales_up_under_load_and_back_down_when_idle(
     kubelet: KubeletStandIn,
     control_plane: ControlPlane,
 ) -> None:
-    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 1.0)
-    create_deployment(admin_api, workload, replicas=1, node="node-1")
-    wait_for_running_pods(admin_api, workload, 1)
+    _start(admin_api, kubelet, workload, node="node-1", load=1.0)
+    # Between idle (~75 W) and peak (~400 W): full load is well above it, idle well below.
     create_hpa(
-        admin_api,
-        workload,
-        min_replicas=1,
-        max_replicas=3,
-        metric={
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": "gpu_power_watts"},
-                # Between idle (~75 W) and peak (~400 W): full load is well above it, idle well below.
-                "target": {"type": "AverageValue", "averageValue": "250"},
-            },
-        },
+        admin_api, workload, min_replicas=1, max_replicas=3, metric=_pods_metric("gpu_power_watts", "250")
     )
     _wait_replicas(admin_api, workload, 3, control_plane)
     status = hpa_status(admin_api, workload)
@@ -106,9 +130,7 @@ def test_object_metric_on_a_node_scales_the_deployment(
     kubelet: KubeletStandIn,
     control_plane: ControlPlane,
 ) -> None:
-    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.5)
-    create_deployment(admin_api, workload, replicas=1, node="node-2")
-    wait_for_running_pods(admin_api, workload, 1)
+    _start(admin_api, kubelet, workload, node="node-2", load=0.5)
     node_watts = node_metric(control_plane, "node-2", "node_power_watts")
     # A target at half the node's draw: usage/target = 2 with one ready pod, so the HPA wants 2 replicas.
     target_watts = int(node_watts / 2)
@@ -117,14 +139,9 @@ def test_object_metric_on_a_node_scales_the_deployment(
         workload,
         min_replicas=1,
         max_replicas=2,
-        metric={
-            "type": "Object",
-            "object": {
-                "describedObject": {"apiVersion": "v1", "kind": "Node", "name": "node-2"},
-                "metric": {"name": "node_power_watts"},
-                "target": {"type": "Value", "value": str(target_watts)},
-            },
-        },
+        metric=_object_metric(
+            {"apiVersion": "v1", "kind": "Node", "name": "node-2"}, "node_power_watts", target_watts
+        ),
     )
     _wait_replicas(admin_api, workload, 2, control_plane)
 
@@ -166,13 +183,16 @@ def test_object_metric_on_an_inference_service_scales_its_predictor(
         "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}}}},
     }
     control_plane.apply([service])
-    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.8)
-    # KServe labels predictor pods with their InferenceService; the adapter joins them by that label.
-    create_deployment(
-        admin_api, workload, replicas=1, node="node-2", pod_labels={INFERENCE_SERVICE_LABEL: "gemma"}
-    )
     try:
-        wait_for_running_pods(admin_api, workload, 1)
+        # KServe labels predictor pods with their InferenceService; the adapter joins them by that label.
+        _start(
+            admin_api,
+            kubelet,
+            workload,
+            node="node-2",
+            load=0.8,
+            pod_labels={INFERENCE_SERVICE_LABEL: "gemma"},
+        )
         path = raw_path(
             "v1beta2", "/namespaces/llm/inferenceservices.serving.kserve.io/gemma/gpu_power_watts"
         )
@@ -189,18 +209,11 @@ def test_object_metric_on_an_inference_service_scales_its_predictor(
             workload,
             min_replicas=1,
             max_replicas=2,
-            metric={
-                "type": "Object",
-                "object": {
-                    "describedObject": {
-                        "apiVersion": "serving.kserve.io/v1beta1",
-                        "kind": "InferenceService",
-                        "name": "gemma",
-                    },
-                    "metric": {"name": "gpu_power_watts"},
-                    "target": {"type": "Value", "value": str(target_watts)},
-                },
-            },
+            metric=_object_metric(
+                {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "gemma"},
+                "gpu_power_watts",
+                target_watts,
+            ),
         )
         _wait_replicas(admin_api, workload, 2, control_plane)
         described = control_plane.kubectl("describe", "hpa", workload, "-n", WORKLOAD_NAMESPACE).stdout
@@ -217,22 +230,14 @@ def test_unknown_metric_stops_scaling_with_a_clear_condition(
     control_plane: ControlPlane,
     adapter: DeployedAdapter,
 ) -> None:
-    kubelet.set_load(WORKLOAD_NAMESPACE, workload, 0.5)
-    create_deployment(admin_api, workload, replicas=1, node="node-2")
-    wait_for_running_pods(admin_api, workload, 1)
+    _start(admin_api, kubelet, workload, node="node-2", load=0.5)
     not_found_before = adapter_request_counts(control_plane, adapter).get("404", 0.0)
     create_hpa(
         admin_api,
         workload,
         min_replicas=1,
         max_replicas=3,
-        metric={
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": "no_such_metric_watts"},
-                "target": {"type": "AverageValue", "averageValue": "1"},
-            },
-        },
+        metric=_pods_metric("no_such_metric_watts", "1"),
     )
 
     def scaling_inactive() -> dict[str, Any] | None:
