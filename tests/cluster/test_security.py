@@ -66,10 +66,12 @@ def test_service_account_token_straight_to_the_adapter_needs_a_grant(
     assert forged.status == 401, forged.body[:300]
 
 
-def _request_with_client_cert(adapter: DeployedAdapter, cert: tuple[Path, Path]) -> Response | str:
+def _request_with_client_cert(
+    adapter: DeployedAdapter, cert: tuple[Path, Path], headers: dict[str, str] = AS_CLUSTER_ADMIN
+) -> Response | str:
     try:
         return https_get(
-            _pod_metric_url(adapter), ca_path=adapter.ca.cert_path, client_cert=cert, headers=AS_CLUSTER_ADMIN
+            _pod_metric_url(adapter), ca_path=adapter.ca.cert_path, client_cert=cert, headers=headers
         )
     except (ssl.SSLError, ConnectionError, urllib.error.URLError) as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -93,3 +95,19 @@ def test_front_proxy_headers_count_only_with_the_front_proxy_ca(
 
     anonymous = https_get(_pod_metric_url(adapter), ca_path=adapter.ca.cert_path, headers=AS_CLUSTER_ADMIN)
     assert anonymous.status in (401, 403), anonymous.body[:300]
+
+
+def test_cluster_client_certificates_identify_users_straight_at_the_adapter(
+    adapter: DeployedAdapter, control_plane: ControlPlane, steady_workload: list[str]
+) -> None:
+    """Certificates from the cluster's client CA (client-ca-file of extension-apiserver-authentication)
+    name a user, whose rights the API server then decides through SubjectAccessReview."""
+    admin = control_plane.admin_cert
+    allowed = _request_with_client_cert(adapter, (admin.cert_path, admin.key_path), headers={})
+    assert isinstance(allowed, Response) and allowed.status == 200, allowed
+    mallory = control_plane.cluster_ca.issue(
+        "mallory-direct", common_name="mallory", organizations=("developers",)
+    )
+    refused = _request_with_client_cert(adapter, (mallory.cert_path, mallory.key_path), headers={})
+    assert isinstance(refused, Response) and refused.status == 403, refused
+    assert "mallory" in refused.json()["message"]
