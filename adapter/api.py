@@ -93,6 +93,10 @@ async def status_errors(request: web.Request, handler: Handler) -> web.StreamRes
         log.exception("api.unhandled", extra={"path": request.path})
         response = status_response(500, "Internal error occurred: the adapter failed to answer this request")
     route = _route_name(request)
+    if response.status >= 400 and request.path not in HEALTH_PATHS:
+        # One line per refused request, so "why did the HPA get a 404" has an answer in the log.
+        # Never headers: they carry tokens.
+        log.info("api.request_failed", extra={"path": request.path, "code": response.status})
     self_metrics.requests.labels(route, str(response.status)).inc()
     self_metrics.request_duration.labels(route).observe(time.perf_counter() - started)
     return response

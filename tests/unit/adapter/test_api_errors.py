@@ -226,3 +226,17 @@ async def test_random_requests_never_get_5xx_or_a_non_status_error(
             "APIGroup",
             "APIGroupList",
         }
+
+
+async def test_a_failed_request_is_logged_with_its_code(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="adapter.api")
+    await api.get(
+        f"{CUSTOM}/namespaces/inference/pods/%2A/joules_per_fortnight",
+        headers={"Authorization": "Bearer s3cret"},
+    )
+    record = next(r for r in caplog.records if r.getMessage() == "api.request_failed")
+    assert record.__dict__["code"] == 404
+    assert record.__dict__["path"].endswith("/joules_per_fortnight")
+    assert "s3cret" not in caplog.text
