@@ -89,6 +89,10 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=tls.listening_context, backlog=2048).start()
+    if args.gc_freeze:
+        import gc
+
+        gc.freeze()
     print("ready", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -209,6 +213,7 @@ def main() -> int:
     parser.add_argument(
         "--pipeline-pods", type=int, default=0, help="also run a real pipeline over this many simulated pods"
     )
+    parser.add_argument("--gc-freeze", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=18443, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
