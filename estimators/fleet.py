@@ -31,8 +31,9 @@ Rules, in the order they are applied:
    cover one span. `gpu_energy_joules`, `energy_joules` and `generation_tokens` are over that span
    (CPU energy as its power times the span); `generation_tokens_per_second` is tokens over the span.
    A pod whose token counter has no such span (too few samples) falls back to rates over the window.
-   A token counter last read more than half a window ago counts as absent, so a server that stopped
-   reporting stops refreshing its figures (and the store lets them go stale).
+   Token figures from a counter last read more than half a window ago are not published (they still
+   weigh the split of a shared GPU), so a server that stopped reporting stops refreshing its figures
+   and the store lets them go stale.
 6. Node power is measured (`node_energy_joules_total` or `node_power_watts`) when available, else the
    sum of its GPUs and its pods' CPU power, marked `estimated`: that sum misses fans, NICs and PSU loss.
 7. Rack power is the sum of its PDUs when any PDU reports, else the sum of its nodes (`estimated`).
@@ -222,7 +223,7 @@ def _token_windows(window: _Window) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=columns)
     latest = rows.groupby(_POD)["timestamp_seconds"].transform("max")
-    rows = rows.assign(_latest=latest).loc[latest >= _fresh_after(window)]
+    rows = rows.assign(_latest=latest).loc[latest >= window.start]
     early = rows.loc[rows["timestamp_seconds"] <= rows["_latest"] - 0.5 * window.seconds]
     early = early.assign(_distance=(early["timestamp_seconds"] - (early["_latest"] - window.seconds)).abs())
     # Nearest to one window back; on a tie (a dropped scrape) the later sample, a longer span.
@@ -269,8 +270,9 @@ def _pod_frame(window: _Window, node_power_watts: pd.Series) -> pd.DataFrame:
     token_spans = _token_windows(window)
     rated = _counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second")
     token_rows = _metric(window.history, "generation_tokens_total", _POD)
-    fresh = token_rows.loc[token_rows["timestamp_seconds"] >= _fresh_after(window), _POD].drop_duplicates()
-    rated = rated.merge(fresh, on=_POD, how="inner")
+    last_read = (
+        token_rows.groupby(_POD)["timestamp_seconds"].max().reset_index(name="last_token_read_seconds")
+    )
     prompt_rate = _counter_rate(window, "prompt_tokens_total", _POD, "prompt_tokens_per_second")
     cpu_power = _counter_rate(
         window, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts", "neighbour_rate"
@@ -384,6 +386,12 @@ def _pod_frame(window: _Window, node_power_watts: pd.Series) -> pd.DataFrame:
     pods["prompt_tokens"] = pods["prompt_tokens_per_second"] * seconds
     tokens = pods["generation_tokens"].where(pods["generation_tokens"] > 0)
     pods["watts_per_token"] = pods["energy_joules"] / tokens
+    # Token figures from a counter last read over half a window ago described the past: they shared
+    # out the GPU above, but are not published as now.
+    last = pods[["namespace", "pod"]].merge(last_read, on=_POD, how="left")["last_token_read_seconds"]
+    stale = ~(last.to_numpy(np.float64) >= _fresh_after(window))
+    token_figures = ["generation_tokens", "prompt_tokens", "generation_tokens_per_second", "watts_per_token"]
+    pods.loc[stale, token_figures] = np.nan
     pods["window_start_seconds"] = float(window.start)
     pods["window_end_seconds"] = float(window.end)
     return pods.sort_values(_POD, ignore_index=True)[POD_COLUMNS]

@@ -325,3 +325,15 @@ def test_served_watts_per_token_through_a_gpu_counter_restart(
     assert (served["watts_per_token"] > 0).all()
     assert "energy_counter+reset_fill" in set(served["method"])
     assert served["relative_error"].abs().max() <= 0.35
+
+
+def test_a_server_that_stopped_reporting_publishes_no_token_figures_but_still_weighs_the_split() -> None:
+    samples = _gpu_pod_samples()
+    silent = (samples["metric"] == "generation_tokens_total") & (samples["pod"] == "b")
+    samples = samples[~(silent & (samples["timestamp_seconds"] > 40.0))]  # b last read at 33 s
+    pods = _estimate(samples)  # window 4..64 s: 33 s is more than half a window ago
+    assert pods.loc["b", "method"] == "power_gauge/token_share"
+    assert pods.loc["b", "gpu_power_watts"] == pytest.approx(50.0)
+    assert math.isnan(pods.loc["b", "watts_per_token"])
+    assert math.isnan(pods.loc["b", "generation_tokens_per_second"])
+    assert pods.loc["c", "watts_per_token"] == pytest.approx(0.5)
