@@ -30,6 +30,7 @@ BASE_IMAGE = "localhost/wattscale-debian-python:bookworm-2"  # made by .ci/setup
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_TIMEOUT_SECONDS = 1800
 BEGIN, END = "=====wattscale-manifests-begin=====", "=====wattscale-manifests-end====="
+DEMO_BEGIN, DEMO_END = "=====wattscale-demo-begin=====", "=====wattscale-demo-end====="
 
 
 def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -67,6 +68,33 @@ def build(context: Path, containerfile: Path, tag: str, *build_args: str) -> str
     return done.stdout
 
 
+# Runs inside the image: start `wattscale demo` on a free loopback port, wait (with a deadline) until it
+# answers a node metric, print the body between markers and stop the server.
+DEMO_CHECK = f"""
+import json, signal, socket, ssl, subprocess, time, urllib.error, urllib.request
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+log = open("/tmp/demo.log", "w+")
+server = subprocess.Popen(["wattscale", "demo", "--port", str(port), "--exit-after", "180"], stdout=log, stderr=log)
+url = f"https://127.0.0.1:{{port}}/apis/custom.metrics.k8s.io/v1beta2/nodes/h100-a1/rack_power_headroom_watts"
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+deadline, body = time.monotonic() + 120, None
+while body is None and time.monotonic() < deadline and server.poll() is None:
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=5) as answer:
+            body = answer.read().decode()
+    except (OSError, urllib.error.URLError):
+        time.sleep(0.5)  # polling the condition above, not a fixed wait
+# ^C, as a user stops the demo: it shuts its worker processes down (SIGTERM would orphan them).
+server.send_signal(signal.SIGINT)
+server.wait(60)
+log.seek(0)
+print(log.read()[-3000:] if body is None else "")
+print("{DEMO_BEGIN}", body, "{DEMO_END}", sep="\\n")
+"""
+
 SELF_TEST_STAGE = f"""
 FROM runtime
 RUN ["sh", "-c", "echo uid=$(id -u)"]
@@ -74,6 +102,7 @@ RUN ["wattscale", "--version"]
 RUN ["wattscale", "serve", "--help"]
 RUN ["sh", "-c", "echo {BEGIN} && wattscale manifests --namespace image-test --image {{IMAGE}} \\
     --external-metrics && echo {END}"]
+RUN {json.dumps(["python3", "-c", DEMO_CHECK])}
 """
 
 
@@ -135,3 +164,15 @@ def test_entrypoint_runs_inside_the_image_as_non_root(image: BuiltImage) -> None
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image.tag
     # The manifests are package data and the certificate is generated with cryptography inside the image.
     assert any(o["kind"] == "Secret" for o in objects)
+
+
+def test_demo_server_inside_the_image_serves_a_node_metric(image: BuiltImage) -> None:
+    before, after = image.output.split(DEMO_BEGIN + "\n", 1)
+    body = after.split("\n" + DEMO_END, 1)[0]
+    assert body != "None", f"the demo server in the image never answered the metric:\n{before[-4000:]}"
+    answer = json.loads(body)
+    assert answer["kind"] == "MetricValueList"
+    assert answer["apiVersion"] == "custom.metrics.k8s.io/v1beta2"
+    (item,) = answer["items"]
+    assert item["describedObject"]["name"] == "h100-a1"
+    assert item["metric"]["name"] == "rack_power_headroom_watts"
