@@ -250,6 +250,7 @@ def test_cli_output_dir_applies_with_kustomize_and_re_renders_with_the_same_cert
     listed = yaml.safe_load((out / "kustomization.yaml").read_text())["resources"]
     objects = [yaml.safe_load((out / name).read_text()) for name in listed]
     assert [o["kind"] for o in objects].count("APIService") == 2
+    assert by_identity(kustomize_build(out)) == by_identity(objects)  # `kubectl apply -k DIR` sees them all
     assert oct((out / "tls.key").stat().st_mode & 0o777) == "0o600"
     assert oct((out / "secret-wattscale-tls.yaml").stat().st_mode & 0o777) == "0o600"
     first_bundle = one(objects, "APIService", "v1beta2.custom.metrics.k8s.io")["spec"]["caBundle"]
