@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,19 @@ def serving_tls(
     return ServingTls(
         cert, key, request_client_certificates=request_client_certificates, client_ca_pem=client_ca_pem
     )
+
+
+async def until_signalled() -> None:
+    """Return on SIGTERM (how Kubernetes stops a pod) or SIGINT (Ctrl-C), so shutdown runs in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 @contextlib.asynccontextmanager

@@ -70,7 +70,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from adapter.estimator_process import ProcessEstimator
     from adapter.pipeline import Pipeline, history_seconds
     from adapter.selfmetrics import SelfMetrics
-    from adapter.server import ServingSettings, running, serving_tls
+    from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings
     from adapter.store import MetricStore
     from collectors.simulated import SimulatedCollector, SimulatedSettings
@@ -129,9 +129,10 @@ async def _demo(args: argparse.Namespace) -> int:
             print(f"  {command}")
         print("Stop with Ctrl-C.", flush=True)
         if args.exit_after is not None:
-            await asyncio.sleep(args.exit_after)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until_signalled(), args.exit_after)
         else:
-            await asyncio.Event().wait()
+            await until_signalled()
     return 0
 
 

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,7 +88,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from adapter.objects import ObjectIndex, StoreObjectIndex
     from adapter.pipeline import Pipeline, history_seconds, load_collectors
     from adapter.selfmetrics import SelfMetrics
-    from adapter.server import ServingSettings, running, serving_tls
+    from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings
     from adapter.store import MetricStore
 
@@ -134,7 +133,7 @@ async def _serve(args: argparse.Namespace) -> int:
             self_metrics=self_metrics,
             api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
         ):
-            await _until_signalled()
+            await until_signalled()
         return 0
 
     if args.kubeconfig is not None:
@@ -181,21 +180,13 @@ async def _serve(args: argparse.Namespace) -> int:
                 api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
             ):
                 log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
-                await _until_signalled()
+                await until_signalled()
         finally:
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follow
             await cache.stop()
     return 0
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,25 @@ from collections.abc import Iterator
 import pytest
 
 
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,7 +73,10 @@ def test_printed_curl_commands_return_metrics(demo: subprocess.Popen[str]) -> No
             assert float(item["value"].rstrip("m")) > 0
         kinds.append(document["items"][0]["describedObject"]["kind"])
     assert kinds == ["Pod", "Deployment", "Node"]
-    demo.send_signal(signal.SIGINT)
-    assert demo.wait(timeout=20) == 0
+    children = _children(demo.pid)
+    assert children, "the estimator runs in a child process"
+    demo.send_signal(signal.SIGTERM)  # how Kubernetes stops a pod
+    assert demo.wait(timeout=30) == 0
+    assert not [pid for pid in children if _alive(pid)], "SIGTERM left estimator processes behind"
     assert demo.stderr is not None
     assert "authentication and authorization are OFF" in demo.stderr.read()
