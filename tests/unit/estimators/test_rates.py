@@ -99,14 +99,18 @@ def test_series_rates_per_series_with_a_reset() -> None:
     st.lists(
         st.tuples(
             st.sampled_from(["a", "b", "c"]),
-            st.floats(0.0, 300.0, allow_nan=False),
+            st.integers(0, 300_000).map(lambda ms: ms / 1000.0),  # scrape times, millisecond resolution
             st.floats(0.0, 1e4, allow_nan=False),
         ),
         min_size=1,
         max_size=30,
     ),
     st.lists(
-        st.tuples(st.sampled_from(["a", "b", "c", "zz"]), st.floats(-50.0, 350.0)), min_size=1, max_size=10
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "zz"]), st.integers(-50_000, 350_000).map(lambda ms: ms / 1000.0)
+        ),
+        min_size=1,
+        max_size=10,
     ),
     st.sampled_from(["post_value", "neighbour_rate"]),
 )
