@@ -121,22 +121,25 @@ def _power_model(args: argparse.Namespace, out: TextIO) -> int:
     samples = _read_samples(args.input)
     step = args.step if args.step is not None else args.window / 10.0
     rows = load_windows(samples, window_seconds=args.window, step_seconds=step)
-    rows = rows.dropna(subset=FEATURES)
+    # requests_running is optional: without it the model learns from the two token rates alone.
+    features = [f for f in FEATURES if rows[f].notna().any()]
+    rows = rows.dropna(subset=features)
     gap = round(args.window / step)
     needed = 2 * (args.splits + gap)
     if len(rows) < needed:
         raise ValueError(
-            f"{args.input}: {len(rows)} complete windows of {args.window:g}s (with requests_running); "
+            f"{args.input}: {len(rows)} complete windows of {args.window:g}s; "
             f"cross-validation with {args.splits} folds needs at least {needed}: use a shorter --window or --step"
         )
     if args.regressor is not None and args.regressor not in REGRESSORS:
         raise ValueError(f"--regressor must be one of {', '.join(REGRESSORS)}; got {args.regressor!r}")
-    scores = compare_regressors(rows[FEATURES], rows["power_watts"], n_splits=args.splits, gap=gap)
+    scores = compare_regressors(rows[features], rows["power_watts"], n_splits=args.splits, gap=gap)
     chosen = args.regressor or str(scores["regressor"].iloc[0])
-    model = PowerModel(regressor=chosen, random_state=0).fit(rows[FEATURES], rows["power_watts"])
+    model = PowerModel(regressor=chosen, random_state=0).fit(rows[features], rows["power_watts"])
     out.write(
         f"# {len(rows)} windows of {args.window:g}s every {step:g}s; time-ordered CV, {args.splits} folds\n"
     )
+    out.write(f"# features: {', '.join(features)}\n")
     out.write("regressor,cv_mape,cv_mape_std\n")
     for row in scores.itertuples():
         out.write(f"{row.regressor},{row.mape_mean:.4f},{row.mape_std:.4f}\n")

@@ -124,3 +124,16 @@ def test_power_model_with_too_little_data_says_what_to_change(
     source = _scraped_csv(tmp_path / "h100.csv", interval_seconds=15.0)
     assert main(["estimate", "power-model", "--input", str(source), "--window", "60s", "--step", "60s"]) == 2
     assert "use a shorter --window or --step" in capsys.readouterr().err
+
+
+def test_power_model_without_requests_running_uses_the_token_rates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _scraped_csv(tmp_path / "h100.csv", interval_seconds=5.0)
+    frame = pd.read_csv(source)
+    frame[frame["metric"] != "requests_running"].to_csv(source, index=False)
+    assert main(["estimate", "power-model", "--input", str(source), "--window", "30s", "--step", "2s"]) == 0
+    out = capsys.readouterr().out
+    assert "# features: generation_tokens_per_second, prompt_tokens_per_second\n" in out
+    scores = pd.read_csv(io.StringIO(out), comment="#")
+    assert scores["cv_mape"].min() < 0.10
