@@ -89,10 +89,9 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=tls.listening_context, backlog=2048).start()
-    if args.gc_freeze:
-        import gc
+    import gc
 
-        gc.freeze()
+    gc.freeze()  # as `serve` does once it is up
     print("ready", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -104,7 +103,9 @@ async def serve(args: argparse.Namespace) -> None:
             store.put_all(pod_values(args.pods, time.time()))  # type: ignore[attr-defined]
 
     refresher = asyncio.create_task(refresh())
-    pipeline_task = asyncio.create_task(run_pipeline(args.pipeline_pods)) if args.pipeline_pods else None
+    pipeline_task = None
+    if args.pipeline_pods:
+        pipeline_task = asyncio.create_task(run_pipeline(args.pipeline_pods, args.estimate_interval))
     await stop.wait()
     refresher.cancel()
     if pipeline_task is not None:
@@ -112,7 +113,7 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
-async def run_pipeline(pods: int) -> None:
+async def run_pipeline(pods: int, estimate_interval_seconds: float) -> None:
     """A real pipeline over a simulated fleet of `pods` pods in the same process, as `serve` runs it."""
     from adapter.estimator_process import ProcessEstimator
     from adapter.objects import StaticObjectIndex
@@ -126,7 +127,9 @@ async def run_pipeline(pods: int) -> None:
     fleet = Fleet(nodes, tuple(SimPod("sim", f"pod-{i}", f"node-{i // 8}", 1, 0.5) for i in range(pods)))
     collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0), fleet=fleet)
     racks = [{"name": f"rack-{r}", "cap_watts": 60000} for r in range(len(nodes) // 16 + 1)]
-    settings = Settings.from_mapping({"window_seconds": 60, "racks": racks})
+    settings = Settings.from_mapping(
+        {"window_seconds": 60, "estimate_interval_seconds": estimate_interval_seconds, "racks": racks}
+    )
     pipeline = Pipeline(
         [collector],
         store=MetricStore(max_age_seconds=120),
@@ -157,9 +160,6 @@ async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, serv
                 await response.read()
 
         async def one(scheduled: float) -> None:
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
             try:
                 async with session.get(url, headers=headers) as response:
                     body = await response.read()
@@ -175,7 +175,17 @@ async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, serv
         total = int(args.rate * args.seconds)
         cpu_before = cpu_seconds(server_pid)
         started = time.perf_counter()
-        await asyncio.gather(*(one(started + i / args.rate) for i in range(total)))
+        in_flight: set[asyncio.Task[None]] = set()
+        for i in range(total):
+            # Send each request at its own time, whatever the earlier ones are doing (open loop).
+            scheduled = started + i / args.rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
         elapsed = time.perf_counter() - started
         server_cpu = cpu_seconds(server_pid) - cpu_before
     latencies.sort()
@@ -213,7 +223,9 @@ def main() -> int:
     parser.add_argument(
         "--pipeline-pods", type=int, default=0, help="also run a real pipeline over this many simulated pods"
     )
-    parser.add_argument("--gc-freeze", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--estimate-interval", type=float, default=1.0, help="with --pipeline-pods: seconds between passes"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=18443, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
@@ -246,6 +258,10 @@ def main() -> int:
             str(args.port),
             "--refresh-seconds",
             str(args.refresh_seconds),
+            "--pipeline-pods",
+            str(args.pipeline_pods),
+            "--estimate-interval",
+            str(args.estimate_interval),
             "--cert",
             str(cert),
             "--key",
