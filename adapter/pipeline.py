@@ -38,6 +38,7 @@ from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet, repl
 
 log = logging.getLogger(__name__)
 
+TOKEN_METRICS = frozenset({"watts_per_token", "generation_tokens_per_second"})
 POD_METRICS = ("gpu_power_watts", "power_watts", "generation_tokens_per_second", "watts_per_token")
 FORGET_AFTER_MAX_AGES = 10
 RACK_METRICS = {
@@ -154,11 +155,20 @@ def store_values(
     pods = estimate.pods.dropna(subset=["namespace", "pod"])
     for row in _records(pods):
         ref = ObjectRef(PODS, str(row["namespace"]), str(row["pod"]))
-        window = row["window_end_seconds"] - row["window_start_seconds"]
+        end = row["window_end_seconds"]
+        window = end - row["window_start_seconds"]
+        # Token figures are as old as the token counter's last read, not as the pass: a server that
+        # stopped answering makes its watts per token stale after max age, not max age + window.
+        token_end = row.get("token_window_end_seconds", end)
+        token_start = row.get("token_window_start_seconds", row["window_start_seconds"])
+        token_known = isinstance(token_end, float) and math.isfinite(token_end) and math.isfinite(token_start)
         for metric in POD_METRICS:
             method = row["method"]
             extra = {"method": method} if metric == "watts_per_token" and isinstance(method, str) else {}
-            put.add(ref, metric, row[metric], row["window_end_seconds"], window, **extra)
+            if metric in TOKEN_METRICS and token_known:
+                put.add(ref, metric, row[metric], token_end, token_end - token_start, **extra)
+            else:
+                put.add(ref, metric, row[metric], end, window, **extra)
 
     racks = {str(row["rack"]): row for row in _records(estimate.racks)}
     if not pods.empty:

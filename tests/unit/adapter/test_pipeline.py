@@ -201,3 +201,16 @@ async def test_the_estimator_child_process_gives_the_same_values_as_an_inline_pa
         assert len(remote) > 20
     finally:
         await child.aclose()
+
+
+async def test_token_figures_carry_the_time_of_the_token_counter_read(clock: list[float]) -> None:
+    pipeline, store, simulated, fakes = make_pipeline(clock)
+    _, tokens, _ = fakes
+    for _ in range(4):
+        await advance(pipeline, simulated, fakes, clock, 5.0)
+    last_token_read = clock[0]
+    tokens.mode = "fail"
+    await advance(pipeline, simulated, fakes, clock, 5.0)
+    assert store.get(POD, "gpu_power_watts").timestamp_seconds == clock[0]
+    assert store.get(POD, "watts_per_token").timestamp_seconds == last_token_read
+    assert store.get(POD, "generation_tokens_per_second").timestamp_seconds == last_token_read
