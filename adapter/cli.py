@@ -38,12 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wattscale {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = _command_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"adapter.commands.{name}":
-                raise
-            continue  # a command still being written is simply not offered
+        module = _command_module(name)
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.configure(sub)
         sub.set_defaults(_run=module.run)
