@@ -21,6 +21,7 @@ from kubeharness.adapter import DeployedAdapter
 from kubeharness.controlplane import ControlPlane
 from kubeharness.metrics import get_raw, quantity
 from kubeharness.processes import ManagedProcess, free_port, wait_until
+from kubeharness.workloads import INFERENCE_SERVICE_CRD
 
 pytestmark = pytest.mark.cluster
 
@@ -234,34 +235,6 @@ def test_capper_acts_on_a_power_budget_over_its_cap(
         )
 
 
-# Only the part of KServe's CRD the capper touches: the API server stores and patches it like the real one.
-_INFERENCE_SERVICE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "inferenceservices.serving.kserve.io"},
-    "spec": {
-        "group": "serving.kserve.io",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "InferenceService",
-            "listKind": "InferenceServiceList",
-            "plural": "inferenceservices",
-            "singular": "inferenceservice",
-        },
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
-
-
 def _inference_service(plane: ControlPlane) -> dict[str, Any]:
     done = plane.kubectl("get", "inferenceservice", "chat", "-n", "llm", "-o", "json")
     obj: dict[str, Any] = json.loads(done.stdout)
@@ -271,7 +244,7 @@ def _inference_service(plane: ControlPlane) -> dict[str, Any]:
 def test_capper_clamps_and_restores_an_inference_service_replica_ceiling(
     control_plane: ControlPlane, capper: ManagedProcess
 ) -> None:
-    control_plane.apply([_INFERENCE_SERVICE_CRD])
+    control_plane.apply([INFERENCE_SERVICE_CRD])
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/inferenceservices.serving.kserve.io"
     )
