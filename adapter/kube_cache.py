@@ -104,11 +104,13 @@ class Reflector:
     async def _relist(self) -> str:
         response = await self._list()
         raw = self._raw(response)
-        self.objects = {}
-        self.changes += 1
+        objects: dict[tuple[str, str], KubeObject] = {}
         for item in raw.get("items") or []:
             obj = to_kube_object(self.source.resource, item)
-            self.objects[(obj.namespace, obj.name)] = obj
+            objects[(obj.namespace, obj.name)] = obj
+        # One assignment: the pipeline's thread reads these objects and must never see half a list.
+        self.objects = objects
+        self.changes += 1
         self.synced.set()
         return str((raw.get("metadata") or {}).get("resourceVersion") or "")
 

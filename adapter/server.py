@@ -7,6 +7,8 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,13 +92,58 @@ async def running(
     # Everything alive now (modules, the app) lives as long as the process: keep it out of the
     # collector's full passes, which would otherwise pause requests for tens of milliseconds.
     gc.freeze()
-    pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
+    background = PipelineThread(pipeline)
+    background.start()
     try:
         await site.start()
         yield runner
     finally:
-        pipeline_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pipeline_task
-        await pipeline.aclose()
+        await background.stop()
         await runner.cleanup()
+
+
+class PipelineThread:
+    """The pipeline on its own event loop in a background thread.
+
+    Collectors parse what they fetch (hundreds of milliseconds for 1,000 pods of vLLM metrics) and
+    the pipeline pickles samples for the estimator process: on the API's loop, every request queued
+    behind that work. Here the API's loop only ever reads the store, which the pipeline replaces with
+    one assignment.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._task = asyncio.current_task()
+        self._ready.set()
+        try:
+            await self._pipeline.run()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("pipeline.crashed")
+        finally:
+            await self._pipeline.aclose()  # on this loop: the collectors' sessions belong to it
+
+    def start(self) -> None:
+        # The pipeline thread gives up the GIL after 1 ms rather than 5, so a request waits less.
+        sys.setswitchinterval(0.001)
+        self._thread.start()
+        self._ready.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        await asyncio.to_thread(self._thread.join)

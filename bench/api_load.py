@@ -23,6 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adapter.server import PipelineThread
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "unit" / "adapter"))  # pki helpers
@@ -103,29 +107,36 @@ async def serve(args: argparse.Namespace) -> None:
             store.put_all(pod_values(args.pods, time.time()))  # type: ignore[attr-defined]
 
     refresher = asyncio.create_task(refresh())
-    pipeline_task = None
+    background = None
     if args.pipeline_pods:
-        pipeline_task = asyncio.create_task(run_pipeline(args.pipeline_pods, args.estimate_interval))
+        background = build_pipeline(args.pipeline_pods, args.estimate_interval, args.poll_interval)
+    if background is not None:
+        background.start()
     await stop.wait()
     refresher.cancel()
-    if pipeline_task is not None:
-        pipeline_task.cancel()
+    if background is not None:
+        await background.stop()
     await runner.cleanup()
 
 
-async def run_pipeline(pods: int, estimate_interval_seconds: float) -> None:
-    """A real pipeline over a simulated fleet of `pods` pods in the same process, as `serve` runs it."""
+def build_pipeline(
+    pods: int, estimate_interval_seconds: float, poll_interval_seconds: float
+) -> PipelineThread:
+    """A real pipeline over a simulated fleet of `pods` pods in the same process, run as `serve` runs it."""
     from adapter.estimator_process import ProcessEstimator
     from adapter.objects import StaticObjectIndex
     from adapter.pipeline import Pipeline, history_seconds
     from adapter.selfmetrics import SelfMetrics
+    from adapter.server import PipelineThread
     from adapter.settings import Settings
     from adapter.store import MetricStore
     from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
 
     nodes = tuple(SimNode(f"node-{i}", f"rack-{i // 16}", 8) for i in range(pods // 8 + 1))
     fleet = Fleet(nodes, tuple(SimPod("sim", f"pod-{i}", f"node-{i // 8}", 1, 0.5) for i in range(pods)))
-    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0), fleet=fleet)
+    collector = SimulatedCollector(
+        "simulated", SimulatedSettings(interval_seconds=poll_interval_seconds), fleet=fleet
+    )
     racks = [{"name": f"rack-{r}", "cap_watts": 60000} for r in range(len(nodes) // 16 + 1)]
     settings = Settings.from_mapping(
         {"window_seconds": 60, "estimate_interval_seconds": estimate_interval_seconds, "racks": racks}
@@ -138,7 +149,7 @@ async def run_pipeline(pods: int, estimate_interval_seconds: float) -> None:
         self_metrics=SelfMetrics(),
         estimator=ProcessEstimator(history_seconds(settings, [collector])),
     )
-    await pipeline.run()
+    return PipelineThread(pipeline)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -226,6 +237,9 @@ def main() -> int:
     parser.add_argument(
         "--estimate-interval", type=float, default=1.0, help="with --pipeline-pods: seconds between passes"
     )
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, help="with --pipeline-pods: seconds between polls"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=18443, help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
@@ -262,6 +276,8 @@ def main() -> int:
             str(args.pipeline_pods),
             "--estimate-interval",
             str(args.estimate_interval),
+            "--poll-interval",
+            str(args.poll_interval),
             "--cert",
             str(cert),
             "--key",
