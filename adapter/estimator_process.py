@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from adapter.objects import KubeObject, ObjectIndex, StaticObjectIndex
-from adapter.pipeline import INDEXED_RESOURCES, SampleHistory, estimate_pass
+from adapter.pipeline import INDEXED_RESOURCES, SampleHistory, SampleRow, estimate_pass, sample_rows
 from adapter.settings import RackSettings
 from adapter.store import Key, StoredValue
 from collectors.base import Sample
@@ -42,9 +42,9 @@ def _start(keep_seconds: float) -> None:
         os.nice(10)
 
 
-def _add(collector: str, samples: Sequence[Sample], received_seconds: float) -> None:
+def _add(collector: str, rows: Sequence[SampleRow], received_seconds: float) -> None:
     assert _history is not None
-    _history.add(collector, samples, received_seconds)
+    _history.add(collector, rows, received_seconds)
 
 
 def _set_index(objects: Sequence[KubeObject]) -> None:
@@ -86,7 +86,7 @@ class ProcessEstimator:
             raise
 
     async def add(self, collector: str, samples: Sequence[Sample], received_seconds: float) -> None:
-        await self._call(_add, collector, list(samples), received_seconds)
+        await self._call(_add, collector, sample_rows(samples), received_seconds)
 
     async def estimate(
         self, *, now_seconds: float, index: ObjectIndex, racks: Sequence[RackSettings], window_seconds: float
