@@ -90,11 +90,3 @@ CATALOGUE: tuple[MetricSpec, ...] = (
 )
 
 METRICS_BY_NAME = {spec.name: spec for spec in CATALOGUE}
-
-
-def metrics_for(resource: str) -> list[str]:
-    return [spec.name for spec in CATALOGUE if resource in spec.resources]
-
-
-def known_resources() -> frozenset[str]:
-    return frozenset(resource for spec in CATALOGUE for resource in spec.resources)

@@ -18,7 +18,6 @@ from adapter.catalogue import (
     METRICS_BY_NAME,
     NAMESPACES,
     POWER_BUDGETS,
-    WORKLOADS,
 )
 from adapter.errors import MetricNotFoundError, StaleMetricError
 from adapter.objects import ObjectIndex
@@ -198,6 +197,3 @@ class StoreProvider:
                 f"with selector {selector or '<all>'}"
             )
         return found
-
-
-__all__ = ["WORKLOADS", "StoreProvider"]
