@@ -2,6 +2,8 @@
 # prepares the real test peers (.ci/setup.d/*.sh, in order) and runs the whole suite.
 PYTHON ?= python3
 export WATTSCALE_CACHE ?= $(HOME)/.cache/wattscale
+# The control-plane build needs Go 1.26, installed under /usr/local/go on the CI machines.
+export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: install test lint peers
 

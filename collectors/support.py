@@ -18,6 +18,7 @@ import ssl
 import time
 import types
 import typing
+import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -209,13 +210,15 @@ class SelfMetrics:
     samples: Gauge
 
 
-_SELF_METRICS: dict[int, SelfMetrics] = {}
+# Keyed by the registry itself, weakly: an id() can be reused once a registry is collected, and a
+# new registry would then be handed metrics that live in the dead one.
+_SELF_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, SelfMetrics] = weakref.WeakKeyDictionary()
 
 
 def self_metrics(registry: CollectorRegistry | None = None) -> SelfMetrics:
     """The `wattscale_collector_*` metrics in `registry`, created once per registry."""
     registry = registry if registry is not None else REGISTRY
-    found = _SELF_METRICS.get(id(registry))
+    found = _SELF_METRICS.get(registry)
     if found is None:
         found = SelfMetrics(
             last_success_seconds=Gauge(
@@ -243,7 +246,7 @@ def self_metrics(registry: CollectorRegistry | None = None) -> SelfMetrics:
                 registry=registry,
             ),
         )
-        _SELF_METRICS[id(registry)] = found
+        _SELF_METRICS[registry] = found
     return found
 
 

@@ -124,3 +124,21 @@ async def test_output_is_bounded(registry: CollectorRegistry) -> None:
     collector = _Floods([], registry, max_samples=10)
     with pytest.raises(CollectorError, match="11 samples exceed max_samples=10"):
         await collector.collect()
+
+
+def test_self_metrics_follow_each_registry_even_when_one_dies() -> None:
+    import gc
+
+    from collectors.support import self_metrics
+
+    for _ in range(50):  # ids of collected registries get reused: each new one must get its own metrics
+        registry = CollectorRegistry()
+        self_metrics(registry).errors_total.labels("c", "transient").inc()
+        assert (
+            registry.get_sample_value(
+                "wattscale_collector_source_errors_total", {"collector": "c", "reason": "transient"}
+            )
+            == 1.0
+        )
+        del registry
+        gc.collect()
