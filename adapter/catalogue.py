@@ -87,6 +87,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "rack power - cap x (1 - margin), never negative",
     ),
     MetricSpec("rack_power_cap_watts", "W", (NODES, POWER_BUDGETS), "the rack's configured power cap"),
+    MetricSpec(
+        "rack_power_latest_watts",
+        "W",
+        (NODES, POWER_BUDGETS),
+        "sum of the rack's PDUs' newest readings, stamped with the oldest of them; racks with a PDU only",
+    ),
 )
 
 METRICS_BY_NAME = {spec.name: spec for spec in CATALOGUE}

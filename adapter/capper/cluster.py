@@ -98,6 +98,9 @@ def _quantity(text: object) -> float:
 
 RackPowerReader = Callable[[str], Awaitable[RackReading]]
 
+LATEST_RACK_POWER = "rack_power_latest_watts"
+"""The PDUs' newest readings: a loop that acts every second must not act on a 60 s average."""
+
 
 def store_rack_power(store: MetricStore) -> RackPowerReader:
     """Read rack power from the adapter's own store: for a capper running in the adapter's process."""
@@ -107,7 +110,10 @@ def store_rack_power(store: MetricStore) -> RackPowerReader:
     async def read(budget: str) -> RackReading:
         ref = ObjectRef(f"{PLURAL}.{GROUP}", "", budget)
         try:
-            power = store.get(ref, "rack_power_watts")
+            try:
+                power = store.get(ref, LATEST_RACK_POWER)
+            except WattscaleError:  # no PDU on this rack, or it fell silent: the window average
+                power = store.get(ref, "rack_power_watts")
             headroom = store.get(ref, "rack_power_headroom_watts")
         except WattscaleError as exc:
             raise ClusterError(f"store: {exc}") from exc
@@ -192,7 +198,10 @@ class KubeCluster:
     async def rack_power(self, budget: str) -> RackReading:
         if self._rack_power_reader is not None:
             return await self._rack_power_reader(budget)
-        power, stamp = await self._custom_metric(budget, "rack_power_watts")
+        try:
+            power, stamp = await self._custom_metric(budget, LATEST_RACK_POWER)
+        except ClusterError:  # no PDU on this rack, or it fell silent: the window average
+            power, stamp = await self._custom_metric(budget, "rack_power_watts")
         headroom, _ = await self._custom_metric(budget, "rack_power_headroom_watts")
         return RackReading(power_watts=power, headroom_watts=headroom, timestamp_seconds=stamp)
 

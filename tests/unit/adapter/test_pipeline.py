@@ -214,3 +214,39 @@ async def test_token_figures_carry_the_time_of_the_token_counter_read(clock: lis
     assert store.get(POD, "gpu_power_watts").timestamp_seconds == clock[0]
     assert store.get(POD, "watts_per_token").timestamp_seconds == last_token_read
     assert store.get(POD, "generation_tokens_per_second").timestamp_seconds == last_token_read
+
+
+async def test_latest_rack_power_is_the_newest_pdu_reading_and_goes_stale_with_the_pdu(
+    clock: list[float],
+) -> None:
+    pipeline, store, simulated, fakes = make_pipeline(clock)
+    _, _, pdu = fakes
+    for _ in range(4):
+        await advance(pipeline, simulated, fakes, clock, 5.0)
+    newest = [s.value for s in pdu.latest if s.metric == "pdu_power_watts"]
+    rack = store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_latest_watts")
+    assert (rack.value, rack.timestamp_seconds) == (round(sum(newest)), clock[0])
+    assert store.get(ObjectRef(NODES, "", "node-2"), "rack_power_latest_watts").value == rack.value
+    pdu.mode = "hang"
+    for _ in range(7):  # 70 s without a reading: past max age (60 s)
+        await advance(pipeline, simulated, fakes, clock, 10.0)
+    with pytest.raises(StaleMetricError):
+        store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_latest_watts")
+
+
+def test_a_silent_pdu_keeps_its_last_reading_and_its_age() -> None:
+    import pandas as pd
+
+    from adapter.pipeline import latest_rack_power
+
+    samples = pd.DataFrame(
+        {
+            "metric": ["pdu_power_watts"] * 4 + ["node_power_watts"],
+            "value": [1000.0, 1100.0, 2000.0, 9999.0, 5.0],
+            "timestamp_seconds": [10.0, 20.0, 12.0, 11.0, 30.0],
+            "rack": ["r1", "r1", "r1", "r1", "r1"],
+            "pdu": ["a", "a", "b", "b", None],
+        }
+    )
+    # a's newest is 1100 at t=20; b went silent after 2000 at t=12 (9999 at t=11 is older).
+    assert latest_rack_power(samples) == {"r1": (3100.0, 12.0)}

@@ -364,3 +364,30 @@ async def test_a_capper_in_the_adapter_process_reads_rack_power_from_the_store()
         await read("rack-a")
     with pytest.raises(ClusterError):
         await read("rack-b")
+
+
+async def test_the_capper_acts_on_the_newest_pdu_reading_when_the_rack_has_one() -> None:
+    from adapter.capper.cluster import store_rack_power
+    from adapter.store import MetricStore, ObjectRef, StoredValue
+
+    now = [1_000.0]
+    store = MetricStore(max_age_seconds=30, clock=lambda: now[0])
+    ref = ObjectRef("powerbudgets.wattscale.io", "", "rack-a")
+    averaged = {
+        (ref, "rack_power_watts"): StoredValue(31_000.0, 999.0, 60.0),
+        (ref, "rack_power_headroom_watts"): StoredValue(5_720.0, 999.0, 60.0),
+    }
+    # A spike the 60 s average has not caught up with yet.
+    store.put_all({**averaged, (ref, "rack_power_latest_watts"): StoredValue(36_500.0, 999.5, 0.0)})
+    read = store_rack_power(store)
+    assert await read("rack-a") == RackReading(36_500.0, 5_720.0, 999.5)
+    # The PDU falls silent: its reading goes stale and the window average (nodes summed) takes over.
+    now[0] = 1_029.8
+    store.put_all(
+        {
+            (ref, "rack_power_watts"): StoredValue(31_000.0, 1_029.0, 60.0),
+            (ref, "rack_power_headroom_watts"): StoredValue(5_720.0, 1_029.0, 60.0),
+            (ref, "rack_power_latest_watts"): StoredValue(36_500.0, 999.5, 0.0),
+        }
+    )
+    assert await read("rack-a") == RackReading(31_000.0, 5_720.0, 1_029.0)
