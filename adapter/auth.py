@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from adapter.errors import ForbiddenError, UnauthorizedError
@@ -98,8 +99,6 @@ class AuthenticationConfig:
 
     def ca_pem(self) -> str:
         """Both pools as one PEM bundle: what the TLS layer accepts client certificates from."""
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         return "".join(
             ca.public_bytes(Encoding.PEM).decode() for ca in (*self.requestheader_cas, *self.client_cas)
         )

@@ -171,9 +171,6 @@ class KubeObjectCache:
     def synced(self) -> bool:
         return all(reflector.synced.is_set() for reflector in self._reflectors.values())
 
-    async def wait_synced(self) -> None:
-        await asyncio.gather(*(reflector.synced.wait() for reflector in self._reflectors.values()))
-
     def version(self) -> int:
         return sum(reflector.changes for reflector in self._reflectors.values())
 

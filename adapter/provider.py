@@ -105,7 +105,7 @@ class StoreProvider:
     def _answer(self, query: CustomQuery, now: float) -> tuple[list[str], float]:
         namespace = query.object_namespace
         metric_selector = None if query.metric_selector.empty else query.metric_selector
-        rendered_selector = query.metric_selector.as_label_selector()
+        rendered_selector = None if metric_selector is None else metric_selector.as_label_selector()
         if not query.wildcard:
             ref = ObjectRef(query.resource, namespace, query.name)
             value = self._store.get(ref, query.metric, now_seconds=now)

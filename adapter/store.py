@@ -104,12 +104,6 @@ class MetricStore:
         """Every object's value of one metric (fresh or not) in one namespace, by object name."""
         return self.snapshot().by_metric.get((resource, namespace, metric), {})
 
-    def metric_names(self) -> set[tuple[str, str]]:
-        """(resource, metric) pairs that have at least one value."""
-        if self._snapshot is None:
-            return set()
-        return {(resource, metric) for (resource, _, metric) in self._snapshot.by_metric}
-
     def objects(self, resource: str, namespace: str | None) -> Iterable[str]:
         if self._snapshot is None:
             return []

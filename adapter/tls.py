@@ -82,7 +82,7 @@ class ServingTls:
         return context
 
     def _pick_context(
-        self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _context: ssl.SSLContext
     ) -> None:
         connection.context = self._current
 

@@ -66,11 +66,6 @@ class BudgetSpec:
             rack_watts_per_gpu_watt=self.rack_watts_per_gpu_watt,
         )
 
-    @property
-    def headroom_cap_watts(self) -> float:
-        """The part of the cap autoscalers may plan against (the margin is kept for spikes)."""
-        return self.cap_watts * (1.0 - self.margin_ratio)
-
 
 class BudgetError(ValueError):
     def __init__(self, name: str, problems: Sequence[str]) -> None:

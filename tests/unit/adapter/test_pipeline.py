@@ -118,6 +118,9 @@ async def test_values_follow_the_simulated_load(clock: list[float]) -> None:
     assert 0.27 < wpt.value < 0.32  # (~307 W GPU + 35 W CPU) / ~1,152 tokens/s
     rack = store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_watts")
     assert rack.labels["estimated"] == "false"  # from the PDU
+    # Served resolution (README): watts to 1 W, J/token to 1 mJ.
+    assert llama0 == round(llama0) and rack.value == round(rack.value)
+    assert wpt.value == round(wpt.value, 3) and wpt.value != round(wpt.value, 2)
     node = store.get(ObjectRef(NODES, "", "node-1"), "rack_power_headroom_watts")
     assert node.value == store.get(ObjectRef(POWER_BUDGETS, "", "rack-a"), "rack_power_headroom_watts").value
 
