@@ -175,6 +175,8 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         workloads=tuple(workloads),
         enforce=mode == "enforce",
     )
+    if not 0 <= budget.margin_ratio < 1:
+        problems.append(f"spec.marginRatio: want a number in [0, 1), got {budget.margin_ratio:g}")
     if cap > 0:
         problems.extend(f"spec.thresholds/{p}" for p in budget.policy_config().problems())
     if problems:

@@ -40,24 +40,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info")
 
 
+_invalid_budgets_logged: set[str] = set()
+
+
 def power_budget_racks(objects: Sequence[Any]) -> list[Any]:
-    """Racks defined by PowerBudget objects (`spec.capWatts`, `spec.nodeSelector`, `spec.marginRatio`)."""
-    from adapter.selectors import selector_from_object
+    """Racks defined by PowerBudget objects, parsed exactly as the capper parses them (one definition
+    of what a valid budget is); an invalid budget defines no rack, and says why once."""
+    from adapter.capper.budget import BudgetError, parse_budget
+    from adapter.selectors import parse_selector
     from adapter.settings import RackSettings
 
     racks = []
     for obj in objects:
-        spec = obj.spec
-        cap = spec.get("capWatts")
-        if not isinstance(cap, int | float) or cap <= 0:
+        try:
+            budget = parse_budget({"metadata": {"name": obj.name}, "spec": dict(obj.spec)})
+        except BudgetError as exc:
+            if obj.name not in _invalid_budgets_logged:
+                _invalid_budgets_logged.add(obj.name)
+                log.warning("racks.power_budget_invalid", extra={"rack": obj.name, "problems": exc.problems})
             continue
-        margin = spec.get("marginRatio", 0.1)
         racks.append(
             RackSettings(
-                name=obj.name,
-                cap_watts=float(cap),
-                margin_ratio=float(margin) if isinstance(margin, int | float) and 0 <= margin < 1 else 0.1,
-                node_selector=selector_from_object(spec.get("nodeSelector")),
+                name=budget.name,
+                cap_watts=budget.cap_watts,
+                margin_ratio=budget.margin_ratio,
+                node_selector=parse_selector(budget.node_selector),
             )
         )
     return racks

@@ -19,11 +19,19 @@ def test_power_budgets_define_racks_and_replace_config_racks_of_the_same_name() 
             "rack-a",
             spec={"capWatts": 30000, "marginRatio": 0.05, "nodeSelector": {"matchLabels": {"rack": "a"}}},
         ),
-        KubeObject(POWER_BUDGETS, "", "no-cap", spec={"nodeSelector": {}}),
+        KubeObject(POWER_BUDGETS, "", "no-cap", spec={"nodeSelector": {"matchLabels": {"rack": "c"}}}),
+        # An empty selector would make every node the rack's: the capper refuses it, so the adapter does too.
+        KubeObject(POWER_BUDGETS, "", "everything", spec={"capWatts": 9000, "nodeSelector": {}}),
+        KubeObject(
+            POWER_BUDGETS,
+            "",
+            "bad-margin",
+            spec={"capWatts": 9000, "marginRatio": 3, "nodeSelector": {"matchLabels": {"rack": "d"}}},
+        ),
     ]
     configured = [RackSettings(name="rack-a", cap_watts=20000), RackSettings(name="rack-b", cap_watts=20000)]
     racks = {rack.name: rack for rack in merge_racks(configured, power_budget_racks(budgets))}
-    assert set(racks) == {"rack-a", "rack-b"}  # a budget without a cap defines no rack
+    assert set(racks) == {"rack-a", "rack-b"}  # invalid budgets (no cap, every node, margin 3) define none
     assert (racks["rack-a"].cap_watts, racks["rack-a"].margin_ratio) == (30000.0, 0.05)
     assert racks["rack-a"].node_selector.matches({"rack": "a"})
     assert not racks["rack-a"].node_selector.matches({"rack": "b"})
