@@ -96,13 +96,6 @@ def parse_exposition(text: str, keep: Callable[[str], bool] | None = None) -> li
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 name = sample.name
-                if keep is not None and not keep(name):
-                    # The parser appends `_total` to counter samples that lack it (dcgm-exporter's
-                    # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION); Prometheus keeps the name as exposed.
-                    if family.type == "counter" and name.endswith("_total") and keep(name[:-6]):
-                        name = name[:-6]
-                    else:
-                        continue
                 series.append(
                     Series(
                         name=name,

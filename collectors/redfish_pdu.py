@@ -183,18 +183,21 @@ class RedfishPduCollector(HttpPolledCollector):
             return document
         raise CollectorError(f"{self.name}: GET {path}: refused after logging in again")
 
-    async def _members(self, path: str) -> list[dict[str, Any]]:
+    async def _member_links(self, path: str) -> list[str]:
         collection = await self._get(path)
         members = collection.get("Members")
         if not isinstance(members, list):
             raise CollectorError(f"{self.name}: {path} has no Members list")
-        found = []
+        links = []
         for member in members:
             link = member.get("@odata.id") if isinstance(member, Mapping) else None
             if not isinstance(link, str):
                 raise CollectorError(f"{self.name}: {path} has a member without @odata.id")
-            found.append(await self._get(link))
-        return found
+            links.append(link)
+        return links
+
+    async def _members(self, path: str) -> list[dict[str, Any]]:
+        return [await self._get(link) for link in await self._member_links(path)]
 
     @staticmethod
     def _link(document: Mapping[str, Any], key: str) -> str | None:
@@ -205,11 +208,8 @@ class RedfishPduCollector(HttpPolledCollector):
     async def _pdu_ids(self) -> tuple[str, ...]:
         if self.settings.pdu_ids:
             return self.settings.pdu_ids
-        collection = await self._get("/redfish/v1/PowerEquipment/RackPDUs")
-        members = collection.get("Members")
-        if not isinstance(members, list):
-            raise CollectorError(f"{self.name}: RackPDUs has no Members list")
-        return tuple(str(m["@odata.id"]).rstrip("/").rsplit("/", 1)[-1] for m in members)
+        links = await self._member_links("/redfish/v1/PowerEquipment/RackPDUs")
+        return tuple(link.rstrip("/").rsplit("/", 1)[-1] for link in links)
 
     async def _poll(self) -> list[Sample]:
         samples: list[Sample] = []

@@ -412,14 +412,18 @@ class HttpPolledCollector(PolledCollector):
         # Settings classes that offer TLS options name them so; the others use the system CAs.
         self._tls_ca_file: str | None = getattr(poll, "tls_ca_file", None)
         self._tls_insecure_skip_verify: bool = getattr(poll, "tls_insecure_skip_verify", False)
+        self._ssl_context: Any = ...  # built on first use, once: it reads the CA file
         self._failing_targets: set[str] = set()
 
     def _ssl(self) -> Any:
-        if self._tls_insecure_skip_verify:
-            return False
-        if self._tls_ca_file is not None:
-            return ssl.create_default_context(cafile=self._tls_ca_file)
-        return None
+        if self._ssl_context is ...:
+            if self._tls_insecure_skip_verify:
+                self._ssl_context = False
+            elif self._tls_ca_file is not None:
+                self._ssl_context = ssl.create_default_context(cafile=self._tls_ca_file)
+            else:
+                self._ssl_context = None
+        return self._ssl_context
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -181,3 +181,18 @@ async def test_tls_with_the_pdus_ca_or_without_verification(
     finally:
         for collector in (untrusted, trusted, unverified):
             await collector.aclose()
+
+
+async def test_a_malformed_pdu_collection_is_reported_and_counted(
+    serve: Serve, registry: CollectorRegistry
+) -> None:
+    mockup = RedfishMockup(auth="none")
+    collector = _collector(registry, await serve(mockup), auth="none")
+    try:
+        mockup.document("/redfish/v1/PowerEquipment/RackPDUs")["Members"].append({"Name": "no link"})
+        with pytest.raises(CollectorError, match=r"RackPDUs has a member without @odata\.id"):
+            await collector.collect()
+        labels = {"collector": "pdu", "reason": "invalid_answer"}
+        assert registry.get_sample_value("wattscale_collector_source_errors_total", labels) == 1.0
+    finally:
+        await collector.aclose()
