@@ -265,8 +265,7 @@ def _series_increase(
     return increase
 
 
-def _pod_frame(window: _Window, node_power_watts: pd.Series) -> pd.DataFrame:
-    gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
+def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataFrame:
     token_spans = _token_windows(window)
     rated = _counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second")
     token_rows = _metric(window.history, "generation_tokens_total", _POD)
@@ -403,10 +402,14 @@ def _sum_by(frame: pd.DataFrame, key: str, column: str) -> pd.Series:
     return pd.Series(sums.to_numpy(dtype=np.float64), index=sums.index.astype(object), dtype=np.float64)
 
 
-def _node_frame(window: _Window, pods: pd.DataFrame, node_racks: Mapping[str, str]) -> pd.DataFrame:
-    gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
+def _node_frame(
+    window: _Window,
+    gpus: pd.DataFrame,
+    measured: pd.Series,
+    pods: pd.DataFrame,
+    node_racks: Mapping[str, str],
+) -> pd.DataFrame:
     gpu_sum = _sum_by(gpus, "node", "power_watts")
-    measured = _measured_node_power(window)
     with_node = pods.loc[pods["node"].notna() & pods["power_watts"].notna()]
     cpu = with_node.assign(cpu_watts=with_node["power_watts"] - with_node["gpu_power_watts"].fillna(0.0))
     cpu_by_node = _sum_by(cpu, "node", "cpu_watts")
@@ -481,8 +484,11 @@ def estimate_fleet(
     history = frame.loc[frame["timestamp_seconds"] <= now_seconds]
     start = now_seconds - window_seconds
     window = _Window(history, history.loc[history["timestamp_seconds"] >= start], start, float(now_seconds))
-    pods = _pod_frame(window, _measured_node_power(window))
-    nodes = _node_frame(window, pods, node_racks)
+    # Each GPU's and node's power once per pass: the pod and node frames both start from them.
+    gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
+    measured = _measured_node_power(window)
+    pods = _pod_frame(window, gpus, measured)
+    nodes = _node_frame(window, gpus, measured, pods, node_racks)
     rack_frame = _rack_frame(window, nodes, node_racks, racks)
     return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame)
 

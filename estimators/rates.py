@@ -88,11 +88,6 @@ def reset_corrected(
     return np.concatenate(([0.0], np.cumsum(steps)))
 
 
-def count_resets(values: npt.ArrayLike) -> int:
-    v = np.asarray(values, dtype=np.float64)
-    return int(np.count_nonzero(np.diff(v) < 0))
-
-
 def reset_intervals(times: npt.ArrayLike, values: npt.ArrayLike) -> FloatArray:
     """(before, after) sample times around each restart of a counter: shape (n, 2). What the counter
     did inside such an interval is partly unknown, so estimates over it are marked."""
