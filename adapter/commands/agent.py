@@ -4,17 +4,18 @@ kubelet, Prometheus export, and the power-limit endpoint the capper calls. See `
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 
 HELP = "run the node agent: serve this node's GPU power, energy, limits and pods over HTTP"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from collectors.nvml import default_node_name
+    from collectors.pod_resources import DEFAULT_SOCKET
+
     parser.add_argument(
         "--node-name",
-        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        default=default_node_name(),
         help="the node label on every reading (default $NODE_NAME, else the host name)",
     )
     parser.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -22,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval-seconds", type=float, default=5.0, help="NVML read interval (default 5)")
     parser.add_argument(
         "--pod-resources-socket",
-        default="/var/lib/kubelet/pod-resources/kubelet.sock",
+        default=DEFAULT_SOCKET,
         help="kubelet pod-resources socket for GPU -> pod mapping; '' to disable",
     )
     parser.add_argument(

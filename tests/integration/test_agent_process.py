@@ -69,7 +69,10 @@ async def test_agent_without_nvml_explains_itself(agent_url: str) -> None:
             assert response.status == 403
         async with session.get(f"{agent_url}/metrics") as response:
             assert response.status == 200
-            assert "wattscale_agent_gpu_power_watts" in await response.text()
+            text = await response.text()
+        # The family is declared, and no GPU reading is made up without NVML.
+        assert "# TYPE wattscale_agent_gpu_power_watts gauge" in text
+        assert "\nwattscale_agent_gpu_power_watts{" not in text
 
     settings = build_settings(NodeAgentSettings, "agents", {"agent_urls": [agent_url], "retries": 0})
     collector = NodeAgentCollector("agents", settings, registry=CollectorRegistry())
