@@ -20,7 +20,7 @@ import yaml
 from kubeharness.adapter import DeployedAdapter
 from kubeharness.controlplane import ControlPlane
 from kubeharness.metrics import get_raw, quantity
-from kubeharness.processes import ManagedProcess, free_port, wait_until
+from kubeharness.processes import WATTSCALE_CLI, ManagedProcess, free_port, wait_until
 from kubeharness.workloads import INFERENCE_SERVICE_CRD
 
 pytestmark = pytest.mark.cluster
@@ -118,7 +118,7 @@ def capper(
     process = ManagedProcess(
         "wattscale capper",
         [
-            "wattscale",
+            *WATTSCALE_CLI,
             "capper",
             "--kubeconfig",
             str(control_plane.admin_kubeconfig),

@@ -23,7 +23,7 @@ from kubeharness.https import https_get
 from kubeharness.identities import service_account_token
 from kubeharness.kubeconfig import write_kubeconfig
 from kubeharness.pki import CertificateAuthority, KeyPair
-from kubeharness.processes import ManagedProcess, free_port, wait_until
+from kubeharness.processes import REPO_ROOT, WATTSCALE_CLI, ManagedProcess, free_port, wait_until
 
 ADAPTER_NAMESPACE = "wattscale"
 TEST_IMAGE = "registry.invalid/wattscale:cluster-test"
@@ -53,7 +53,7 @@ class DeployedAdapter:
 def render_manifests(workdir: Path, ca: CertificateAuthority) -> list[dict[str, Any]]:
     done = subprocess.run(
         [
-            "wattscale",
+            *WATTSCALE_CLI,
             "manifests",
             "--namespace",
             ADAPTER_NAMESPACE,
@@ -65,6 +65,7 @@ def render_manifests(workdir: Path, ca: CertificateAuthority) -> list[dict[str, 
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=REPO_ROOT,
     )
     if done.returncode != 0:
         raise AssertionError(f"wattscale manifests failed ({done.returncode}):\n{done.stderr}")
@@ -207,7 +208,7 @@ def deploy_adapter(plane: ControlPlane, fleet_path: Path) -> DeployedAdapter:
     process = ManagedProcess(
         "wattscale serve",
         [
-            "wattscale",
+            *WATTSCALE_CLI,
             "serve",
             "--kubeconfig",
             str(kubeconfig),

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +54,12 @@ def wait_until(
         time.sleep(_POLL_INTERVAL_SECONDS)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[3]
+WATTSCALE_CLI = (sys.executable, "-m", "adapter.cli")
+"""The CLI of the package under test, run by the interpreter running the tests: whichever `wattscale` is
+first on PATH (a stale install elsewhere, say) is not necessarily that package."""
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now (another process could still take it before we bind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -76,6 +83,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
+            cwd=REPO_ROOT,  # so `-m adapter.cli` imports the checkout under test first
             start_new_session=True,
         )
 
