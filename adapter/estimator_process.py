@@ -74,15 +74,19 @@ class ProcessEstimator:
 
     async def _call(self, function: object, *args: object) -> object:
         loop = asyncio.get_running_loop()
+        executor = self._executor
         try:
-            return await loop.run_in_executor(self._executor, function, *args)  # type: ignore[arg-type]
+            return await loop.run_in_executor(executor, function, *args)  # type: ignore[arg-type]
         except BrokenProcessPool:
             # The child died (out of memory, killed): start a new one. Its history is gone, so values
-            # go stale for a window and then come back; the API keeps serving meanwhile.
-            log.error("estimator.process_died")
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._new_executor()
-            self._index_version = None
+            # go stale for a window and then come back; the API keeps serving meanwhile. Every call
+            # in flight sees the same death: only the first replaces the pool, or the later ones
+            # would shut down the replacement (and the calls already sent to it).
+            if self._executor is executor:
+                log.error("estimator.process_died")
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._new_executor()
+                self._index_version = None
             raise
 
     async def add(self, collector: str, samples: Sequence[Sample], received_seconds: float) -> None:

@@ -354,11 +354,9 @@ class Pipeline:
     async def poll(self, collector: Collector) -> bool:
         """One poll of one collector; failures are counted and logged once per state change."""
         name = collector.name
-        # The collector's own timeout (with retries) should fire first; this one catches a hang.
-        timeout = 2.0 * float(getattr(collector, "timeout_seconds", None) or collector.interval_seconds)
         self._metrics.collector_runs.labels(name).inc()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(collector.poll_timeout_seconds):
                 samples = await collector.collect()
         except asyncio.CancelledError:
             raise
@@ -371,7 +369,11 @@ class Pipeline:
                 log.warning("collector.stale", extra={"collector": name, "error": error, "detail": str(exc)})
             return False
         now = self._clock()
-        await self.estimator.add(name, samples, now)
+        try:
+            await self.estimator.add(name, samples, now)
+        except Exception as exc:  # the estimator process died: this batch is lost, the next one is not
+            log.warning("estimator.add_failed", extra={"collector": name, "error": type(exc).__name__})
+            return False
         self._metrics.collector_samples.labels(name).set(len(samples))
         self._metrics.collector_last_success.labels(name).set(now)
         self._metrics.collector_up.labels(name).set(1)
@@ -455,11 +457,22 @@ def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) ->
             continue
         try:
             factory = entry_point.load()
-            collectors.append(factory.from_settings(name, raw))
+            collector = factory.from_settings(name, raw)
         except CollectorConfigError as exc:
             problems.extend(f"collectors.{name}.{problem}" for problem in exc.problems)
+            continue
         except (ImportError, AttributeError) as exc:
             problems.append(f"collectors.{name}.type: {kind!r} cannot be loaded: {exc}")
+            continue
+        if isinstance(collector, Collector):
+            collectors.append(collector)
+        else:
+            missing = [
+                a for a in ("name", "interval_seconds", "poll_timeout_seconds") if not hasattr(collector, a)
+            ]
+            problems.append(
+                f"collectors.{name}.type: {kind!r} is not a Collector (missing {', '.join(missing)})"
+            )
     if problems:
         raise ConfigError(problems)
     return collectors

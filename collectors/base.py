@@ -75,6 +75,9 @@ class Collector(Protocol):
 
     name: str
     interval_seconds: float
+    poll_timeout_seconds: float
+    """The longest one `collect()` may take, retries included. The collector's own timeouts should
+    end a poll first (so it can count why); the pipeline cancels a poll that outlives this, as a hang."""
 
     async def collect(self) -> Sequence[Sample]: ...
 

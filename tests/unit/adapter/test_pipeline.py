@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from adapter.catalogue import NODES, PODS, POWER_BUDGETS
 from adapter.errors import ConfigError, StaleMetricError
@@ -16,6 +17,7 @@ from adapter.settings import Settings
 from adapter.store import MetricStore, ObjectRef
 from collectors.base import CollectorError, Sample
 from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
+from collectors.support import PolledCollector, PollSettings
 
 POD = ObjectRef(PODS, "llm", "llama-0")
 TOKEN_METRICS = {"generation_tokens_total", "prompt_tokens_total"}
@@ -29,7 +31,7 @@ class FakeSplitCollector:
     ) -> None:
         self.name = name
         self.interval_seconds = 1.0
-        self.timeout_seconds = 0.05
+        self.poll_timeout_seconds = 0.05
         self._source = source
         self._metrics = metrics
         self._exclude = exclude
@@ -152,6 +154,34 @@ async def test_a_failing_source_goes_stale_and_the_rest_is_still_served(clock: l
     for _ in range(3):
         await advance(pipeline, simulated, fakes, clock, 5.0)
     assert store.get(POD, "watts_per_token").timestamp_seconds == clock[0]
+
+
+class FakeSlowStartCollector(PolledCollector):
+    """A source that answers only on its last retry: the first attempts hang until they time out."""
+
+    def __init__(self, poll: PollSettings) -> None:
+        super().__init__("slow-start", poll, registry=CollectorRegistry())
+        self.attempts = 0
+
+    async def _poll(self) -> list[Sample]:
+        self.attempts += 1
+        if self.attempts <= self.settings.retries:
+            await asyncio.Event().wait()
+        return [Sample(metric="gpu_power_watts", value=300.0, timestamp_seconds=1.0)]
+
+
+async def test_a_poll_gets_the_whole_retry_budget_its_collector_declares(clock: list[float]) -> None:
+    pipeline, _, _, _ = make_pipeline(clock)
+    # Three attempts time out (0.9 s), the fourth answers: longer than two intervals (0.6 s).
+    collector = FakeSlowStartCollector(
+        PollSettings(interval_seconds=0.3, timeout_seconds=0.3, retries=3, backoff_seconds=0.0)
+    )
+    assert await pipeline.poll(collector)
+    assert collector.attempts == 4
+    assert (
+        pipeline._metrics.registry.get_sample_value("wattscale_collector_up", {"collector": "slow-start"})
+        == 1
+    )
 
 
 def test_unknown_collector_types_and_bad_settings_are_all_reported() -> None:
