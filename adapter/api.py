@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,9 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 """Absent when authorization is off (the demo)."""
 SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("api_settings", ApiSettings)
+LivenessCheck = Callable[[], Sequence[str]]
+LIVENESS: web.AppKey[LivenessCheck] = web.AppKey("liveness")
+"""Internal tasks and processes that stopped and are not coming back: /livez fails with them."""
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -148,6 +151,13 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def livez(request: web.Request) -> web.Response:
+    problems = request.app[LIVENESS]()
+    if problems:
+        return web.Response(text="not alive: " + "; ".join(problems), status=503)
+    return web.Response(text="ok")
+
+
 async def readyz(request: web.Request) -> web.Response:
     store, index = request.app[STORE], request.app[INDEX]
     problems = []
@@ -237,6 +247,7 @@ def create_app(
     self_metrics_registry: SelfMetrics,
     settings: ApiSettings = ApiSettings(),
     clock: Callable[[], float] = time.time,
+    liveness: LivenessCheck = lambda: (),
 ) -> web.Application:
     app = web.Application(middlewares=[status_errors, authenticate], client_max_size=64 * 1024)
     app[STORE] = store
@@ -246,12 +257,15 @@ def create_app(
         app[AUTHORIZER] = authorizer
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
+    app[LIVENESS] = liveness
     app[PROVIDER] = StoreProvider(
         store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe
     )
     get = app.router.add_get
-    for path in ("/healthz", "/livez", "/healthz/ping", "/livez/ping", "/readyz/ping"):
+    for path in ("/healthz/ping", "/livez/ping", "/readyz/ping"):
         get(path, health, allow_head=False)
+    for path in ("/healthz", "/livez"):
+        get(path, livez, allow_head=False)
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -83,24 +84,29 @@ def merge_racks(configured: Sequence[Any], from_budgets: Sequence[Any]) -> list[
     return [*(rack for rack in configured if rack.name not in budget_names), *from_budgets]
 
 
+def cluster_racks(settings: Any, index: Any) -> list[Any]:
+    """Config racks and the PowerBudgets' racks, from the worker's object index."""
+    from adapter.catalogue import POWER_BUDGETS
+
+    return merge_racks(settings.racks, power_budget_racks(index.objects(POWER_BUDGETS, None)))
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
 
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator, Authenticator, Authorizer
-    from adapter.catalogue import POWER_BUDGETS
-    from adapter.estimator_process import ProcessEstimator
     from adapter.kube_auth import ExtensionAuthentication, KubeAccessReviewer, KubeTokenReviewer
-    from adapter.kube_cache import KubeObjectCache
-    from adapter.objects import ObjectIndex, StoreObjectIndex
-    from adapter.pipeline import Pipeline, history_seconds, load_collectors
+    from adapter.kube_cache import KubeIndexSource
+    from adapter.pipeline import settings_collectors
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings
     from adapter.store import MetricStore
+    from adapter.worker import NoIndexSource, WorkerSpec
 
     settings = Settings.from_file(args.config) if args.config else Settings()
-    collectors = load_collectors((c.name, c.type, c.raw) for c in settings.collectors)
+    collectors = functools.partial(settings_collectors, settings)
     store = MetricStore(max_age_seconds=settings.max_age_seconds)
     self_metrics = SelfMetrics()
     serving = ServingSettings(
@@ -120,21 +126,15 @@ async def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("auth.disabled", extra={"reason": "--insecure-disable-auth"})
-        index: ObjectIndex = StoreObjectIndex(store)
-        pipeline = Pipeline(
-            collectors,
-            store=store,
-            index=index,
-            settings=settings,
-            self_metrics=self_metrics,
-            estimator=ProcessEstimator(history_seconds(settings, collectors)),
+        worker = WorkerSpec(
+            settings=settings, collectors=collectors, index=NoIndexSource(), log_level=args.log_level
         )
         async with running(
             serving=serving,
             tls=serving_tls(serving, request_client_certificates=False),
-            pipeline=pipeline,
+            worker=worker,
             store=store,
-            index=index,
+            index=worker.index.serving_index(store),
             authenticator=AllowAllAuthenticator(),
             authorizer=None,
             self_metrics=self_metrics,
@@ -158,29 +158,23 @@ async def _serve(args: argparse.Namespace) -> int:
         resource_version = await extension.load()
         tls = serving_tls(serving, request_client_certificates=True, client_ca_pem=extension.current.ca_pem())
         tls_holder.append(tls)
-        cache = KubeObjectCache(api)
-        cache.start()
         follow = asyncio.create_task(extension.follow(resource_version), name="auth-configmap")
-
-        def racks() -> list[Any]:
-            return merge_racks(settings.racks, power_budget_racks(cache.objects(POWER_BUDGETS, None)))
-
-        pipeline = Pipeline(
-            collectors,
-            store=store,
-            index=cache,
+        # The object cache runs in the worker, which needs the objects for estimation; the server
+        # mirrors it from the worker's reports.
+        worker = WorkerSpec(
             settings=settings,
-            self_metrics=self_metrics,
-            racks=racks,
-            estimator=ProcessEstimator(history_seconds(settings, collectors)),
+            collectors=collectors,
+            index=KubeIndexSource(args.kubeconfig),
+            racks=cluster_racks,
+            log_level=args.log_level,
         )
         try:
             async with running(
                 serving=serving,
                 tls=tls,
-                pipeline=pipeline,
+                worker=worker,
                 store=store,
-                index=cache,
+                index=worker.index.serving_index(store),
                 authenticator=Authenticator(lambda: extension.current, KubeTokenReviewer(api, self_metrics)),
                 authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
                 self_metrics=self_metrics,
@@ -192,7 +186,6 @@ async def _serve(args: argparse.Namespace) -> int:
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follow
-            await cache.stop()
     return 0
 
 
