@@ -7,6 +7,8 @@ result. Every error leaves as a `metav1.Status`: our domain errors with their ow
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
@@ -144,20 +146,52 @@ def _pretty(request: web.Request) -> bool:
     return request.query.get("pretty", "").lower() == "true"
 
 
+class Liveness:
+    """Long-running tasks the server depends on. One that ends while the server runs (they restart
+    themselves after failures, so ending is a bug) fails /livez, and the kubelet restarts the pod."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+
+    def watch(self, name: str, task: asyncio.Task[Any]) -> None:
+        self._tasks[name] = task
+        task.add_done_callback(functools.partial(self._stopped, name))
+
+    @staticmethod
+    def _stopped(name: str, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        log.error("task.stopped", extra={"task": name, "error": repr(error) if error else "returned"})
+
+    def problems(self) -> list[str]:
+        return [f"{name} stopped" for name, task in self._tasks.items() if task.done()]
+
+
+LIVENESS = web.AppKey("liveness", Liveness)
+
+
+def _unhealthy(problems: list[str]) -> web.Response:
+    return web.Response(text="not ok: " + "; ".join(problems), status=503)
+
+
 async def health(request: web.Request) -> web.Response:
+    problems = request.app[LIVENESS].problems()
+    return _unhealthy(problems) if problems else web.Response(text="ok")
+
+
+async def ping(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
 async def readyz(request: web.Request) -> web.Response:
     store, index = request.app[STORE], request.app[INDEX]
-    problems = []
+    problems = request.app[LIVENESS].problems()
     if not index.synced():
         problems.append("object caches not synced")
     if not store.ready:
         problems.append("no metrics estimated yet")
-    if problems:
-        return web.Response(text="not ready: " + "; ".join(problems), status=503)
-    return web.Response(text="ok")
+    return _unhealthy(problems) if problems else web.Response(text="ok")
 
 
 async def version(request: web.Request) -> web.Response:
@@ -246,12 +280,15 @@ def create_app(
         app[AUTHORIZER] = authorizer
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
+    app[LIVENESS] = Liveness()
     app[PROVIDER] = StoreProvider(
         store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe
     )
     get = app.router.add_get
-    for path in ("/healthz", "/livez", "/healthz/ping", "/livez/ping", "/readyz/ping"):
+    for path in ("/healthz", "/livez"):
         get(path, health, allow_head=False)
+    for path in ("/healthz/ping", "/livez/ping", "/readyz/ping"):
+        get(path, ping, allow_head=False)
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)

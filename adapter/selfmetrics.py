@@ -77,3 +77,9 @@ class SelfMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.task_restarts = Counter(
+            "wattscale_task_restarts_total",
+            "Restarts, after a failure, of long-running internal tasks (watches, the pipeline).",
+            ["task"],
+            registry=self.registry,
+        )

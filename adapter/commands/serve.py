@@ -86,11 +86,16 @@ def merge_racks(configured: Sequence[Any], from_budgets: Sequence[Any]) -> list[
 async def _serve(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
 
-    from adapter.api import ApiSettings
+    from adapter.api import LIVENESS, ApiSettings
     from adapter.auth import AllowAllAuthenticator, Authenticator, Authorizer
     from adapter.catalogue import POWER_BUDGETS
     from adapter.estimator_process import ProcessEstimator
-    from adapter.kube_auth import ExtensionAuthentication, KubeAccessReviewer, KubeTokenReviewer
+    from adapter.kube_auth import (
+        AUTH_WATCH_TASK,
+        ExtensionAuthentication,
+        KubeAccessReviewer,
+        KubeTokenReviewer,
+    )
     from adapter.kube_cache import KubeObjectCache
     from adapter.objects import ObjectIndex, StoreObjectIndex
     from adapter.pipeline import Pipeline, history_seconds, load_collectors
@@ -154,13 +159,13 @@ async def _serve(args: argparse.Namespace) -> int:
             if tls_holder:
                 tls_holder[0].update_client_cas(auth_config.ca_pem())
 
-        extension = ExtensionAuthentication(api, on_auth_change)
+        extension = ExtensionAuthentication(api, on_auth_change, self_metrics=self_metrics)
         resource_version = await extension.load()
         tls = serving_tls(serving, request_client_certificates=True, client_ca_pem=extension.current.ca_pem())
         tls_holder.append(tls)
         cache = KubeObjectCache(api)
         cache.start()
-        follow = asyncio.create_task(extension.follow(resource_version), name="auth-configmap")
+        follow = asyncio.create_task(extension.follow(resource_version), name=AUTH_WATCH_TASK)
 
         def racks() -> list[Any]:
             return merge_racks(settings.racks, power_budget_racks(cache.objects(POWER_BUDGETS, None)))
@@ -185,7 +190,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
                 self_metrics=self_metrics,
                 api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
-            ):
+            ) as runner:
+                runner.app[LIVENESS].watch(AUTH_WATCH_TASK, follow)
                 log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
                 await until_signalled()
         finally:
