@@ -143,7 +143,9 @@ class Reflector:
             except ApiException as exc:
                 resource_version = ""
                 if exc.status == 404 and self.source.optional:
-                    self.objects = {}
+                    if self.objects:  # the API went away (a CRD deleted): answers built on it are void
+                        self.objects = {}
+                        self.changes += 1
                     self.synced.set()
                     await asyncio.sleep(ABSENT_API_RETRY_SECONDS)
                     continue
