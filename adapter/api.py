@@ -24,6 +24,7 @@ from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
 from adapter.errors import NotReadyError, WattscaleError
 from adapter.objects import ObjectIndex
+from adapter.openapi import Document, OpenApiDocuments
 from adapter.provider import StoreProvider
 from adapter.query import (
     RouteNotFoundError,
@@ -56,6 +57,7 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 """Absent when authorization is off (the demo)."""
 SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("api_settings", ApiSettings)
+OPENAPI = web.AppKey("openapi", OpenApiDocuments)
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -257,9 +259,33 @@ async def group_version(request: web.Request) -> web.Response:
     return json_response(wire.external_metric_value_list(external.metric, values), pretty=_pretty(request))
 
 
-async def openapi_absent(request: web.Request) -> web.Response:
-    # The aggregator treats 404 as "no spec" and skips it silently (custom-metrics-api.md §6.7).
-    raise RouteNotFoundError()
+def _document_response(request: web.Request, document: Document, cache_control: str) -> web.Response:
+    headers = {"ETag": document.etag, "Cache-Control": cache_control}
+    if document.etag in request.headers.getall("If-None-Match", []):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=document.body, content_type="application/json", headers=headers)
+
+
+async def openapi_v2(request: web.Request) -> web.Response:
+    return _document_response(request, request.app[OPENAPI].v2, "no-cache, private")
+
+
+async def openapi_v3_discovery(request: web.Request) -> web.Response:
+    return _document_response(request, request.app[OPENAPI].v3_discovery, "no-cache, private")
+
+
+async def openapi_v3(request: web.Request) -> web.Response:
+    key = request.match_info["group_version"]
+    document = request.app[OPENAPI].v3.get(key)
+    if document is None:
+        raise RouteNotFoundError()
+    wanted = request.query.get("hash")
+    current = document.etag.strip('"')
+    if wanted is None:
+        return _document_response(request, document, "no-cache, private")
+    if wanted != current:  # an old link: send the client to the document of now, as handler3 does
+        return web.Response(status=301, headers={"Location": f"/openapi/v3/{key}?hash={current}"})
+    return _document_response(request, document, "public, immutable")
 
 
 def create_app(
@@ -281,6 +307,7 @@ def create_app(
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
     app[LIVENESS] = Liveness()
+    app[OPENAPI] = OpenApiDocuments.build(_groups(app))
     app[PROVIDER] = StoreProvider(
         store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe
     )
@@ -292,8 +319,9 @@ def create_app(
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)
-    get("/openapi/v2", openapi_absent, allow_head=False)
-    get("/openapi/v3", openapi_absent, allow_head=False)
+    get("/openapi/v2", openapi_v2, allow_head=False)
+    get("/openapi/v3", openapi_v3_discovery, allow_head=False)
+    get("/openapi/v3/{group_version:.+}", openapi_v3, allow_head=False)
     get("/apis", api_groups, allow_head=False)
     get("/apis/{group}", api_group, allow_head=False)
     get("/apis/{group}/{version}{tail:(/.*)?}", group_version, allow_head=False)
