@@ -22,7 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
+from adapter.connections import REFUSED_LOG, status_response
 from adapter.errors import NotReadyError, WattscaleError
+from adapter.logs import RateLimitedLog
 from adapter.objects import ObjectIndex
 from adapter.openapi import Document, OpenApiDocuments
 from adapter.provider import StoreProvider
@@ -69,10 +71,6 @@ def json_response(body: Mapping[str, Any] | str, status: int = 200, *, pretty: b
     return web.Response(text=text, status=status, content_type="application/json")
 
 
-def status_response(code: int, message: str, reason: str | None = None) -> web.Response:
-    return json_response(wire.status(code, message, reason), status=code)
-
-
 def _route_name(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -98,9 +96,9 @@ async def status_errors(request: web.Request, handler: Handler) -> web.StreamRes
         response = status_response(500, "Internal error occurred: the adapter failed to answer this request")
     route = _route_name(request)
     if response.status >= 400 and request.path not in HEALTH_PATHS:
-        # One line per refused request, so "why did the HPA get a 404" has an answer in the log.
-        # Never headers: they carry tokens.
-        log.info("api.request_failed", extra={"path": request.path, "code": response.status})
+        # One line per refused request, so "why did the HPA get a 404" has an answer in the log,
+        # rate-limited so no client can flood it. Never headers: they carry tokens.
+        request.app[REFUSED_LOG].info(path=request.path, code=response.status)
     self_metrics.requests.labels(route, str(response.status)).inc()
     self_metrics.request_duration.labels(route).observe(time.perf_counter() - started)
     return response
@@ -307,6 +305,7 @@ def create_app(
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
     app[LIVENESS] = Liveness()
+    app[REFUSED_LOG] = RateLimitedLog(log, "api.request_failed")
     app[OPENAPI] = OpenApiDocuments.build(_groups(app))
     app[PROVIDER] = StoreProvider(
         store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe

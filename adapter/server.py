@@ -17,6 +17,7 @@ from aiohttp import web
 
 from adapter.api import ApiSettings, create_app
 from adapter.auth import Authorizer, RequestAuthenticator
+from adapter.connections import GuardedAppRunner
 from adapter.objects import ObjectIndex
 from adapter.pipeline import Pipeline
 from adapter.selfmetrics import SelfMetrics
@@ -84,7 +85,7 @@ async def running(
         self_metrics_registry=self_metrics,
         settings=api_settings,
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = GuardedAppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(
         runner, serving.bind_address, serving.port, ssl_context=tls.listening_context, backlog=1024
