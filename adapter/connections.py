@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from adapter import wire
 from adapter.logs import RateLimitedLog
@@ -50,9 +50,17 @@ def status_response(code: int, message: str, reason: str | None = None) -> web.R
     return web.Response(text=text, status=code, content_type="application/json")
 
 
+class HeadersTooLarge(BadHttpMessage):
+    message_text = "Request Header Fields Too Large"
+    code = 431
+
+    def __init__(self) -> None:
+        super().__init__(self.message_text)
+
+
 def _refusal(exc: BaseException | None, status: int) -> tuple[int, str]:
     """(code, message) for what the parser refused, with Go's codes: headers too large -> 431."""
-    if isinstance(exc, LineTooLong) or (
+    if isinstance(exc, (LineTooLong, HeadersTooLarge)) or (
         isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message)
     ):
         return 431, "Request Header Fields Too Large"
@@ -88,6 +96,8 @@ class GuardedRequestHandler(RequestHandler):
         self._refused = refused
         self._header_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._head_request = False
+        """Whether the request being read is a HEAD: a refusal before it is parsed must have no body."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
@@ -102,11 +112,12 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         requests = self._request_count
         idle = self._current_request is None and not self._messages
+        if data and idle and self._header_bytes == 0:  # the first bytes of a request
+            self._head_request = data.startswith(b"HEAD ")
         super().data_received(data)
-        if self._request_count != requests:  # a whole header block arrived
+        if self._request_count != requests:  # whole header blocks arrived
             self._stop_waiting_for_headers()
-            if any(_header_bytes(message) > self._limits.max_header_bytes for message, _ in self._messages):
-                self._refuse_oversized_headers()
+            self._refuse_parsed_requests_go_would_not_serve()
         elif data and idle:
             if self._header_deadline is None:
                 self._await_headers()
@@ -130,6 +141,24 @@ class GuardedRequestHandler(RequestHandler):
             self._header_deadline = None
         self._header_bytes = 0
 
+    def _refuse_parsed_requests_go_would_not_serve(self) -> None:
+        """Headers over the byte budget (aiohttp limits each line, Go the whole block) and any HTTP
+        version but 1.x (aiohttp would answer "HTTP/2.0 ..." to a text request line) become errors,
+        answered in turn by `handle_error`."""
+        for position, (message, payload) in enumerate(self._messages):
+            if not isinstance(message, RawRequestMessage):
+                continue
+            error: BadHttpMessage | None = None
+            if _header_bytes(message) > self._limits.max_header_bytes:
+                error = HeadersTooLarge()
+            elif message.version.major != 1:
+                error = BadHttpMessage("unsupported protocol version")
+            if error is not None:
+                self._messages[position] = (
+                    _ErrInfo(status=error.code, exc=error, message=error.message),
+                    payload,
+                )
+
     def _header_timeout(self) -> None:
         # Go closes the connection without an answer when the header deadline passes; so do we.
         self._header_deadline = None
@@ -139,11 +168,11 @@ class GuardedRequestHandler(RequestHandler):
             self.transport.close()
 
     def _refuse_oversized_headers(self) -> None:
+        """Headers still arriving past the budget: answer now, before buffering any more of them."""
         self._stop_waiting_for_headers()
-        self._messages.clear()  # parsed, but never to be answered
         self._refused.info(code=431, error="request headers over the size limit", peer=str(self.peername))
         if self.transport is not None:
-            answer = wire.status_json(431, "Request Header Fields Too Large")
+            answer = wire.status_json(431, HeadersTooLarge.message_text)
             self.transport.write(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n{answer}".encode()
@@ -167,6 +196,8 @@ class GuardedRequestHandler(RequestHandler):
             code, text = _refusal(exc, status)
             self._refused.info(code=code, error=text, peer=str(request.remote))
         response = status_response(code, text)
+        if self._head_request or request.method == "HEAD":
+            response = web.Response(status=code, content_type="application/json")
         response.force_close()
         return response
 

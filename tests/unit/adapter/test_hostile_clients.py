@@ -156,6 +156,7 @@ async def test_an_unknown_expect_gets_a_417_status(server: Server) -> None:
         b"GET /apis HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
         b"GET /apis HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
         b"\x16\x03\x01\x00\x05hello\r\n\r\n",
+        b"GET /apis HTTP/2.0\r\nHost: x\r\n\r\n",  # aiohttp answered "HTTP/2.0 200" to this
     ],
 )
 async def test_malformed_requests_get_a_400_status_and_one_log_line(
@@ -175,6 +176,9 @@ async def test_a_failing_head_is_answered_without_a_body(server: Server) -> None
         code, _, body = await server.exchange(_request(path, method="HEAD"))
         assert code in (404, 405), (path, code)
         assert body == b"", (path, body)
+    # Refused by the parser, before aiohttp knows the method: still no body.
+    code, _, body = await server.exchange(_request("/apis", method="HEAD", headers=("Bad Name: 1",)))
+    assert (code, body) == (400, b"")
 
 
 async def test_connections_over_the_limit_are_closed_at_once(server: Server) -> None:
