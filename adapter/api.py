@@ -20,8 +20,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
+from adapter.connections import REFUSED_LOG, status_response
 from adapter.errors import NotReadyError, WattscaleError
+from adapter.logs import RateLimitedLog
 from adapter.objects import ObjectIndex
+from adapter.openapi import Document, OpenApiDocuments
 from adapter.provider import StoreProvider
 from adapter.query import (
     RouteNotFoundError,
@@ -57,6 +60,7 @@ SETTINGS = web.AppKey("api_settings", ApiSettings)
 LivenessCheck = Callable[[], Sequence[str]]
 LIVENESS: web.AppKey[LivenessCheck] = web.AppKey("liveness")
 """Internal tasks and processes that stopped and are not coming back: /livez fails with them."""
+OPENAPI = web.AppKey("openapi", OpenApiDocuments)
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -66,10 +70,6 @@ def json_response(body: Mapping[str, Any] | str, status: int = 200, *, pretty: b
     else:
         text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
     return web.Response(text=text, status=status, content_type="application/json")
-
-
-def status_response(code: int, message: str, reason: str | None = None) -> web.Response:
-    return json_response(wire.status(code, message, reason), status=code)
 
 
 def _route_name(request: web.Request) -> str:
@@ -97,9 +97,9 @@ async def status_errors(request: web.Request, handler: Handler) -> web.StreamRes
         response = status_response(500, "Internal error occurred: the adapter failed to answer this request")
     route = _route_name(request)
     if response.status >= 400 and request.path not in HEALTH_PATHS:
-        # One line per refused request, so "why did the HPA get a 404" has an answer in the log.
-        # Never headers: they carry tokens.
-        log.info("api.request_failed", extra={"path": request.path, "code": response.status})
+        # One line per refused request, so "why did the HPA get a 404" has an answer in the log,
+        # rate-limited so no client can flood it. Never headers: they carry tokens.
+        request.app[REFUSED_LOG].info(path=request.path, code=response.status)
     self_metrics.requests.labels(route, str(response.status)).inc()
     self_metrics.request_duration.labels(route).observe(time.perf_counter() - started)
     return response
@@ -147,27 +147,27 @@ def _pretty(request: web.Request) -> bool:
     return request.query.get("pretty", "").lower() == "true"
 
 
-async def health(request: web.Request) -> web.Response:
+def _unhealthy(problems: list[str]) -> web.Response:
+    return web.Response(text="not ok: " + "; ".join(problems), status=503)
+
+
+async def ping(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
 async def livez(request: web.Request) -> web.Response:
-    problems = request.app[LIVENESS]()
-    if problems:
-        return web.Response(text="not alive: " + "; ".join(problems), status=503)
-    return web.Response(text="ok")
+    problems = list(request.app[LIVENESS]())
+    return _unhealthy(problems) if problems else web.Response(text="ok")
 
 
 async def readyz(request: web.Request) -> web.Response:
     store, index = request.app[STORE], request.app[INDEX]
-    problems = []
+    problems = list(request.app[LIVENESS]())
     if not index.synced():
         problems.append("object caches not synced")
     if not store.ready:
         problems.append("no metrics estimated yet")
-    if problems:
-        return web.Response(text="not ready: " + "; ".join(problems), status=503)
-    return web.Response(text="ok")
+    return _unhealthy(problems) if problems else web.Response(text="ok")
 
 
 async def version(request: web.Request) -> web.Response:
@@ -233,9 +233,33 @@ async def group_version(request: web.Request) -> web.Response:
     return json_response(wire.external_metric_value_list(external.metric, values), pretty=_pretty(request))
 
 
-async def openapi_absent(request: web.Request) -> web.Response:
-    # The aggregator treats 404 as "no spec" and skips it silently (custom-metrics-api.md §6.7).
-    raise RouteNotFoundError()
+def _document_response(request: web.Request, document: Document, cache_control: str) -> web.Response:
+    headers = {"ETag": document.etag, "Cache-Control": cache_control}
+    if document.etag in request.headers.getall("If-None-Match", []):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=document.body, content_type="application/json", headers=headers)
+
+
+async def openapi_v2(request: web.Request) -> web.Response:
+    return _document_response(request, request.app[OPENAPI].v2, "no-cache, private")
+
+
+async def openapi_v3_discovery(request: web.Request) -> web.Response:
+    return _document_response(request, request.app[OPENAPI].v3_discovery, "no-cache, private")
+
+
+async def openapi_v3(request: web.Request) -> web.Response:
+    key = request.match_info["group_version"]
+    document = request.app[OPENAPI].v3.get(key)
+    if document is None:
+        raise RouteNotFoundError()
+    wanted = request.query.get("hash")
+    current = document.etag.strip('"')
+    if wanted is None:
+        return _document_response(request, document, "no-cache, private")
+    if wanted != current:  # an old link: send the client to the document of now, as handler3 does
+        return web.Response(status=301, headers={"Location": f"/openapi/v3/{key}?hash={current}"})
+    return _document_response(request, document, "public, immutable")
 
 
 def create_app(
@@ -258,19 +282,22 @@ def create_app(
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
     app[LIVENESS] = liveness
+    app[REFUSED_LOG] = RateLimitedLog(log, "api.request_failed")
+    app[OPENAPI] = OpenApiDocuments.build(_groups(app))
     app[PROVIDER] = StoreProvider(
         store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe
     )
     get = app.router.add_get
-    for path in ("/healthz/ping", "/livez/ping", "/readyz/ping"):
-        get(path, health, allow_head=False)
     for path in ("/healthz", "/livez"):
         get(path, livez, allow_head=False)
+    for path in ("/healthz/ping", "/livez/ping", "/readyz/ping"):
+        get(path, ping, allow_head=False)
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)
-    get("/openapi/v2", openapi_absent, allow_head=False)
-    get("/openapi/v3", openapi_absent, allow_head=False)
+    get("/openapi/v2", openapi_v2, allow_head=False)
+    get("/openapi/v3", openapi_v3_discovery, allow_head=False)
+    get("/openapi/v3/{group_version:.+}", openapi_v3, allow_head=False)
     get("/apis", api_groups, allow_head=False)
     get("/apis/{group}", api_group, allow_head=False)
     get("/apis/{group}/{version}{tail:(/.*)?}", group_version, allow_head=False)

@@ -114,3 +114,9 @@ class PipelineMetrics:
             "Values in the metric store after the last pass.",
             registry=self.registry,
         )
+        self.auth_cache = Counter(
+            "wattscale_auth_reviews_total",
+            "TokenReviews and SubjectAccessReviews sent to the API server.",
+            ["kind"],
+            registry=self.registry,
+        )

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from adapter.api import ApiSettings, create_app
 from adapter.auth import Authorizer, RequestAuthenticator
+from adapter.connections import GuardedAppRunner
 from adapter.errors import ConfigError
 from adapter.objects import ObjectIndex
 from adapter.selfmetrics import SelfMetrics
@@ -102,7 +103,7 @@ async def running(
             settings=api_settings,
             liveness=lambda: [*supervisor.problems(), *process.problems],
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = GuardedAppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
             runner, serving.bind_address, serving.port, ssl_context=tls.listening_context, backlog=1024

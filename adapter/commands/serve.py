@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -96,7 +95,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator, Authenticator, Authorizer
-    from adapter.kube_auth import ExtensionAuthentication, KubeAccessReviewer, KubeTokenReviewer
+    from adapter.kube_auth import (
+        AUTH_WATCH_TASK,
+        ExtensionAuthentication,
+        KubeAccessReviewer,
+        KubeTokenReviewer,
+    )
     from adapter.kube_cache import KubeIndexSource
     from adapter.pipeline import settings_collectors
     from adapter.selfmetrics import SelfMetrics
@@ -154,11 +158,10 @@ async def _serve(args: argparse.Namespace) -> int:
             if tls_holder:
                 tls_holder[0].update_client_cas(auth_config.ca_pem())
 
-        extension = ExtensionAuthentication(api, on_auth_change)
+        extension = ExtensionAuthentication(api, on_auth_change, self_metrics=self_metrics)
         resource_version = await extension.load()
         tls = serving_tls(serving, request_client_certificates=True, client_ca_pem=extension.current.ca_pem())
         tls_holder.append(tls)
-        follow = asyncio.create_task(extension.follow(resource_version), name="auth-configmap")
         # The object cache runs in the worker, which needs the objects for estimation; the server
         # mirrors it from the worker's reports.
         worker = WorkerSpec(
@@ -168,24 +171,22 @@ async def _serve(args: argparse.Namespace) -> int:
             racks=cluster_racks,
             log_level=args.log_level,
         )
-        try:
-            async with running(
-                serving=serving,
-                tls=tls,
-                worker=worker,
-                store=store,
-                index=worker.index.serving_index(store),
-                authenticator=Authenticator(lambda: extension.current, KubeTokenReviewer(api, self_metrics)),
-                authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
-                self_metrics=self_metrics,
-                api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
-            ):
-                log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
-                await until_signalled()
-        finally:
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow
+        async with running(
+            serving=serving,
+            tls=tls,
+            worker=worker,
+            store=store,
+            index=worker.index.serving_index(store),
+            authenticator=Authenticator(lambda: extension.current, KubeTokenReviewer(api, self_metrics)),
+            authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
+            self_metrics=self_metrics,
+            api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
+        ) as serving_now:
+            # The first watch resumes from the version just loaded; a restarted one lists again.
+            resume_from = iter([resource_version])
+            serving_now.supervisor.start(AUTH_WATCH_TASK, lambda: extension.follow(next(resume_from, "")))
+            log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
+            await until_signalled()
     return 0
 
 

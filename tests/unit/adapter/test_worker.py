@@ -144,7 +144,7 @@ async def test_livez_answers_with_the_liveness_problems(aiohttp_client: Callable
     problems.append("worker: failed 5 times in a row")
     response = await client.get("/livez")
     assert response.status == 503
-    assert await response.text() == "not alive: worker: failed 5 times in a row"
+    assert await response.text() == "not ok: worker: failed 5 times in a row"
     assert (await client.get("/livez/ping")).status == 200  # ping only says the server answers
 
 
