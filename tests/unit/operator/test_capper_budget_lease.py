@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from adapter.capper.budget import BudgetError, label_selector, parse_budget
-from adapter.capper.lease import LeaseElector
-from adapter.capper.policy import PRIORITY_HIGH, PRIORITY_LOW, PolicyConfig
 from adapter.cli import main
+from poweroperator.budget import BudgetError, label_selector, parse_budget
+from poweroperator.lease import LeaseElector
+from poweroperator.policy import PRIORITY_HIGH, PRIORITY_LOW, PolicyConfig
 
 CRD = Path(__file__).resolve().parents[3] / "apiservice" / "powerbudget-crd.yaml"
 
@@ -176,6 +179,87 @@ async def test_one_replica_leads_until_its_lease_expires_then_another_takes_over
     assert await a.try_acquire_or_renew() is False and a.is_leader is False
 
 
+async def test_a_holder_whose_clock_runs_behind_keeps_the_lease_while_it_renews() -> None:
+    # a's wall clock is an hour behind b's: every renewTime a writes looks an hour old to b. Only whether
+    # the record changes, timed on b's own clock, may decide.
+    api = FakeLeaseApi()
+    monotonic = [0.0]
+    a = LeaseElector(
+        api,  # type: ignore[arg-type]
+        namespace="ns",
+        name="l",
+        identity="a",
+        clock=lambda: monotonic[0],
+        wall_clock=lambda: 1_000_000.0 + monotonic[0] - 3600,
+    )
+    b = LeaseElector(
+        api,  # type: ignore[arg-type]
+        namespace="ns",
+        name="l",
+        identity="b",
+        clock=lambda: monotonic[0] + 500.0,  # monotonic clocks share no origin either
+        wall_clock=lambda: 1_000_000.0 + monotonic[0],
+    )
+    for _ in range(30):
+        assert await a.try_acquire_or_renew() is True
+        assert await b.try_acquire_or_renew() is False
+        monotonic[0] += 2.0
+
+    assert b.holder == "a"
+
+
+async def test_a_dead_holder_whose_clock_ran_ahead_is_replaced_after_one_lease_duration() -> None:
+    api = FakeLeaseApi()
+    monotonic = [0.0]
+    a = LeaseElector(
+        api,  # type: ignore[arg-type]
+        namespace="ns",
+        name="l",
+        identity="a",
+        lease_seconds=15,
+        clock=lambda: monotonic[0],
+        wall_clock=lambda: 1_000_000.0 + monotonic[0] + 3600,  # an hour ahead
+    )
+    b = LeaseElector(
+        api,  # type: ignore[arg-type]
+        namespace="ns",
+        name="l",
+        identity="b",
+        clock=lambda: monotonic[0],
+        wall_clock=lambda: 1_000_000.0 + monotonic[0],
+    )
+    assert await a.try_acquire_or_renew() is True
+    taken_at = None
+    while monotonic[0] < 60:  # a has died: the record stops changing
+        if await b.try_acquire_or_renew():
+            taken_at = monotonic[0]
+            break
+        monotonic[0] += 1.0
+
+    assert taken_at is not None and 15 <= taken_at <= 16
+
+
+async def test_an_unreachable_api_server_costs_the_lead_not_the_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FakeUnreachableLeaseApi:
+        async def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
+            raise aiohttp.ClientConnectionError("connection refused")
+
+    elector = LeaseElector(
+        FakeUnreachableLeaseApi(),  # type: ignore[arg-type]
+        namespace="ns",
+        name="l",
+        identity="a",
+    )
+    with caplog.at_level(logging.WARNING):
+        assert await elector.try_acquire_or_renew() is False
+        assert await elector.try_acquire_or_renew() is False
+
+    errors = [r for r in caplog.records if r.getMessage() == "operator.lease.error"]
+    assert len(errors) == 1 and "connection refused" in errors[0].__dict__["error"]
+
+
 async def test_a_leader_does_not_rewrite_the_lease_every_period() -> None:
     api = FakeLeaseApi()
     now = [0.0]
@@ -212,3 +296,41 @@ def test_capper_without_a_cluster_exits_with_a_usage_error(
 
     assert main(["capper", "--once", "--metrics-port", "0"]) == 2
     assert "no cluster" in capsys.readouterr().err
+
+
+def test_operator_logs_are_json_lines_with_their_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An API server nobody listens on: the lease cannot be read, which the operator logs and survives.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    code = main(
+        [
+            "operator",
+            "--once",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+        ]
+    )
+
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line["event"] == "operator.lease.error"]
+    assert errors and errors[0]["lease"] == "wattscale-operator" and "127.0.0.1" in errors[0]["error"]

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapter.capper.policy import PRIORITY_BY_CLASS, PolicyConfig
+from poweroperator.policy import PRIORITY_BY_CLASS, PolicyConfig
 
 GROUP = "wattscale.io"
 VERSION = "v1alpha1"

@@ -1,5 +1,5 @@
 """The live capping loop: every period, for every PowerBudget, read the rack and its GPUs, ask the policy
-(`adapter.capper.policy.decide`, the same code the simulator runs), and act through the node agents.
+(`poweroperator.policy.decide`, the same code the simulator runs), and act through the node agents.
 
 Per budget and period:
 1. Nodes from the budget's nodeSelector; each node's agent (`GET /v1/gpus`). A node whose agent fails
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from adapter.capper.agents import AgentClient, AgentError, GpuReading
-from adapter.capper.budget import BudgetError, BudgetSpec, parse_budget
-from adapter.capper.cluster import Cluster, ClusterError, RackReading
-from adapter.capper.policy import Action, Decision, PolicyState, RackObservation, decide
+from poweroperator.agents import AgentClient, AgentError, GpuReading
+from poweroperator.budget import BudgetError, BudgetSpec, parse_budget
+from poweroperator.cluster import Cluster, ClusterError, RackReading
+from poweroperator.policy import Action, Decision, PolicyState, RackObservation, decide
 
 log = logging.getLogger(__name__)
 

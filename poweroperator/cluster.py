@@ -13,18 +13,15 @@ annotation and written back when headroom returns.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from adapter.capper.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload, label_selector
-
-if TYPE_CHECKING:
-    from adapter.store import MetricStore
+from poweroperator.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload, label_selector
 
 AGENT_URL_ANNOTATION = "wattscale.io/agent-url"
 CONFIGURED_MAX_ANNOTATION = "wattscale.io/configured-max-replicas"
@@ -96,30 +93,8 @@ def _quantity(text: object) -> float:
     return float(parse_quantity(str(text)))  # type: ignore[no-untyped-call]
 
 
-RackPowerReader = Callable[[str], Awaitable[RackReading]]
-
 LATEST_RACK_POWER = "rack_power_latest_watts"
 """The PDUs' newest readings: a loop that acts every second must not act on a 60 s average."""
-
-
-def store_rack_power(store: MetricStore) -> RackPowerReader:
-    """Read rack power from the adapter's own store: for a capper running in the adapter's process."""
-    from adapter.errors import WattscaleError
-    from adapter.store import ObjectRef
-
-    async def read(budget: str) -> RackReading:
-        ref = ObjectRef(f"{PLURAL}.{GROUP}", "", budget)
-        try:
-            try:
-                power = store.get(ref, LATEST_RACK_POWER)
-            except WattscaleError:  # no PDU on this rack, or it fell silent: the window average
-                power = store.get(ref, "rack_power_watts")
-            headroom = store.get(ref, "rack_power_headroom_watts")
-        except WattscaleError as exc:
-            raise ClusterError(f"store: {exc}") from exc
-        return RackReading(power.value, headroom.value, power.timestamp_seconds)
-
-    return read
 
 
 class KubeCluster:
@@ -129,9 +104,7 @@ class KubeCluster:
         *,
         agent_url_template: str,
         identity: str = "wattscale-capper",
-        rack_power_reader: RackPowerReader | None = None,
     ) -> None:
-        self._rack_power_reader = rack_power_reader
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -196,8 +169,6 @@ class KubeCluster:
         return _quantity(items[0]["value"]), _seconds(items[0]["timestamp"])
 
     async def rack_power(self, budget: str) -> RackReading:
-        if self._rack_power_reader is not None:
-            return await self._rack_power_reader(budget)
         try:
             power, stamp = await self._custom_metric(budget, LATEST_RACK_POWER)
         except ClusterError:  # no PDU on this rack, or it fell silent: the window average

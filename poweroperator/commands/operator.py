@@ -1,4 +1,4 @@
-"""`wattscale capper`: keep every PowerBudget's rack under its cap (leader-elected; see adapter.capper)."""
+"""`wattscale operator` (alias `capper`): reconcile every PowerBudget (leader-elected; see poweroperator)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import socket
 from pathlib import Path
 
-HELP = "keep racks under their PowerBudget caps by setting GPU power limits and replica ceilings"
+HELP = (
+    "keep racks under their PowerBudget caps: GPU power limits, KEDA-scaled workloads bounded by the "
+    "budget, and placement away from overdrawn racks"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else kube-system)",
     )
     parser.add_argument(
-        "--lease-name", default="wattscale-capper", help="Lease name (default: wattscale-capper)"
+        "--lease-name", default="wattscale-operator", help="Lease name (default: wattscale-operator)"
     )
     parser.add_argument("--lease-seconds", type=int, default=15, help="lease duration (default: 15)")
     parser.add_argument("--interval-seconds", type=float, default=1.0, help="control period (default: 1)")
@@ -54,12 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
     import sys
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.interval_seconds <= 0:
-        print("capper: --interval-seconds must be > 0", file=sys.stderr)
+        print("operator: --interval-seconds must be > 0", file=sys.stderr)
         return 2
     return asyncio.run(_run(args))
 
@@ -75,17 +76,17 @@ async def _run(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from adapter.capper.agents import AgentClient
-    from adapter.capper.cluster import KubeCluster
-    from adapter.capper.lease import LeaseElector
-    from adapter.capper.loop import Capper, CapperMetrics
+    from poweroperator.agents import AgentClient
+    from poweroperator.cluster import KubeCluster
+    from poweroperator.lease import LeaseElector
+    from poweroperator.loop import Capper, CapperMetrics
 
     if args.kubeconfig is not None:
         await config.load_kube_config(config_file=str(args.kubeconfig))
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     else:
-        print("capper: no cluster (no --kubeconfig, not in a pod)", file=sys.stderr)
+        print("operator: no cluster (no --kubeconfig, not in a pod)", file=sys.stderr)
         return 2
     token = args.agent_token_file.read_text(encoding="utf-8").strip() if args.agent_token_file else None
 
