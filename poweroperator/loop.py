@@ -270,7 +270,7 @@ class Capper:
             gpu_max_watts=np.array([g.limit_max_watts for g in gpus]),
             gpu_priority=priority,
         )
-        decision = decide(budget.policy_config(), runtime.policy_state, obs)
+        decision = decide(budget.policy, runtime.policy_state, obs)
         runtime.policy_state = decision.state
         runtime.order = [g.uuid for g in gpus]
         self.metrics.limited_gpus.labels(budget.name).set(

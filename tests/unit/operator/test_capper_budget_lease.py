@@ -16,6 +16,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from adapter.cli import main
 from poweroperator.budget import BudgetError, label_selector, parse_budget
+from poweroperator.crd import render
 from poweroperator.lease import LeaseElector
 from poweroperator.policy import PRIORITY_HIGH, PRIORITY_LOW, PolicyConfig
 
@@ -38,7 +39,7 @@ def test_a_minimal_budget_is_dry_run_with_the_default_thresholds() -> None:
 
     assert budget.enforce is False
     assert budget.node_selector == "wattscale.io/rack=rack-a"
-    config = budget.policy_config()
+    config = budget.policy
     defaults = PolicyConfig(cap_watts=40_800)
     assert (config.soft_ratio, config.hard_ratio, config.guard_ratio, config.rack_watts_per_gpu_watt) == (
         defaults.soft_ratio,
@@ -48,24 +49,23 @@ def test_a_minimal_budget_is_dry_run_with_the_default_thresholds() -> None:
     )
 
 
+def test_the_checked_in_crd_is_the_generated_one() -> None:
+    assert CRD.read_text(encoding="utf-8") == render(), "run: python -m poweroperator.crd > " + str(CRD)
+
+
 def test_the_crd_defaults_are_the_policy_defaults() -> None:
     crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     thresholds = spec["thresholds"]["properties"]
     defaults = PolicyConfig(cap_watts=1.0)
     assert thresholds["softRatio"]["default"] == defaults.soft_ratio
-    assert thresholds["hardRatio"]["default"] == defaults.hard_ratio
-    assert thresholds["hysteresisRatio"]["default"] == defaults.hysteresis_ratio
-    assert thresholds["restoreAfterSeconds"]["default"] == defaults.restore_after_seconds
     assert thresholds["guardRatio"]["default"] == defaults.guard_ratio
-    assert thresholds["guardPriorityStepWatts"]["default"] == defaults.guard_priority_step_watts
-    assert thresholds["staleAfterSeconds"]["default"] == defaults.stale_after_seconds
     assert thresholds["staleLowerAfterSeconds"]["default"] == defaults.stale_lower_after_seconds
-    assert spec["mode"]["default"] == "dryRun"
     assert spec["rackWattsPerGpuWatt"]["default"] == defaults.rack_watts_per_gpu_watt
-    columns = {c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
-    assert {"Cap", "Power", "Headroom"} <= columns
-    assert crd["spec"]["scope"] == "Cluster" and crd["spec"]["group"] == "wattscale.io"
+    assert spec["mode"]["default"] == "dryRun"
+    scaling = spec["workloads"]["items"]["properties"]["scaling"]
+    assert scaling["properties"]["mode"]["default"] == "unmanaged"
+    assert len(scaling["x-kubernetes-validations"]) == 4
 
 
 def test_workload_priorities_and_enforce_mode_are_read() -> None:
@@ -80,7 +80,7 @@ def test_workload_priorities_and_enforce_mode_are_read() -> None:
         )
     )
 
-    assert budget.enforce is True and budget.guard_ratio is None
+    assert budget.enforce is True and budget.policy.guard_ratio is None
     assert [w.priority for w in budget.workloads] == [PRIORITY_HIGH, PRIORITY_LOW]
     assert budget.workloads[1].replica_peak_power_watts == 900.0
 
@@ -334,3 +334,57 @@ def test_operator_logs_are_json_lines_with_their_fields(
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     errors = [line for line in lines if line["event"] == "operator.lease.error"]
     assert errors and errors[0]["lease"] == "wattscale-operator" and "127.0.0.1" in errors[0]["error"]
+
+
+def managed(**scaling: Any) -> dict[str, Any]:
+    return {
+        "kind": "Deployment",
+        "namespace": "llm",
+        "name": "llama",
+        "scaling": {"mode": "managed", **scaling},
+    }
+
+
+QUEUE = {
+    "name": "queue",
+    "type": "prometheus",
+    "metadata": {"query": "q", "threshold": "4"},
+    "replicaTarget": 4,
+}
+
+
+def test_a_managed_workload_gets_the_schema_defaults() -> None:
+    budget = parse_budget(minimal(workloads=[managed(maxReplicas=8, demand=[QUEUE])]))
+
+    scaling = budget.workloads[0].scaling
+    assert scaling is not None
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.polling_interval_seconds) == (1, 8, 15)
+    assert [(d.name, d.type, d.replica_target) for d in scaling.demand] == [("queue", "prometheus", 4.0)]
+
+
+def test_an_unmanaged_workload_has_no_scaling() -> None:
+    budget = parse_budget(minimal(workloads=[{"kind": "Deployment", "namespace": "a", "name": "b"}]))
+
+    assert budget.workloads[0].scaling is None
+
+
+@pytest.mark.parametrize(
+    ("scaling", "problem"),
+    [
+        ({"maxReplicas": 4}, "demand: one or more"),
+        ({"demand": [QUEUE]}, "maxReplicas: required"),
+        ({"minReplicas": 5, "maxReplicas": 4, "demand": [QUEUE]}, "minReplicas 5 > maxReplicas 4"),
+        ({"maxReplicas": 4, "demand": [QUEUE, QUEUE]}, "names must be unique"),
+        (
+            {"maxReplicas": 4, "demand": [{**QUEUE, "name": "wattscale_budget"}]},
+            "other than wattscale_budget",
+        ),
+        ({"maxReplicas": 4, "demand": [{**QUEUE, "name": "queue-depth"}]}, "identifier"),
+        ({"maxReplicas": 4, "demand": [{**QUEUE, "replicaTarget": 0}]}, "replicaTarget: must be > 0"),
+    ],
+)
+def test_a_managed_workload_breaking_a_cel_rule_is_refused_by_the_parser_too(
+    scaling: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(BudgetError, match=problem):
+        parse_budget(minimal(workloads=[managed(**scaling)]))
