@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -264,3 +265,140 @@ class KubeCluster:
             )
         except ApiException as exc:
             raise ClusterError(f"patch {target.resource} {ns}/{target.name}: HTTP {exc.status}") from exc
+
+
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ObjectError(Exception):
+    """The API refused or failed a request on an object; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    existed: bool
+    changed: bool
+    """The object differs from what was there (in dryRun: would differ)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+
+
+_PATHS: dict[tuple[str, str], tuple[str, str]] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): ("/apis/keda.sh/v1alpha1", "scaledobjects"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ("/apis/keda.sh/v1alpha1", "triggerauthentications"),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    ("serving.kserve.io/v1beta1", "InferenceService"): (
+        "/apis/serving.kserve.io/v1beta1",
+        "inferenceservices",
+    ),
+}
+
+
+class KubeObjectClient:
+    """Server-side apply, get, delete and list of the namespaced objects the operator owns (scaling.KubeObjects)."""
+
+    def __init__(self, api_client: client.ApiClient, *, field_manager: str) -> None:
+        self._api = api_client
+        self._field_manager = field_manager
+
+    async def _call(
+        self, path: str, method: str, *, query: list[tuple[str, str]] | None = None, body: Any = None
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if method == "PATCH":
+            headers["Content-Type"] = APPLY_PATCH
+        try:
+            return await self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                response_types_map={200: "object", 201: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status == 404 and method in ("GET", "DELETE"):
+                return None
+            raise ObjectError(f"{method} {path}: HTTP {exc.status}: {_reason(exc)}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ObjectError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _path(kind: tuple[str, str], namespace: str, name: str) -> str:
+        prefix, plural = _PATHS[kind]
+        return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+
+    async def get(self, kind: tuple[str, str], namespace: str, name: str) -> Mapping[str, Any] | None:
+        found: Mapping[str, Any] | None = await self._call(self._path(kind, namespace, name), "GET")
+        return found
+
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool) -> Applied:
+        kind = (str(obj["apiVersion"]), str(obj["kind"]))
+        metadata = obj["metadata"]
+        path = self._path(kind, metadata["namespace"], metadata["name"])
+        before = await self._call(path, "GET")
+        query = [("fieldManager", self._field_manager), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        after = await self._call(path, "PATCH", query=query, body=dict(obj))
+        if before is None:
+            return Applied(existed=False, changed=True)
+        if dry_run:  # nothing was stored, so the resourceVersion cannot tell: compare what we manage
+            return Applied(existed=True, changed=_differs(obj, before))
+        return Applied(
+            existed=True,
+            changed=before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion"),
+        )
+
+    async def delete(self, kind: tuple[str, str], namespace: str, name: str) -> None:
+        await self._call(self._path(kind, namespace, name), "DELETE")
+
+    async def list_managed(self, kind: tuple[str, str]) -> list[Listed]:
+        from poweroperator.keda import LABEL_MANAGED_BY, MANAGED_BY
+
+        prefix, plural = _PATHS[kind]
+        listed = await self._call(
+            f"{prefix}/{plural}", "GET", query=[("labelSelector", f"{LABEL_MANAGED_BY}={MANAGED_BY}")]
+        )
+        if listed is None:  # the kind is not installed (no KEDA): nothing of ours exists
+            return []
+        return [
+            Listed(
+                item["metadata"].get("namespace", ""),
+                item["metadata"]["name"],
+                item["metadata"].get("labels") or {},
+            )
+            for item in listed.get("items") or []
+        ]
+
+
+def _reason(exc: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or b"").get("message", ""))[:300]
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason or "")
+
+
+def _differs(desired: object, current: object) -> bool:
+    """Whether any field we set differs from the stored object (ignoring fields only others set)."""
+    if isinstance(desired, Mapping):
+        if not isinstance(current, Mapping):
+            return True
+        return any(_differs(value, current.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        return (
+            not isinstance(current, list)
+            or len(desired) != len(current)
+            or any(_differs(d, c) for d, c in zip(desired, current, strict=True))
+        )
+    return bool(desired != current)

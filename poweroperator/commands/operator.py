@@ -46,6 +46,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--agent-token-file", type=Path, help="bearer token the agents accept for power-limit changes"
     )
     parser.add_argument(
+        "--adapter-url",
+        default="https://wattscale.wattscale.svc:443",
+        help="where KEDA reaches the adapter: the power trigger's URL starts with it "
+        "(default: https://wattscale.wattscale.svc:443)",
+    )
+    parser.add_argument(
+        "--keda-namespace", default="keda", help="namespace of KEDA's operator (default: keda)"
+    )
+    parser.add_argument(
+        "--keda-service-account",
+        default="keda-operator",
+        help="KEDA operator's ServiceAccount, allowed to mint the power reader's token (default: keda-operator)",
+    )
+    parser.add_argument(
+        "--reconcile-period-seconds",
+        type=float,
+        default=15.0,
+        help="how often KEDA objects and placement marks are reconciled (default: 15)",
+    )
+    parser.add_argument(
         "--metrics-address", default="0.0.0.0", help="bind address of /metrics (default: 0.0.0.0)"
     )
     parser.add_argument(
@@ -77,9 +97,11 @@ async def _run(args: argparse.Namespace) -> int:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from poweroperator.agents import AgentClient
-    from poweroperator.cluster import KubeCluster
+    from poweroperator.cluster import KubeCluster, KubeObjectClient
+    from poweroperator.keda import FIELD_MANAGER, KedaSettings
     from poweroperator.lease import LeaseElector
     from poweroperator.loop import Capper, CapperMetrics
+    from poweroperator.scaling import ScalingReconciler
 
     if args.kubeconfig is not None:
         await config.load_kube_config(config_file=str(args.kubeconfig))
@@ -127,6 +149,15 @@ async def _run(args: argparse.Namespace) -> int:
             metrics=metrics,
             identity=args.identity,
             replica_period_seconds=args.replica_period_seconds,
+            reconcile_period_seconds=args.reconcile_period_seconds,
+        )
+        keda = KedaSettings(
+            adapter_url=args.adapter_url,
+            keda_namespace=args.keda_namespace,
+            keda_service_account=args.keda_service_account,
+        )
+        capper.reconcilers.append(
+            ScalingReconciler(KubeObjectClient(api, field_manager=FIELD_MANAGER), keda, capper.event)
         )
         try:
             while not stop.is_set():

@@ -28,6 +28,7 @@ from cryptography.x509 import verification
 from adapter.cli import main
 from adapter.commands import manifests
 from adapter.settings import Settings
+from poweroperator import keda
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "llm-power"
@@ -393,8 +394,31 @@ def test_operator_objects_round_trip_and_run_as_the_operator_expects() -> None:
     assert container["args"][0] == "operator"
     assert {e["name"] for e in container["env"]} == {"POD_NAME", "POD_NAMESPACE"}  # Lease identity
     assert deployment["spec"]["replicas"] == 2
-    rules = one(objects, "ClusterRole")["rules"]
+    rules = one(objects, "ClusterRole", "wattscale-operator")["rules"]
     assert {"apiGroups": ["wattscale.io"], "resources": ["powerbudgets/status"], "verbs": ["patch"]} in rules
+    # The operator may grant exactly the two roles its KEDA objects need, and KEDA may mint only the
+    # reader account's tokens with them.
+    bind = [r for r in rules if r["verbs"] == ["bind"]]
+    assert bind == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [keda.READER_CLUSTER_ROLE, keda.TOKEN_CLUSTER_ROLE],
+        }
+    ]
+    token_rules = one(objects, "ClusterRole", keda.TOKEN_CLUSTER_ROLE)["rules"]
+    assert token_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["serviceaccounts/token"],
+            "verbs": ["create"],
+            "resourceNames": [keda.READER_ACCOUNT],
+        }
+    ]
+    assert one(objects, "ClusterRole", keda.READER_CLUSTER_ROLE)["rules"][0]["apiGroups"] == [
+        "custom.metrics.k8s.io"
+    ]
     lease_rules = one(objects, "Role")["rules"]
     assert lease_rules == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
