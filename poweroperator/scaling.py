@@ -193,12 +193,12 @@ class ScalingReconciler:
             await self.objects.delete(kind, item.namespace, item.name)
             log.info(
                 "operator.scaling.deleted",
-                extra={"kind": kind[1], "namespace": item.namespace, "name": item.name},
+                extra={"kind": kind[1], "namespace": item.namespace, "object": item.name},
             )
         except ObjectError as exc:
             log.warning(
                 "operator.scaling.delete_failed",
-                extra={"kind": kind[1], "name": item.name, "error": str(exc)},
+                extra={"kind": kind[1], "object": item.name, "error": str(exc)},
             )
 
     async def _release_inference_service(self, item: Listed) -> None:
@@ -208,4 +208,4 @@ class ScalingReconciler:
             if await self.objects.get(INFERENCE_SERVICE, item.namespace, name) is not None:
                 await self.objects.apply(keda.inference_service_class(workload, managed=False), dry_run=False)
         except ObjectError as exc:
-            log.warning("operator.scaling.release_failed", extra={"name": name, "error": str(exc)})
+            log.warning("operator.scaling.release_failed", extra={"object": name, "error": str(exc)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,7 @@ async def test_a_released_lease_is_taken_at_once() -> None:
     assert await b.try_acquire_or_renew() is True
 
 
+@pytest.mark.usefixtures("restored_logging")
 def test_capper_without_a_cluster_exits_with_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -298,6 +300,17 @@ def test_capper_without_a_cluster_exits_with_a_usage_error(
     assert "no cluster" in capsys.readouterr().err
 
 
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The command sets up the root logger for the process; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restored_logging")
 def test_operator_logs_are_json_lines_with_their_fields(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
