@@ -137,6 +137,39 @@ class KubeCluster:
             targets.append(NodeTarget(node.metadata.name, url))
         return sorted(targets, key=lambda t: t.name)
 
+    async def rack_nodes(self, selector: str) -> list[str]:
+        return [node.name for node in await self.nodes(selector)]
+
+    async def nodes_tainted(self, key: str) -> dict[str, str]:
+        try:
+            listed = await self._core.list_node()
+        except ApiException as exc:
+            raise ClusterError(f"list nodes: HTTP {exc.status}") from exc
+        return {
+            node.metadata.name: taint.value or ""
+            for node in listed.items
+            for taint in (node.spec.taints or [] if node.spec else [])
+            if taint.key == key
+        }
+
+    async def set_taint(self, node: str, key: str, value: str | None, effect: str) -> None:
+        """Read-modify-write with the resourceVersion: a taint the kubelet or another controller added
+        meanwhile is never lost (409, retried next period)."""
+        try:
+            current = await self._core.read_node(node)
+            taints = [
+                t.to_dict() for t in (current.spec.taints or [] if current.spec else []) if t.key != key
+            ]
+            if value is not None:
+                taints.append({"key": key, "value": value, "effect": effect})
+            body = {
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"taints": taints},
+            }
+            await self._core.patch_node(node, body, _content_type=MERGE_PATCH)  # type: ignore[call-arg]
+        except ApiException as exc:
+            raise ClusterError(f"taint node {node}: HTTP {exc.status}") from exc
+
     async def workload_pods(self, workload: Workload) -> set[tuple[str, str]]:
         try:
             if workload.kind == "InferenceService":

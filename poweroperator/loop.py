@@ -377,7 +377,8 @@ class Capper:
         rack = runtime.rack
         mode = "enforce" if budget.enforce else "dryRun"
         for workload in budget.workloads:
-            if workload.replica_peak_power_watts is None:
+            # A managed workload's ScaledObject already stops at the budget (its power trigger).
+            if workload.replica_peak_power_watts is None or workload.scaling is not None:
                 continue
             if rack is None:
                 return

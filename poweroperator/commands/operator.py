@@ -60,6 +60,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="KEDA operator's ServiceAccount, allowed to mint the power reader's token (default: keda-operator)",
     )
     parser.add_argument(
+        "--placement-after-seconds",
+        type=float,
+        default=30.0,
+        help="how long a rack must be without headroom (or back above the hysteresis band) before its "
+        "nodes are marked PreferNoSchedule (or cleared) (default: 30)",
+    )
+    parser.add_argument(
         "--reconcile-period-seconds",
         type=float,
         default=15.0,
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
+    import logging
     import signal
     import sys
 
@@ -101,7 +109,10 @@ async def _run(args: argparse.Namespace) -> int:
     from poweroperator.keda import FIELD_MANAGER, KedaSettings
     from poweroperator.lease import LeaseElector
     from poweroperator.loop import Capper, CapperMetrics
+    from poweroperator.placement import PlacementReconciler
     from poweroperator.scaling import ScalingReconciler
+
+    log = logging.getLogger("poweroperator")
 
     if args.kubeconfig is not None:
         await config.load_kube_config(config_file=str(args.kubeconfig))
@@ -143,8 +154,9 @@ async def _run(args: argparse.Namespace) -> int:
             identity=args.identity,
             lease_seconds=args.lease_seconds,
         )
+        cluster = KubeCluster(api, agent_url_template=args.agent_url_template, identity=args.identity)
         capper = Capper(
-            KubeCluster(api, agent_url_template=args.agent_url_template, identity=args.identity),
+            cluster,
             AgentClient(session, token=token),
             metrics=metrics,
             identity=args.identity,
@@ -156,16 +168,20 @@ async def _run(args: argparse.Namespace) -> int:
             keda_namespace=args.keda_namespace,
             keda_service_account=args.keda_service_account,
         )
-        capper.reconcilers.append(
-            ScalingReconciler(KubeObjectClient(api, field_manager=FIELD_MANAGER), keda, capper.event)
-        )
+        capper.reconcilers += [
+            ScalingReconciler(KubeObjectClient(api, field_manager=FIELD_MANAGER), keda, capper.event),
+            PlacementReconciler(cluster, capper.event, after_seconds=args.placement_after_seconds),
+        ]
         try:
             while not stop.is_set():
                 started = loop.time()
                 leading = await elector.try_acquire_or_renew()
                 metrics.leader.set(1.0 if leading else 0.0)
                 if leading:
-                    await capper.run_once()
+                    try:
+                        await capper.run_once()
+                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # API server unreachable
+                        log.warning("operator.period_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 if args.once:
                     break
                 with contextlib.suppress(TimeoutError):
