@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from poweroperator.agents import AgentClient, AgentError, GpuReading
+from poweroperator.agents import AgentClient, AgentError, GpuState
 from poweroperator.budget import BudgetError, BudgetSpec, parse_budget
 from poweroperator.cluster import Cluster, ClusterError, RackReading
 from poweroperator.policy import Action, Decision, PolicyState, RackObservation, decide
@@ -95,7 +95,7 @@ class BudgetRuntime:
     """What the loop remembers about one budget between periods."""
 
     policy_state: PolicyState = field(default_factory=PolicyState)
-    gpus: dict[str, GpuReading] = field(default_factory=dict)
+    gpus: dict[str, GpuState] = field(default_factory=dict)
     """Last reading per GPU uuid (kept while its agent is unreachable)."""
     planned_limits: dict[str, float] = field(default_factory=dict)
     """dryRun: the limits the loop would have set."""
@@ -464,19 +464,19 @@ def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _unknown(gpu: GpuReading) -> GpuReading:
+def _unknown(gpu: GpuState) -> GpuState:
     return _replace(gpu, power_watts=math.nan)
 
 
-def _on_node(gpu: GpuReading, node: str) -> GpuReading:
+def _on_node(gpu: GpuState, node: str) -> GpuState:
     return _replace(gpu, node=node)
 
 
-def _with_limit(gpu: GpuReading, watts: float) -> GpuReading:
+def _with_limit(gpu: GpuState, watts: float) -> GpuState:
     return _replace(gpu, limit_watts=watts)
 
 
-def _replace(gpu: GpuReading, **changes: Any) -> GpuReading:
+def _replace(gpu: GpuState, **changes: Any) -> GpuState:
     import dataclasses
 
     return dataclasses.replace(gpu, **changes)
