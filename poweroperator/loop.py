@@ -88,6 +88,21 @@ class CapperMetrics:
             ["budget"],
             registry=self.registry,
         )
+        self.gpus = Gauge(
+            "wattscale_capper_gpus", "GPUs the budget covers.", ["budget"], registry=self.registry
+        )
+        self.gpus_at_min_limit = Gauge(
+            "wattscale_capper_gpus_at_min_limit",
+            "GPUs whose limit is at the device minimum (planned limits in dryRun): nothing left to cut.",
+            ["budget"],
+            registry=self.registry,
+        )
+        self.limit_sum = Gauge(
+            "wattscale_capper_gpu_power_limit_sum_watts",
+            "Sum of the GPUs' power limits (planned limits in dryRun).",
+            ["budget"],
+            registry=self.registry,
+        )
 
 
 @dataclass(slots=True)
@@ -309,6 +324,11 @@ class Capper:
         self.metrics.limited_gpus.labels(budget.name).set(
             float((decision.limits_watts < obs.gpu_max_watts).sum())
         )
+        self.metrics.gpus.labels(budget.name).set(float(len(gpus)))
+        self.metrics.gpus_at_min_limit.labels(budget.name).set(
+            float((decision.limits_watts <= obs.gpu_min_watts).sum())
+        )
+        self.metrics.limit_sum.labels(budget.name).set(float(decision.limits_watts.sum()))
         return decision
 
     async def _apply(

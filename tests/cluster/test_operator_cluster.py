@@ -300,3 +300,78 @@ def test_capper_clamps_and_restores_an_inference_service_replica_ceiling(
     finally:
         control_plane.kubectl("delete", "powerbudget", "rack-a", "--ignore-not-found")
         control_plane.kubectl("delete", "inferenceservice", "chat", "-n", "llm", "--ignore-not-found")
+
+
+def _managed_budget(name: str, **scaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "wattscale.io/v1alpha1",
+        "kind": "PowerBudget",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"wattscale.io/rack": "nowhere"}},
+            "capWatts": 10_000,
+            "workloads": [
+                {
+                    "kind": "Deployment",
+                    "namespace": "llm",
+                    "name": "llama",
+                    "scaling": {"mode": "managed", **scaling},
+                }
+            ],
+        },
+    }
+
+
+QUEUE_TRIGGER = {"name": "queue", "type": "prometheus", "metadata": {"query": "q", "threshold": "4"}}
+
+
+@pytest.mark.parametrize(
+    ("scaling", "message"),
+    [
+        (
+            {"minReplicas": 5, "maxReplicas": 4, "demand": [QUEUE_TRIGGER]},
+            "minReplicas must not exceed maxReplicas",
+        ),
+        ({"maxReplicas": 4}, "needs maxReplicas and at least one demand trigger"),
+        ({"maxReplicas": 4, "demand": [QUEUE_TRIGGER, QUEUE_TRIGGER]}, "demand trigger names must be unique"),
+        (
+            {"maxReplicas": 4, "demand": [{**QUEUE_TRIGGER, "name": "wattscale_budget"}]},
+            "wattscale_budget is the operator's own trigger",
+        ),
+    ],
+)
+def test_the_api_server_refuses_a_managed_workload_that_breaks_a_cel_rule(
+    control_plane: ControlPlane, power_budget_crd: None, scaling: dict[str, Any], message: str
+) -> None:
+    refused = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=json.dumps(_managed_budget("cel-check", **scaling)),
+        check=False,
+    )
+    assert refused.returncode != 0 and message in refused.stderr
+
+
+def test_the_api_server_fills_the_scaling_defaults(
+    control_plane: ControlPlane, power_budget_crd: None
+) -> None:
+    applied = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-o",
+        "json",
+        "-f",
+        "-",
+        stdin=json.dumps(_managed_budget("defaults-check", maxReplicas=4, demand=[QUEUE_TRIGGER])),
+    )
+    spec = json.loads(applied.stdout)["spec"]
+    scaling = spec["workloads"][0]["scaling"]
+    assert (
+        scaling["minReplicas"],
+        scaling["pollingIntervalSeconds"],
+        scaling["fallbackFailureThreshold"],
+    ) == (1, 15, 3)
+    assert scaling["demand"][0]["replicaTarget"] == 1
+    assert spec["mode"] == "dryRun" and spec["thresholds"]["softRatio"] == 0.97

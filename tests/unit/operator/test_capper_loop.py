@@ -224,6 +224,13 @@ async def test_dry_run_plans_low_priority_cuts_reports_them_and_touches_no_gpu()
         assert message.startswith("dryRun: would set 2 GPU limit(s) lower and 0 higher")
         status = h.cluster.statuses[-1]
         assert status["actions"] == 1 and status["limitedGpus"] == 2 and status["powerWatts"] == 4_700.0
+        # The gauges the alert rules read (apiservice/monitoring): planned limits in dryRun.
+        gauge = h.capper.metrics.registry.get_sample_value
+        assert gauge("wattscale_capper_gpus", {"budget": "rack-a"}) == 4
+        limits = sum(h.capper.runtime["rack-a"].planned_limits.values()) + 700.0 * 2
+        assert gauge("wattscale_capper_gpu_power_limit_sum_watts", {"budget": "rack-a"}) == limits < 4 * 700.0
+        at_min = sum(1 for watts in h.capper.runtime["rack-a"].planned_limits.values() if watts <= 200.0)
+        assert gauge("wattscale_capper_gpus_at_min_limit", {"budget": "rack-a"}) == at_min
         assert (
             h.counter(
                 "wattscale_capper_gpu_limit_changes_total", budget="rack-a", direction="down", mode="dryRun"
