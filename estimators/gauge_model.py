@@ -35,7 +35,8 @@ All functions are pure and take time as data.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
@@ -161,11 +162,17 @@ class GaugePowerModel(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     let the few prefill spikes steer the fit. `partial_fit` keeps the newest `max_history` pairs and
     refits on them, so the model follows a change of workload within that many readings.
 
+    `model_form_std` is the relative error of the model's form itself (the best such model's error on a
+    30 s window), which gauge readings cannot measure within hours (they scatter ten times more):
+    4% by default, what the best fit to the dense energy counter of the H100 trace leaves (median 2%,
+    p90 6%; `bench/estimator_accuracy.py`).
+
     Learned: `coef_` (idle watts, then one per feature: for `FEATURES` busy watts, J/generated token,
     J/prompt token), `coef_covariance_` (their covariance, from the weighted residuals), `n_seen_`
     (pairs learned) and, from one-step-ahead relative residuals (each batch of pairs is predicted
     before it is learned; the newest `max_history` kept in `residuals_`), `shared_variance_` (what
-    neighbouring residuals share: the model form's own error, relative, squared) and
+    neighbouring residuals share: the model form's own error, relative, squared; never below
+    `model_form_std` squared) and
     `gauge_variance_` (one reading's scatter around its interval's mean, relative, squared).
     """
 
@@ -178,9 +185,10 @@ class GaugePowerModel(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     shared_variance_: float
     gauge_variance_: float
 
-    def __init__(self, max_history: int = 2000, min_history: int = 60) -> None:
+    def __init__(self, max_history: int = 2000, min_history: int = 60, model_form_std: float = 0.04) -> None:
         self.max_history = max_history
         self.min_history = min_history
+        self.model_form_std = model_form_std
 
     def fit(self, X: npt.ArrayLike | pd.DataFrame, y: npt.ArrayLike) -> Self:
         for name in ("coef_", "history_X_", "history_y_", "residuals_", "n_seen_"):
@@ -189,9 +197,10 @@ class GaugePowerModel(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return self.partial_fit(X, y)
 
     def partial_fit(self, X: npt.ArrayLike | pd.DataFrame, y: npt.ArrayLike) -> Self:
-        if self.max_history < 2 or self.min_history < 0:
+        if self.max_history < 2 or self.min_history < 0 or not self.model_form_std >= 0:
             raise ValueError(
-                f"max_history must be >= 2 and min_history >= 0; got {self.max_history}, {self.min_history}"
+                "max_history must be >= 2, min_history and model_form_std >= 0; got "
+                f"{self.max_history}, {self.min_history}, {self.model_form_std}"
             )
         first = not hasattr(self, "coef_")
         X_checked, y_checked = validate_data(self, X, y, y_numeric=True, reset=first)
@@ -210,7 +219,8 @@ class GaugePowerModel(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.history_y_ = np.append(self.history_y_, y_checked)[-self.max_history :]
         self.n_seen_ += len(X_checked)
         self.coef_, self.coef_covariance_ = _weighted_nonnegative_fit(self.history_X_, self.history_y_)
-        self.shared_variance_, self.gauge_variance_ = _variance_components(self.residuals_)
+        shared, self.gauge_variance_ = _variance_components(self.residuals_)
+        self.shared_variance_ = max(shared, self.model_form_std**2)
         return self
 
     def predict(self, X: npt.ArrayLike | pd.DataFrame) -> npt.NDArray[np.float64]:
@@ -432,30 +442,49 @@ def shaped_counter_at(
     return out
 
 
-def replay(
-    model: GaugePowerModel,
-    intervals: pd.DataFrame,
-    gauge_times: npt.ArrayLike,
-    gauge_watts: npt.ArrayLike,
-    edges_seconds: npt.ArrayLike,
-) -> pd.DataFrame:
-    """What a server does window after window: estimate each window with the model as it stands, then
-    learn the (reading, interval) pairs known by the window's end. Only the past reaches each estimate.
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One GPU's history as scraped: its server's token intervals, its gauge readings, the window
+    edges it is estimated over (token scrapes)."""
 
-    `model` is updated in place. Returns `estimate_windows`' columns plus `pairs_learned` (the pairs
-    the model had learned when it estimated the window)."""
-    edges = np.asarray(edges_seconds, dtype=np.float64)
-    pairs = gauge_pairs(intervals, gauge_times, gauge_watts)
+    intervals: pd.DataFrame
+    gauge_times: FloatArray
+    gauge_watts: FloatArray
+    edges_seconds: FloatArray
+
+
+def replay(model: GaugePowerModel, replicas: Sequence[Replica]) -> pd.DataFrame:
+    """What a server does window after window for the GPUs of one key (GPU type and serving
+    configuration), which share `model`: estimate each window, in order of its end, with the model
+    as it stands, then learn every replica's (reading, interval) pairs known by then. Only the past
+    reaches each estimate.
+
+    `model` is updated in place. Returns `estimate_windows`' columns plus `replica` (index into
+    `replicas`) and `pairs_learned` (the pairs the model had learned when it estimated the window)."""
+    pairs = pd.concat(
+        [gauge_pairs(r.intervals, r.gauge_times, r.gauge_watts) for r in replicas], ignore_index=True
+    )
+    pairs = pairs.sort_values("interval_end_seconds", kind="stable", ignore_index=True)
     known = pairs["interval_end_seconds"].to_numpy(np.float64)
+    windows = [
+        (float(end), index, float(start))
+        for index, replica in enumerate(replicas)
+        for start, end in itertools.pairwise(np.asarray(replica.edges_seconds, dtype=np.float64))
+    ]
     rows = []
-    learned_until = -np.inf
-    for start, end in itertools.pairwise(edges):
-        window = estimate_windows(model, intervals, gauge_times, gauge_watts, [start, end])
-        rows.append(window.assign(pairs_learned=getattr(model, "n_seen_", 0)))
-        new = pairs.loc[(known > learned_until) & (known <= end), FEATURES]
-        if len(new):
-            model.partial_fit(new, pairs.loc[new.index, "power_watts"])
-        learned_until = end
+    learned = 0
+    for end, index, start in sorted(windows):
+        replica = replicas[index]
+        # Only the window's own intervals and readings: the same result, without scanning the rest.
+        starts = replica.intervals["start_seconds"].to_numpy(np.float64)
+        near = replica.intervals.iloc[np.searchsorted(starts, start) : np.searchsorted(starts, end)]
+        window = estimate_windows(model, near, replica.gauge_times, replica.gauge_watts, [start, end])
+        rows.append(window.assign(replica=index, pairs_learned=getattr(model, "n_seen_", 0)))
+        now_known = int(np.searchsorted(known, end, side="right"))
+        if now_known > learned:
+            new = pairs.iloc[learned:now_known]
+            model.partial_fit(new[FEATURES], new["power_watts"])
+            learned = now_known
     if not rows:
-        return pd.DataFrame(columns=[*WINDOW_COLUMNS, "pairs_learned"])
+        return pd.DataFrame(columns=[*WINDOW_COLUMNS, "replica", "pairs_learned"])
     return pd.concat(rows, ignore_index=True)

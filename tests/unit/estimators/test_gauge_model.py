@@ -15,6 +15,7 @@ from sklearn.utils.estimator_checks import check_estimator
 from estimators.gauge_model import (
     FEATURES,
     GaugePowerModel,
+    Replica,
     estimate_windows,
     gauge_pairs,
     modelled_energy,
@@ -193,10 +194,14 @@ def test_replay_uses_only_the_past() -> None:
     intervals = token_intervals(server["t"], server["generated"], server["prompt"])
     readings = _readings(intervals, rng)
     edges = intervals["start_seconds"].to_numpy()[::2]
-    first = replay(GaugePowerModel(), intervals, readings["t"], readings["watts"], edges)
+    first = replay(
+        GaugePowerModel(), [Replica(intervals, readings["t"].to_numpy(), readings["watts"].to_numpy(), edges)]
+    )
     later = readings["t"] > edges[30]
     altered = readings.assign(watts=readings["watts"].where(~later, readings["watts"] * 3.0))
-    second = replay(GaugePowerModel(), intervals, altered["t"], altered["watts"], edges)
+    second = replay(
+        GaugePowerModel(), [Replica(intervals, altered["t"].to_numpy(), altered["watts"].to_numpy(), edges)]
+    )
     pd.testing.assert_frame_equal(first.iloc[:30], second.iloc[:30])
     assert not np.allclose(first["power_watts"].iloc[31:], second["power_watts"].iloc[31:])
     assert first["pairs_learned"].is_monotonic_increasing
