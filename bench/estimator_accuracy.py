@@ -9,7 +9,7 @@
 3. The power model: time-ordered CV MAPE per regressor, and MAPE on the later `trace` phase when
    fitted on the calibration phases.
 4. Gauge only, learning (`estimators.gauge_model`): the trace played back to back for an hour
-   (`estimators.playback`), gauge scraped every 5/15/30 s and token counters every 15 s at
+   (`estimators.playback`, random idle pauses of up to 30 s between repeats), gauge scraped every 5/15/30 s and token counters every 15 s at
    independent phases, 5% of scrapes dropped, the token counters reset once; 30 s token-aligned
    windows. Error of watts per token against history length and gauge period, naive (the gauge
    mean, `estimators.energy`) against the online model; error by confidence label; GPUs of one key
@@ -30,20 +30,18 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_percentage_error
 
-from estimators.energy import watts_per_token, window_edges
+from estimators.energy import watts_per_token
 from estimators.fleet import estimate_fleet
 from estimators.gauge_model import FEATURES as GAUGE_FEATURES
 from estimators.gauge_model import (
     GaugePowerModel,
-    Replica,
     estimate_windows,
     gauge_pairs,
     modelled_energy,
     replay,
     shaped_counter_at,
-    token_intervals,
 )
-from estimators.playback import play_back
+from estimators.playback import play_back, scrape_gpu
 from estimators.power_model import FEATURES, REGRESSORS, PowerModel, compare_regressors, trace_load_windows
 from estimators.rates import counter_at
 from estimators.sampling import (
@@ -174,55 +172,6 @@ HISTORY_MINUTES = [0, 5, 15, 30, 60]
 GAUGE_PERIODS = (5.0, 15.0, 30.0)
 
 
-def hour_scrape(
-    samples: pd.DataFrame, steps: pd.DataFrame, seed: int, gauge_seconds: float
-) -> tuple[pd.DataFrame, Replica]:
-    """One GPU of the played-back trace as scraped (section 4's plan), and its `Replica`."""
-    rng = np.random.default_rng(seed)
-    end = float(samples["t"].max())
-    frame = scrape_trace(
-        samples,
-        steps,
-        energy_plan=ScrapePlan(
-            interval_seconds=gauge_seconds,
-            offset_seconds=rng.uniform(0.0, gauge_seconds),
-            drop_ratio=0.05,
-            jitter_seconds=0.5,
-        ),
-        token_plan=ScrapePlan(
-            interval_seconds=15.0, offset_seconds=rng.uniform(0.0, 15.0), drop_ratio=0.05, jitter_seconds=0.5
-        ),
-        rng=rng,
-        start_seconds=0.0,
-        end_seconds=end,
-    )
-    # The inference server restarts once: its token counters start again from zero.
-    restart = rng.uniform(0.2 * end, 0.8 * end)
-    tokens = token_counters(steps)
-    for metric in ("generation_tokens_total", "prompt_tokens_total"):
-        lost = step_value_at(tokens["timestamp_seconds"], tokens[metric], [restart])[0]
-        after = (frame["metric"] == metric) & (frame["timestamp_seconds"] >= restart)
-        frame.loc[after, "value"] -= lost
-
-    def series(metric: str) -> pd.DataFrame:
-        return frame.loc[frame["metric"] == metric].sort_values("timestamp_seconds")
-
-    generated, prompted, gauge = (
-        series("generation_tokens_total"),
-        series("prompt_tokens_total"),
-        series("gpu_power_watts"),
-    )
-    replica = Replica(
-        intervals=token_intervals(generated["timestamp_seconds"], generated["value"], prompted["value"]),
-        gauge_times=gauge["timestamp_seconds"].to_numpy(np.float64),
-        gauge_watts=gauge["value"].to_numpy(np.float64),
-        edges_seconds=window_edges(
-            generated["timestamp_seconds"], window_seconds=30.0, start_seconds=0.0, end_seconds=end
-        ),
-    )
-    return frame, replica
-
-
 def _truth(samples: pd.DataFrame, steps: pd.DataFrame, starts: pd.Series, ends: pd.Series) -> np.ndarray:
     tokens = token_counters(steps)
     at = np.column_stack((starts, ends))
@@ -246,7 +195,7 @@ def gauge_only(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None
     rows = []
     for period in GAUGE_PERIODS:
         for seed in seeds:
-            frame, replica = hour_scrape(samples, steps, seed, period)
+            frame, replica = scrape_gpu(samples, steps, seed=seed, gauge_seconds=period)
             model = replay(GaugePowerModel(), [replica])
             gauge_frame = frame.loc[frame["metric"] != "gpu_energy_joules_total"]
             naive = watts_per_token(
@@ -292,7 +241,7 @@ def model_form_floor(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -
     instead of gauge readings, over the whole hour. No history or gauge makes the model better."""
     errors = []
     for seed in seeds:
-        _, replica = hour_scrape(samples, steps, seed, 15.0)
+        _, replica = scrape_gpu(samples, steps, seed=seed, gauge_seconds=15.0)
         intervals = replica.intervals.loc[~replica.intervals["reset"]]
         at = np.column_stack((intervals["start_seconds"], intervals["end_seconds"]))
         power = np.diff(np.interp(at, samples["t"], samples["energy_j"]), axis=1)[:, 0] / intervals["seconds"]
@@ -310,7 +259,9 @@ def shared_key(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None
     for gpus in (1, 4, 8):
         errors = []
         for first in range(0, gpus * len(seeds), gpus):
-            replicas = [hour_scrape(samples, steps, 1000 + first + k, 15.0)[1] for k in range(gpus)]
+            replicas = [
+                scrape_gpu(samples, steps, seed=1000 + first + k, gauge_seconds=15.0)[1] for k in range(gpus)
+            ]
             out = replay(GaugePowerModel(), replicas)
             truth = _truth(samples, steps, out["window_start_seconds"], out["window_end_seconds"])
             error = pd.Series(out["watts_per_token"].to_numpy() / truth - 1.0)
@@ -322,7 +273,7 @@ def counter_phases(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> 
     print(f"== energy counter at independent phases: {len(seeds)} seeds, 30 s token-aligned windows")
     rows = []
     for seed in seeds:
-        frame, replica = hour_scrape(samples, steps, seed, 15.0)
+        frame, replica = scrape_gpu(samples, steps, seed=seed, gauge_seconds=15.0)
         energy = frame.loc[frame["metric"] == "gpu_energy_joules_total"].sort_values("timestamp_seconds")
         edges = replica.edges_seconds
         truth = np.diff(np.interp(edges, samples["t"], samples["energy_j"]))
@@ -361,7 +312,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--hour-seeds", type=int, default=10, help="seeds for sections 4 and 5")
-    parser.add_argument("--repeats", type=int, default=19, help="trace repeats played back (19: an hour)")
+    parser.add_argument("--repeats", type=int, default=18, help="trace repeats played back (18: an hour)")
     parser.add_argument("--only-hour", action="store_true", help="sections 4 and 5 only")
     args = parser.parse_args()
     samples = pd.read_csv(TRACE / "samples.csv")
@@ -370,7 +321,9 @@ def main() -> None:
         offline(samples, steps, range(args.seeds))
         served(samples, steps, range(min(args.seeds, 6)))
         power_model(samples, steps)
-    looped_samples, looped_steps = play_back(samples, steps, repeats=args.repeats)
+    looped_samples, looped_steps = play_back(
+        samples, steps, repeats=args.repeats, rng=np.random.default_rng(0)
+    )
     gauge_only(looped_samples, looped_steps, range(args.hour_seeds))
     counter_phases(looped_samples, looped_steps, range(args.hour_seeds))
 

@@ -248,4 +248,16 @@ def test_play_back_keeps_counting_across_repeats() -> None:
     one_repeat = float(once_samples["energy_j"].iloc[-1])
     assert float(looped_samples["energy_j"].iloc[-1]) == pytest.approx(3 * one_repeat, rel=0.01)
     assert looped_steps["phase"].isin(["sweep", "prefill", "trace"]).all()
+
+    paused_samples, paused_steps = play_back(samples, steps, repeats=3, rng=np.random.default_rng(0))
+    assert (paused_samples["phase"] == "pause").any() and paused_samples["t"].max() > looped_samples[
+        "t"
+    ].max()
+    # A pause idles: no steps in it, and the counter never jumps: no rise faster than the trace's own.
+    rises = np.diff(paused_samples["energy_j"]) / np.diff(paused_samples["t"])
+    assert (
+        rises.min() >= 0
+        and rises.max() <= 1.000001 * (np.diff(samples["energy_j"]) / np.diff(samples["t"])).max()
+    )
+    assert len(paused_steps) == len(looped_steps)
     assert {"warmup", "init"}.isdisjoint(looped_samples["phase"])
