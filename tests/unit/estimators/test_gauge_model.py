@@ -23,7 +23,7 @@ from estimators.gauge_model import (
     shaped_counter_at,
     token_intervals,
 )
-from estimators.playback import play_back
+from estimators.playback import play_back, scrape_gpu
 from estimators.rates import counter_at
 
 TRACE = Path(__file__).resolve().parents[3] / "data" / "h100-llama8b"
@@ -261,3 +261,39 @@ def test_play_back_keeps_counting_across_repeats() -> None:
     )
     assert len(paused_steps) == len(looped_steps)
     assert {"warmup", "init"}.isdisjoint(looped_samples["phase"])
+
+
+def test_scrape_gpu_restarts_the_server_once_and_windows_at_token_scrapes() -> None:
+    samples, steps = play_back(
+        pd.read_csv(TRACE / "samples.csv"),
+        pd.read_csv(TRACE / "steps.csv"),
+        repeats=4,
+        rng=np.random.default_rng(0),
+    )
+    frame, replica = scrape_gpu(samples, steps, seed=3, gauge_seconds=5.0)
+    assert replica.intervals["reset"].sum() == 1
+    token_times = frame.loc[frame["metric"] == "generation_tokens_total", "timestamp_seconds"]
+    assert np.isin(replica.edges_seconds, token_times).all()
+    assert np.median(np.diff(replica.gauge_times)) == pytest.approx(5.0, abs=0.6)
+
+
+def test_gpus_of_one_key_teach_one_model() -> None:
+    rng = np.random.default_rng(8)
+    replicas = []
+    for _ in range(2):
+        server = _server(600.0, rng)
+        intervals = token_intervals(server["t"], server["generated"], server["prompt"])
+        readings = _readings(intervals, rng)
+        edges = intervals["start_seconds"].to_numpy()[::2]
+        replicas.append(Replica(intervals, readings["t"].to_numpy(), readings["watts"].to_numpy(), edges))
+    model = GaugePowerModel()
+    out = replay(model, replicas)
+    alone = replay(GaugePowerModel(), replicas[:1])
+    last_end = max(r.edges_seconds[-1] for r in replicas)
+    known = [gauge_pairs(r.intervals, r.gauge_times, r.gauge_watts)["interval_end_seconds"] for r in replicas]
+    assert model.n_seen_ == sum(int((k <= last_end).sum()) for k in known)
+    assert set(out["replica"]) == {0, 1}
+    # Windows are estimated in time order across GPUs, each with what both had taught by then.
+    assert out["window_end_seconds"].is_monotonic_increasing
+    last_of_first = out.loc[out["replica"] == 0, "pairs_learned"].iloc[-1]
+    assert last_of_first > alone["pairs_learned"].iloc[-1]
