@@ -35,7 +35,6 @@ from estimators.fleet import estimate_fleet
 from estimators.gauge_model import FEATURES as GAUGE_FEATURES
 from estimators.gauge_model import (
     GaugePowerModel,
-    estimate_windows,
     gauge_pairs,
     modelled_energy,
     replay,
@@ -212,11 +211,7 @@ def gauge_only(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None
                 )
             )
     out = pd.concat(rows, ignore_index=True)
-    out["history"] = pd.cut(
-        out["window_end_seconds"] / 60.0,
-        HISTORY_MINUTES,
-        labels=[f"{a}-{b} min" for a, b in itertools.pairwise(HISTORY_MINUTES)],
-    )
+    out["history"] = pd.cut(out["window_end_seconds"] / 60.0, HISTORY_MINUTES, labels=_history_labels())
     print("  (median p90 n per cell)")
     print(f"  {'history':10s} {'gauge':>6s} {'naive: median p90 n':>22s} {'model: median p90 n':>22s}")
     for (history, period), cell in out.groupby(["history", "gauge_seconds"], observed=True):
@@ -240,6 +235,7 @@ def model_form_floor(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -
     """The model's form alone: fitted to each token interval's true power (the dense energy counter)
     instead of gauge readings, over the whole hour. No history or gauge makes the model better."""
     errors = []
+    counted = token_counters(steps)
     for seed in seeds:
         _, replica = scrape_gpu(samples, steps, seed=seed, gauge_seconds=15.0)
         intervals = replica.intervals.loc[~replica.intervals["reset"]]
@@ -247,26 +243,39 @@ def model_form_floor(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -
         power = np.diff(np.interp(at, samples["t"], samples["energy_j"]), axis=1)[:, 0] / intervals["seconds"]
         best = GaugePowerModel(max_history=len(intervals)).fit(intervals[GAUGE_FEATURES], power)
         edges = replica.edges_seconds
-        windows = estimate_windows(best, replica.intervals, [], [], edges)
-        truth = _truth(samples, steps, windows["window_start_seconds"], windows["window_end_seconds"])
-        errors.append(pd.Series(windows["watts_per_token"].to_numpy() / truth - 1.0))
+        energy = np.diff(modelled_energy(best, replica.intervals)(edges))
+        tokens = np.diff(
+            step_value_at(counted["timestamp_seconds"], counted["generation_tokens_total"], edges)
+        )
+        truth = _truth(samples, steps, edges[:-1], edges[1:])
+        errors.append(pd.Series(energy / np.where(tokens > 0, tokens, np.nan) / truth - 1.0))
     print(f"  model form floor (fitted to the dense counter, 15 s scrapes): {_quantiles(pd.concat(errors))}")
 
 
 def shared_key(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None:
     """GPUs of one key (GPU type, serving configuration) share one model: more pairs per minute."""
-    print("  GPUs sharing the key's model (15 s gauge, 30-60 min): median p90 n")
+    print("  GPUs sharing the key's model (15 s gauge): median p90 n")
+    columns = {}
     for gpus in (1, 4, 8):
-        errors = []
-        for first in range(0, gpus * len(seeds), gpus):
+        rows = []
+        for first in range(0, gpus * max(2, len(seeds) // 2), gpus):
             replicas = [
                 scrape_gpu(samples, steps, seed=1000 + first + k, gauge_seconds=15.0)[1] for k in range(gpus)
             ]
             out = replay(GaugePowerModel(), replicas)
             truth = _truth(samples, steps, out["window_start_seconds"], out["window_end_seconds"])
-            error = pd.Series(out["watts_per_token"].to_numpy() / truth - 1.0)
-            errors.append(error[(out["window_end_seconds"] >= 1800.0).to_numpy()])
-        print(f"    {gpus} GPU{'s' if gpus > 1 else ' '} {_quantiles(pd.concat(errors))}")
+            rows.append(out.assign(error=out["watts_per_token"].to_numpy() / truth - 1.0))
+        out = pd.concat(rows, ignore_index=True)
+        history = pd.cut(out["window_end_seconds"] / 60.0, HISTORY_MINUTES, labels=_history_labels())
+        columns[gpus] = out.groupby(history, observed=True)["error"].apply(_quantiles)
+    print(f"  {'history':10s} " + " ".join(f"{f'{gpus} GPU(s)':>17s}" for gpus in columns))
+    for label in _history_labels():
+        cells = " ".join(f"{column.get(label, '-'):>17s}" for column in columns.values())
+        print(f"  {label:10s} {cells}")
+
+
+def _history_labels() -> list[str]:
+    return [f"{a}-{b} min" for a, b in itertools.pairwise(HISTORY_MINUTES)]
 
 
 def counter_phases(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None:

@@ -76,6 +76,7 @@ WINDOW_COLUMNS = [
     "method",
     "confidence",
 ]
+MEASURED_RESIDUALS = 8
 _MIN_VARIANCE = 1e-6  # (0.1%)^2: no estimate is ever taken as exact
 
 
@@ -243,6 +244,12 @@ class GaugePowerModel(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return joules, relative
 
     @property
+    def is_measured(self) -> bool:
+        """Whether the model's own error has been measured on `MEASURED_RESIDUALS` readings it had not
+        learned yet: until then its variance is unknown and a window cannot weigh it."""
+        return hasattr(self, "residuals_") and self.residuals_.size >= MEASURED_RESIDUALS
+
+    @property
     def has_history(self) -> bool:
         """Whether enough pairs were learned for the model's figures to be trusted (`min_history`)."""
         return hasattr(self, "n_seen_") and self.n_seen_ >= max(self.min_history, 8)
@@ -266,8 +273,8 @@ def _weighted_nonnegative_fit(rows: FloatArray, watts: FloatArray) -> tuple[Floa
 def _variance_components(residuals: FloatArray) -> tuple[float, float]:
     """(shared, gauge) relative variances from one-step-ahead residuals in time order (class doc).
 
-    With fewer than 8 residuals nothing is known: both are 1 (100%), which keeps confidence low."""
-    if residuals.size < 8:
+    With fewer than `MEASURED_RESIDUALS` nothing is known: both are 1 (100%)."""
+    if residuals.size < MEASURED_RESIDUALS:
         return 1.0, 1.0
     total = float(np.mean(residuals**2))
     centred = residuals - residuals.mean()
@@ -288,7 +295,8 @@ def estimate_windows(
     Edges should be token scrapes (`estimators.energy.window_edges(align="tokens")`): a window is then
     a run of whole token intervals and its token counts are exact. The model's power (from those
     counts) and the mean of the gauge readings inside the window are blended by inverse variance
-    (module doc). An unfitted model leaves the gauge mean alone (`power_gauge`, confidence low); a
+    (module doc). A model not yet `is_measured` leaves the gauge mean alone (`power_gauge`, confidence
+    low); a
     window with no reading takes the model alone. A window that holds a token-counter restart has a
     lower bound for its tokens: confidence low.
     """
@@ -306,7 +314,7 @@ def estimate_windows(
 
     generated, prompted = summed("generation_tokens"), summed("prompt_tokens")
     reset = summed("reset") > 0
-    fitted = hasattr(model, "coef_")
+    fitted = model.is_measured
     busy_seconds = (intervals["busy_ratio"] * intervals["seconds"]).loc[covered]
     busy = busy_seconds.groupby(in_window[covered]).sum().reindex(range(starts.size)).to_numpy(np.float64)
     whole = np.isclose(summed("seconds"), seconds)  # every token interval of the window is known

@@ -149,6 +149,13 @@ def test_before_enough_history_the_window_says_so() -> None:
     assert unfitted["generation_tokens"].iloc[0] == 900.0
     assert unfitted["watts_per_token"].iloc[0] == pytest.approx(200.0 * 30.0 / 900.0)
 
+    # Fitted, but its error not yet measured on readings it had not seen: the readings alone.
+    once = GaugePowerModel().fit(
+        np.array([[1.0, 10.0, 50.0], [1.0, 20.0, 90.0], [0.0, 0.0, 0.0]]), [150.0, 170.0, 60.0]
+    )
+    unmeasured = estimate_windows(once, intervals, [10.0, 25.0], [100.0, 300.0], [0.0, 30.0])
+    assert unmeasured[["method", "confidence"]].iloc[0].tolist() == ["power_gauge", "low"]
+
     model, _ = _fitted(np.random.default_rng(3), pairs=40)  # under min_history
     young = estimate_windows(model, intervals, [10.0, 25.0], [100.0, 300.0], [0.0, 30.0])
     assert young[["method", "confidence"]].iloc[0].tolist() == ["power_model", "low"]
