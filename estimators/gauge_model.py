@@ -15,16 +15,20 @@ interval's mean power however noisy each reading is.
 
 A window (its edges are token scrapes, so it is a run of whole token intervals) then has two estimates
 of its mean power: the model's, from its exact token counts, and the direct one, the mean of the gauge
-readings inside it. They are blended by inverse variance. Both variances come from the model's
-one-step-ahead residuals (each reading against the model as it was before learning it), read as a
-variogram: what residuals of neighbouring readings share is the model's error (it depends on the load,
-which persists), what they do not share is the gauge's own scatter (its nugget).
+readings inside it. They are blended by inverse variance. The model's variance is its coefficients'
+covariance carried to the window's token counts plus the error of the model's form; the readings'
+is their scatter around the model. Both come from the model's one-step-ahead residuals (each reading
+against the model as it was before learning it), read as a variogram: what residuals of neighbouring
+readings share is the model form's error (it depends on the load, which persists), what they do not
+share is the gauge's own scatter (its nugget).
 
-`confidence`: `low` until the model has learned `min_history` pairs (or when the estimate's relative
-standard deviation exceeds `MEDIUM_RELATIVE_STD`), `medium` up to it, `high` at or below
-`HIGH_RELATIVE_STD`. `method` is `power_model` when the model took part, `power_gauge` before.
+`confidence`: `low` until the model has learned `min_history` pairs, for a window holding a token
+counter restart, or when the estimate's relative standard deviation exceeds `MEDIUM_RELATIVE_STD`;
+`medium` up to it; `high` at or below `HIGH_RELATIVE_STD`. `method` is `power_model` when the model
+took part (once `is_measured`), `power_gauge` before.
 
-Energy counters scraped at other moments than the token counters (item 3 of the design notes):
+Energy counters scraped at other moments than the token counters (the usual case: the GPU exporter
+and the inference server are scraped at unrelated phases):
 `shaped_counter_at` reads an energy counter at the token scrapes, spreading each scrape interval's
 exact joules over time in proportion to the power the model gives the token intervals it overlaps,
 instead of evenly. The counter's increase between its own scrapes is kept exactly.
@@ -46,7 +50,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from estimators.rates import FloatArray, counter_at, reset_corrected
+from estimators.rates import FloatArray, _as_sorted, counter_at, reset_corrected
 
 FEATURES = ["busy_ratio", "generation_tokens_per_second", "prompt_tokens_per_second"]
 COEFFICIENTS = ["idle_watts", "busy_watts", "joules_per_generated_token", "joules_per_prompt_token"]
@@ -425,10 +429,7 @@ def shaped_counter_at(
     instead of evenly in time; where the modelled integral over the interval is not positive, or
     `power_at` is None, evenly (linear interpolation). Outside the sampled span: `counter_at`.
     """
-    t_raw = np.asarray(times, dtype=np.float64)
-    order = np.argsort(t_raw, kind="stable")
-    t = t_raw[order]
-    v = np.asarray(values, dtype=np.float64)[order]
+    t, v = _as_sorted(times, values)  # the same samples `counter_at` reads
     at = np.asarray(at_seconds, dtype=np.float64)
     linear = counter_at(t, v, at, on_reset="neighbour_rate")
     if power_at is None or t.size < 2:

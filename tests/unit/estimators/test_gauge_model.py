@@ -304,3 +304,14 @@ def test_gpus_of_one_key_teach_one_model() -> None:
     assert out["window_end_seconds"].is_monotonic_increasing
     last_of_first = out.loc[out["replica"] == 0, "pairs_learned"].iloc[-1]
     assert last_of_first > alone["pairs_learned"].iloc[-1]
+
+
+def test_shaped_counter_reads_unordered_duplicated_and_missing_scrapes_as_counter_at_does() -> None:
+    power_at = lambda at: 100.0 * np.asarray(at)  # noqa: E731  (constant power: even spreading)
+    times = [20.0, 0.0, 10.0, 10.0, 30.0, 40.0]
+    values = [3000.0, 1000.0, 2000.0, 2000.0, np.nan, 4000.0]
+    at = np.array([5.0, 15.0, 25.0, 35.0])
+    np.testing.assert_allclose(
+        shaped_counter_at(times, values, at, power_at),
+        counter_at(times, values, at, on_reset="neighbour_rate"),
+    )
