@@ -28,6 +28,10 @@ understand (anything else is kept and passed through, never dropped):
     kv_cache_usage_ratio             gauge    namespace, pod
     pdu_power_watts                  gauge    rack, pdu
     pdu_energy_joules_total          counter  rack, pdu
+    pod_gpu_power_watts              gauge    namespace, pod, node    window averages that recording
+    pod_cpu_power_watts              gauge    namespace, pod          rules computed (prometheus_api);
+    pod_generation_tokens_per_second gauge    namespace, pod          the estimator takes them as they
+    pod_prompt_tokens_per_second     gauge    namespace, pod          are, newest first
 """
 
 from __future__ import annotations
