@@ -85,6 +85,35 @@ class Collector(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodEndpoint:
+    """A running pod as target discovery needs it: where it is and which ports it names."""
+
+    namespace: str
+    name: str
+    ip: str
+    """Empty until the pod has one."""
+    node: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    ports: Mapping[str, int] = field(default_factory=dict)
+    """Named container ports (`ports[].name` -> `containerPort`) of all its containers."""
+
+
+class PodTargets(Protocol):
+    """The pods the cluster runs now, read afresh at every poll (pod IPs change). The adapter passes
+    one, backed by the object cache it already keeps, to every collector that `use_pod_targets`."""
+
+    def __call__(self) -> Sequence[PodEndpoint]: ...
+
+
+@runtime_checkable
+class DiscoversPods(Protocol):
+    """A collector that finds its exporters among the cluster's pods when no URL is configured."""
+
+    def use_pod_targets(self, pods: PodTargets) -> None: ...
+
+
 class CollectorFactory(Protocol):
     """What an entry point in the `wattscale.collectors` group resolves to: usually the class itself,
     whose `from_settings` classmethod validates the raw settings (raising `CollectorConfigError` that

@@ -47,8 +47,8 @@ class RecordedSettings(ExporterSettings):
 
     def problems(self) -> list[str]:
         found = ExporterSettings.problems(self)
-        if self.scrape_urls:
-            found.append("scrape_urls: recorded series are read from a Prometheus API; set prometheus_url")
+        if self.prometheus_url is None:
+            found.append("prometheus_url: required; recorded series are read from a Prometheus API")
         if self.query is not None:
             found.append("query: not used; the recorded series are named by `window`")
         if not _DURATION.match(self.window):

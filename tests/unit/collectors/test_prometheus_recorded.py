@@ -42,7 +42,7 @@ def test_increases_become_averages_over_the_rules_window() -> None:
     ("raw", "problem"),
     [
         ({"prometheus_url": "http://p:9090", "window": "1 minute"}, "window: want a Prometheus duration"),
-        ({"scrape_urls": ["http://10.0.0.1/metrics"]}, "scrape_urls: recorded series are read from"),
+        ({"scrape_urls": ["http://10.0.0.1/metrics"]}, "prometheus_url: required"),
         ({"prometheus_url": "http://p:9090", "query": "up"}, "query: not used"),
     ],
 )
