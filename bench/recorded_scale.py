@@ -120,7 +120,13 @@ async def measure(args: argparse.Namespace, base_url: str) -> None:
     settings = build_settings(
         RecordedSeriesCollector.settings_cls,
         "recorded",
-        {"prometheus_url": base_url, "window": WINDOW, "timeout_seconds": 120.0, "interval_seconds": 120.0},
+        {
+            "prometheus_url": base_url,
+            "window": WINDOW,
+            "timeout_seconds": 120.0,
+            "interval_seconds": 120.0,
+            "max_samples": 10 * args.pods,  # five series per pod; the default 200,000 stops at 40,000 pods
+        },
     )
     collector = RecordedSeriesCollector("recorded", settings, registry=CollectorRegistry())
     index = StaticObjectIndex(
