@@ -81,7 +81,7 @@ async def _newest_evaluation(base_url: str) -> float:
 async def test_recorded_series_serve_what_the_in_process_estimator_serves(
     replay_exporter: StartExporter, start_prometheus: StartPrometheus
 ) -> None:
-    _, base_url, start = await start_replayed_fleet(replay_exporter, start_prometheus, [RULES])
+    exporters, base_url, _ = await start_replayed_fleet(replay_exporter, start_prometheus, [RULES])
 
     # In process: the raw exporter series, read through Prometheus and estimated here.
     raw_collectors = [
@@ -96,9 +96,10 @@ async def test_recorded_series_serve_what_the_in_process_estimator_serves(
     stamps = [s.timestamp_seconds for s in raw if s.metric == "generation_tokens_total"]
     in_process = _served(raw, max(stamps) - min(stamps) + 0.5)
 
-    # Recorded: once a rule evaluation covers a whole window of scrapes (increase() of a younger
-    # series reads low), the few recorded series alone.
-    full_window_at = start + RULE_WINDOW_SECONDS + 2.0
+    # Recorded: once a rule evaluation covers a whole window of every exporter's scrapes (increase()
+    # of a younger series reads low), the few recorded series alone.
+    first_scrape = max(exporter.served[0][0] for exporter in exporters.values())
+    full_window_at = first_scrape + RULE_WINDOW_SECONDS + 2.0
 
     async def window_recorded() -> bool:
         return await _newest_evaluation(base_url) >= full_window_at
