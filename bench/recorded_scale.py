@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shutil
 import subprocess
@@ -223,7 +224,8 @@ def main() -> int:
         print(f"API with {args.pods} pods in the store (bench/api_load.py):", flush=True)
         command = [sys.executable, str(HERE / "api_load.py"), "--pods", str(args.pods)]
         command += ["--rate", str(args.api_rate), "--seconds", str(args.api_seconds)]
-        subprocess.run(command, check=True, timeout=args.api_seconds + 300)
+        checkout = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's packages, not an installed copy
+        subprocess.run(command, check=True, timeout=args.api_seconds + 300, env=checkout)
     return 0
 
 

@@ -32,6 +32,12 @@ sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
 from kubeharness.processes import free_port  # noqa: E402
 
+# The benches import this checkout's packages, not whichever copy is installed.
+CHECKOUT_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+}
+
 
 @dataclass
 class Point:
@@ -47,7 +53,7 @@ class Point:
 
 def run_measured(command: list[str], timeout: float) -> tuple[str, float]:
     """(stdout, peak RSS of the process in MB); fails loudly on a non-zero exit."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=CHECKOUT_ENV)
     timer = threading.Timer(timeout, process.kill)
     timer.start()
     try:
@@ -96,7 +102,7 @@ def api_under_load(pods: int, rate: float, seconds: float) -> tuple[float, float
     command = [sys.executable, str(HERE / "api_load.py"), "--pods", str(pods), "--rate", str(rate)]
     command += ["--seconds", str(seconds), "--pipeline-pods", str(pods)]
     command += ["--poll-interval", "15", "--estimate-interval", "15", "--port", str(free_port())]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=CHECKOUT_ENV)
     peaks = {"server": 0.0, "estimator": 0.0}
     done = threading.Event()
 
