@@ -16,9 +16,11 @@ Prints a table and the growth exponent of each column between the smallest and l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -104,13 +106,16 @@ def api_under_load(pods: int, rate: float, seconds: float) -> tuple[float, float
     command += ["--poll-interval", "15", "--estimate-interval", "15", "--port", str(free_port())]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=CHECKOUT_ENV)
     peaks = {"server": 0.0, "estimator": 0.0}
+    seen: set[int] = set()
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.5):
             for server in children(process.pid):
+                estimators = children(server)
+                seen.update([server, *estimators])
                 peaks["server"] = max(peaks["server"], rss_mb(server))
-                peaks["estimator"] = max(peaks["estimator"], sum(rss_mb(child) for child in children(server)))
+                peaks["estimator"] = max(peaks["estimator"], sum(rss_mb(child) for child in estimators))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -119,6 +124,7 @@ def api_under_load(pods: int, rate: float, seconds: float) -> tuple[float, float
     finally:
         done.set()
         sampler.join()
+        stop_leftovers(seen)
     latency = re.search(r"p99 (\S+)\s+max (\S+)", output)
     errors = re.search(r"errors: (.*)", output)
     if latency is None or errors is None:
@@ -132,6 +138,17 @@ def api_under_load(pods: int, rate: float, seconds: float) -> tuple[float, float
         peaks["server"],
         peaks["estimator"],
     )
+
+
+def stop_leftovers(pids: set[int], grace_seconds: float = 60.0) -> None:
+    """api_load.py gives its server 10 s to stop; a busy one outlives that, with its estimator child.
+    Let them finish stopping, then kill what is left (only the processes this run started)."""
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.5)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def growth(first: float, last: float, pods_first: int, pods_last: int) -> float:
