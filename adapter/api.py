@@ -16,12 +16,14 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
 from adapter.errors import NotReadyError, WattscaleError
+from adapter.exposition import POWER_METRICS_PATH, power_registry
 from adapter.objects import ObjectIndex
+from adapter.page import add_page
 from adapter.provider import StoreProvider
 from adapter.query import (
     RouteNotFoundError,
@@ -44,6 +46,8 @@ HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/healthz/ping", "/li
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     enable_external_metrics: bool = False
+    extra_routes: tuple[web.RouteDef, ...] = ()
+    """Routes of one command only (the demo's load knob), behind the same middlewares."""
 
 
 STORE = web.AppKey("store", MetricStore)
@@ -54,6 +58,7 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 """Absent when authorization is off (the demo)."""
 SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("api_settings", ApiSettings)
+POWER_REGISTRY = web.AppKey("power_registry", CollectorRegistry)
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -175,6 +180,11 @@ async def self_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def power_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[POWER_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def _groups(app: web.Application) -> list[tuple[str, tuple[str, ...]]]:
     groups: list[tuple[str, tuple[str, ...]]] = [(wire.CUSTOM_GROUP, wire.CUSTOM_VERSIONS)]
     if app[SETTINGS].enable_external_metrics:
@@ -255,6 +265,10 @@ def create_app(
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)
+    app[POWER_REGISTRY] = power_registry(store, clock=clock)
+    get(POWER_METRICS_PATH, power_metrics, allow_head=False)
+    add_page(app, store, clock)
+    app.router.add_routes(settings.extra_routes)
     get("/openapi/v2", openapi_absent, allow_head=False)
     get("/openapi/v3", openapi_absent, allow_head=False)
     get("/apis", api_groups, allow_head=False)

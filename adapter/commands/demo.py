@@ -7,10 +7,17 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 HELP = "serve the custom metrics API over a simulated fleet of H100 LLM servers (no cluster needed)"
 
 log = logging.getLogger(__name__)
+
+RACKS = (
+    {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
+    {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +30,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="stop after this long (default: run until ^C)",
+    )
+    parser.add_argument(
+        "--surge-rack",
+        action="append",
+        default=[],
+        metavar="RACK",
+        help="start with every GPU of RACK at 700 W, driving it over its cap (repeatable); "
+        "at run time: POST or DELETE /demo/surge/RACK",
     )
     parser.add_argument("--log-level", default="warning")
 
@@ -64,6 +79,26 @@ def curl_examples(base_url: str) -> list[str]:
     ]
 
 
+def surge_routes(collector: Any, racks: Sequence[str]) -> tuple[Any, ...]:
+    """`POST /demo/surge/{rack}` puts every GPU of the rack at 700 W, `DELETE` ends it: a rack over its
+    cap on demand, for trying the alert rules and the page."""
+    from aiohttp import web
+
+    from adapter.api import json_response, status_response
+
+    async def change(request: web.Request) -> web.Response:
+        rack = request.match_info["rack"]
+        if rack not in racks:
+            return status_response(404, f"no rack {rack!r} in the demo fleet; racks: {', '.join(racks)}")
+        if request.method == "POST":
+            collector.surge_racks.add(rack)
+        else:
+            collector.surge_racks.discard(rack)
+        return json_response({"surging": sorted(collector.surge_racks)})
+
+    return (web.post("/demo/surge/{rack}", change), web.delete("/demo/surge/{rack}", change))
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator
@@ -79,16 +114,22 @@ async def _demo(args: argparse.Namespace) -> int:
         {
             "window_seconds": args.window_seconds,
             "max_age_seconds": max(4 * args.window_seconds, 60.0),
-            "racks": [
-                {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
-                {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
-            ],
+            "racks": RACKS,
         }
     )
     store = MetricStore(max_age_seconds=settings.max_age_seconds)
     index = demo_index()
     self_metrics = SelfMetrics()
     collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
+    racks = [str(rack["name"]) for rack in RACKS]
+    unknown = sorted(set(args.surge_rack) - set(racks))
+    if unknown:
+        print(
+            f"wattscale demo: --surge-rack: no rack {', '.join(unknown)}; racks: {', '.join(racks)}",
+            file=sys.stderr,
+        )
+        return 2
+    collector.surge_racks.update(args.surge_rack)
     pipeline = Pipeline(
         [collector],
         store=store,
@@ -113,7 +154,7 @@ async def _demo(args: argparse.Namespace) -> int:
         authenticator=AllowAllAuthenticator(),
         authorizer=None,
         self_metrics=self_metrics,
-        api_settings=ApiSettings(enable_external_metrics=True),
+        api_settings=ApiSettings(enable_external_metrics=True, extra_routes=surge_routes(collector, racks)),
     ):
         host = f"[{args.host}]" if ":" in args.host else args.host
         base_url = f"https://{host}:{args.port}"
@@ -127,6 +168,8 @@ async def _demo(args: argparse.Namespace) -> int:
         print("racks rack-a (nodes h100-a1..a4) and rack-b (h100-b1..b4), 17 kW caps. Try:")
         for command in curl_examples(base_url):
             print(f"  {command}")
+        print(f"Live page: {base_url}/ui/   Prometheus series: {base_url}/metrics/power")
+        print(f"Drive rack-a over its cap: curl -sk -X POST {base_url}/demo/surge/rack-a  (DELETE ends it)")
         print("Stop with Ctrl-C.", flush=True)
         if args.exit_after is not None:
             with contextlib.suppress(TimeoutError):
