@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "estimate",
     "capper",
     "simulate",
+    "top",
 )
 
 
