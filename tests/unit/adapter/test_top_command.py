@@ -18,7 +18,9 @@ from adapter.commands.top import VIEWS, direct_fetch, headroom_bar, read_view, r
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
 
-async def test_pods_table_has_the_apis_fresh_values_and_dashes_for_missing_ones(aiohttp_server: ServerFactory) -> None:
+async def test_pods_table_has_the_apis_fresh_values_and_dashes_for_missing_ones(
+    aiohttp_server: ServerFactory,
+) -> None:
     server = await aiohttp_server(example_app())
     async with direct_fetch(str(server.make_url("/")), verify=True) as fetch:
         rows = await read_view(fetch, VIEWS["pods"], "inference")
