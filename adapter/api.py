@@ -16,12 +16,12 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
 from adapter.errors import NotReadyError, WattscaleError
-from adapter.exposition import POWER_METRICS_PATH, power_registry
+from adapter.exposition import POWER_METRICS_PATH, PowerExposition
 from adapter.objects import ObjectIndex
 from adapter.page import add_page
 from adapter.provider import StoreProvider
@@ -58,7 +58,7 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 """Absent when authorization is off (the demo)."""
 SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("api_settings", ApiSettings)
-POWER_REGISTRY = web.AppKey("power_registry", CollectorRegistry)
+POWER_EXPOSITION = web.AppKey("power_exposition", PowerExposition)
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -181,7 +181,7 @@ async def self_metrics(request: web.Request) -> web.Response:
 
 
 async def power_metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[POWER_REGISTRY])
+    body = await request.app[POWER_EXPOSITION].body()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -265,7 +265,7 @@ def create_app(
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)
-    app[POWER_REGISTRY] = power_registry(store, clock=clock)
+    app[POWER_EXPOSITION] = PowerExposition(store, clock=clock)
     get(POWER_METRICS_PATH, power_metrics, allow_head=False)
     add_page(app, store, clock)
     app.router.add_routes(settings.extra_routes)

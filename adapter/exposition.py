@@ -24,11 +24,12 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -209,3 +210,26 @@ def power_registry(store: MetricStore, *, clock: Callable[[], float] = time.time
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PowerCollector(store, clock=clock))
     return registry
+
+
+class PowerExposition:
+    """The rendered text, once per store snapshot, in a worker thread.
+
+    Rendering 4,600 series (1,000 pods) takes tens of milliseconds of Python; on the API's event loop
+    that would hold every HPA request queued behind a scrape. In a thread the loop keeps answering
+    (the server lets threads switch every millisecond), and HA Prometheus pairs share one rendering.
+    A rendering is reused for at most the second it was made in, so a pipeline that stopped passing
+    cannot keep a value alive past its max age.
+    """
+
+    def __init__(self, store: MetricStore, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._registry = power_registry(store, clock=clock)
+        self._rendered: tuple[tuple[int, int], bytes] = ((-1, -1), b"")
+
+    async def body(self) -> bytes:
+        key = (self._store.generation, int(self._clock()))
+        if self._rendered[0] != key:
+            self._rendered = (key, await asyncio.to_thread(generate_latest, self._registry))
+        return self._rendered[1]

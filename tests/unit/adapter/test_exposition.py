@@ -100,3 +100,14 @@ def test_four_series_per_pod() -> None:
 
 def test_nothing_before_the_first_pass() -> None:
     assert list(PowerCollector(MetricStore(max_age_seconds=60.0)).collect()) == []
+
+
+async def test_a_value_ages_out_even_when_no_new_snapshot_arrives() -> None:
+    from adapter.exposition import PowerExposition
+
+    now = [NOW]
+    store = _fleet_store(1)
+    exposition = PowerExposition(store, clock=lambda: now[0])
+    assert b'pod="pod-00000"' in await exposition.body()
+    now[0] = SAMPLE_TIME + 121.0  # past max age, same store generation (the pipeline stopped)
+    assert b'pod="pod-00000"' not in await exposition.body()
