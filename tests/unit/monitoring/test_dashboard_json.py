@@ -4,6 +4,7 @@ alert that can never fire)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from adapter.capper.loop import CapperMetrics
 from adapter.exposition import FAMILIES
 from adapter.selfmetrics import SelfMetrics
 
@@ -50,9 +50,21 @@ def _panels() -> list[dict[str, Any]]:
     return [panel for panel in _dashboard()["panels"] if panel["type"] != "row"]
 
 
+def _operator_metrics() -> CollectorRegistry:
+    # The operator moves from adapter.capper to its own package poweroperator (branch op); its metric
+    # names stay. Read them from wherever this checkout has them.
+    try:
+        loop = importlib.import_module("poweroperator.loop")
+    except ModuleNotFoundError:
+        loop = importlib.import_module("adapter.capper.loop")
+    registry = CollectorRegistry()
+    loop.CapperMetrics(registry)
+    return registry
+
+
 def _exposed_names() -> set[str]:
     names = {family.name for family in FAMILIES} | POWER_SERIES_EXTRA | EXTERNAL_SERIES
-    for registry in (SelfMetrics().registry, CapperMetrics(CollectorRegistry()).registry):
+    for registry in (SelfMetrics().registry, _operator_metrics()):
         for metric in registry.collect():
             suffixes = ("_total",) if metric.type == "counter" else ("", "_bucket", "_sum", "_count")
             names |= {metric.name + suffix for suffix in suffixes}

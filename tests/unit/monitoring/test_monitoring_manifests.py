@@ -31,7 +31,7 @@ def test_kustomization_builds_rules_monitors_role_and_dashboard() -> None:
     assert set(objects) == {
         ("PrometheusRule", "wattscale"),
         ("ServiceMonitor", "wattscale"),
-        ("PodMonitor", "wattscale-capper"),
+        ("PodMonitor", "wattscale-operator"),
         ("ClusterRole", "wattscale-metrics-reader"),
         ("ConfigMap", "wattscale-grafana-dashboard"),
     }
