@@ -22,9 +22,11 @@ from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
 from adapter.connections import REFUSED_LOG, status_response
 from adapter.errors import NotReadyError, WattscaleError
+from adapter.exposition import POWER_METRICS_PATH, PowerExposition
 from adapter.logs import RateLimitedLog
 from adapter.objects import ObjectIndex
 from adapter.openapi import Document, OpenApiDocuments
+from adapter.page import add_page
 from adapter.provider import StoreProvider
 from adapter.query import (
     RouteNotFoundError,
@@ -47,6 +49,8 @@ HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/healthz/ping", "/li
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     enable_external_metrics: bool = False
+    extra_routes: tuple[web.RouteDef, ...] = ()
+    """Routes of one command only (the demo's load knob), behind the same middlewares."""
 
 
 STORE = web.AppKey("store", MetricStore)
@@ -61,6 +65,7 @@ LivenessCheck = Callable[[], Sequence[str]]
 LIVENESS: web.AppKey[LivenessCheck] = web.AppKey("liveness")
 """Internal tasks and processes that stopped and are not coming back: /livez fails with them."""
 OPENAPI = web.AppKey("openapi", OpenApiDocuments)
+POWER_EXPOSITION = web.AppKey("power_exposition", PowerExposition)
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -185,6 +190,11 @@ async def self_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def power_metrics(request: web.Request) -> web.Response:
+    body = await request.app[POWER_EXPOSITION].body()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def _groups(app: web.Application) -> list[tuple[str, tuple[str, ...]]]:
     groups: list[tuple[str, tuple[str, ...]]] = [(wire.CUSTOM_GROUP, wire.CUSTOM_VERSIONS)]
     if app[SETTINGS].enable_external_metrics:
@@ -298,6 +308,10 @@ def create_app(
     get("/openapi/v2", openapi_v2, allow_head=False)
     get("/openapi/v3", openapi_v3_discovery, allow_head=False)
     get("/openapi/v3/{group_version:.+}", openapi_v3, allow_head=False)
+    app[POWER_EXPOSITION] = PowerExposition(store, clock=clock)
+    get(POWER_METRICS_PATH, power_metrics, allow_head=False)
+    add_page(app, store, clock)
+    app.router.add_routes(settings.extra_routes)
     get("/apis", api_groups, allow_head=False)
     get("/apis/{group}", api_group, allow_head=False)
     get("/apis/{group}/{version}{tail:(/.*)?}", group_version, allow_head=False)

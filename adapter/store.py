@@ -63,6 +63,9 @@ class Snapshot:
     def group(self, key: GroupKey) -> Mapping[str, StoredValue]:
         return self.by_metric.get(key, {})
 
+    def groups(self) -> Iterable[tuple[GroupKey, Mapping[str, StoredValue]]]:
+        return self.by_metric.items()
+
     def names(self, resource: str, namespace: str | None) -> set[str]:
         return {
             ref.name
@@ -225,6 +228,9 @@ class ColumnSnapshot:
     def group(self, key: GroupKey) -> Mapping[str, StoredValue]:
         group = self._layout.groups.get(key)
         return {} if group is None else _Group(self, group[1])
+
+    def groups(self) -> Iterable[tuple[GroupKey, Mapping[str, StoredValue]]]:
+        return ((key, _Group(self, positions)) for key, (_, positions) in self._layout.groups.items())
 
     def names(self, resource: str, namespace: str | None) -> set[str]:
         found: set[str] = set()

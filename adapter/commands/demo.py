@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
+import multiprocessing
 import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 HELP = "serve the custom metrics API over a simulated fleet of H100 LLM servers (no cluster needed)"
 
 log = logging.getLogger(__name__)
 FIRST_RATES_TIMEOUT_SECONDS = 60.0
+RACKS = (
+    {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
+    {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +33,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after this long (default: run until ^C)",
     )
+    parser.add_argument(
+        "--surge-rack",
+        action="append",
+        default=[],
+        metavar="RACK",
+        help="start with every GPU of RACK at 700 W, driving it over its cap (repeatable); "
+        "at run time: POST or DELETE /demo/surge/RACK",
+    )
     parser.add_argument("--log-level", default="warning")
+
+
+class SurgeSwitch:
+    """Which racks surge: flags in memory shared with the worker process, where the simulated
+    collector runs, so the demo's HTTP knob reaches it without a restart."""
+
+    def __init__(self, racks: Sequence[str], surging: Iterable[str] = ()) -> None:
+        self.racks = tuple(racks)
+        # The worker is spawned; shared memory from the same context travels with its arguments.
+        self._flags = multiprocessing.get_context("spawn").Array("b", len(self.racks))
+        for rack in surging:
+            self.set(rack, surging=True)
+
+    def set(self, rack: str, *, surging: bool) -> None:
+        self._flags[self.racks.index(rack)] = surging
+
+    def __contains__(self, rack: object) -> bool:
+        return rack in self.racks and bool(self._flags[self.racks.index(str(rack))])
+
+    def surging(self) -> list[str]:
+        return [rack for rack in self.racks if rack in self]
 
 
 def demo_objects() -> list[Any]:
@@ -58,10 +94,33 @@ def demo_objects() -> list[Any]:
     return objects
 
 
-def demo_collectors() -> list[Any]:
+def demo_collectors(surge: SurgeSwitch | None = None) -> list[Any]:
     from collectors.simulated import SimulatedCollector, SimulatedSettings
 
-    return [SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))]
+    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
+    if surge is not None:
+        collector.surge_racks = surge
+    return [collector]
+
+
+def surge_routes(surge: SurgeSwitch) -> tuple[Any, ...]:
+    """`POST /demo/surge/{rack}` puts every GPU of the rack at 700 W, `DELETE` ends it: a rack over its
+    cap on demand, for trying the alert rules and the page."""
+    from aiohttp import web
+
+    from adapter.api import json_response
+    from adapter.connections import status_response
+
+    async def change(request: web.Request) -> web.Response:
+        rack = request.match_info["rack"]
+        if rack not in surge.racks:
+            return status_response(
+                404, f"no rack {rack!r} in the demo fleet; racks: {', '.join(surge.racks)}"
+            )
+        surge.set(rack, surging=request.method == "POST")
+        return json_response({"surging": surge.surging()})
+
+    return (web.post("/demo/surge/{rack}", change), web.delete("/demo/surge/{rack}", change))
 
 
 def curl_examples(base_url: str) -> list[str]:
@@ -86,16 +145,22 @@ async def _demo(args: argparse.Namespace) -> int:
         {
             "window_seconds": args.window_seconds,
             "max_age_seconds": max(4 * args.window_seconds, 60.0),
-            "racks": [
-                {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
-                {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
-            ],
+            "racks": RACKS,
         }
     )
+    racks = [str(rack["name"]) for rack in RACKS]
+    unknown = sorted(set(args.surge_rack) - set(racks))
+    if unknown:
+        print(
+            f"wattscale demo: --surge-rack: no rack {', '.join(unknown)}; racks: {', '.join(racks)}",
+            file=sys.stderr,
+        )
+        return 2
+    surge = SurgeSwitch(racks, args.surge_rack)
     store = MetricStore(max_age_seconds=settings.max_age_seconds)
     worker = WorkerSpec(
         settings=settings,
-        collectors=demo_collectors,
+        collectors=functools.partial(demo_collectors, surge),
         index=StaticIndexSource(demo_objects),
         log_level=args.log_level,
     )
@@ -111,7 +176,7 @@ async def _demo(args: argparse.Namespace) -> int:
         authenticator=AllowAllAuthenticator(),
         authorizer=None,
         self_metrics=SelfMetrics(),
-        api_settings=ApiSettings(enable_external_metrics=True),
+        api_settings=ApiSettings(enable_external_metrics=True, extra_routes=surge_routes(surge)),
     ):
         await _first_rates(store)
         host = f"[{args.host}]" if ":" in args.host else args.host
@@ -126,6 +191,8 @@ async def _demo(args: argparse.Namespace) -> int:
         print("racks rack-a (nodes h100-a1..a4) and rack-b (h100-b1..b4), 17 kW caps. Try:")
         for command in curl_examples(base_url):
             print(f"  {command}")
+        print(f"Live page: {base_url}/ui/   Prometheus series: {base_url}/metrics/power")
+        print(f"Drive rack-a over its cap: curl -sk -X POST {base_url}/demo/surge/rack-a  (DELETE ends it)")
         print("Stop with Ctrl-C.", flush=True)
         if args.exit_after is not None:
             with contextlib.suppress(TimeoutError):

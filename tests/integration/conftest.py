@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 from integration_peers import ReplayExporter, StartPrometheus, Target, free_port, wait_for
+from monitoring_stack import Stack, monitoring_stack
 
 
 @pytest.fixture
@@ -91,3 +92,11 @@ async def start_prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture(scope="session")
+def monitoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`wattscale demo`, Prometheus with the shipped rules, Alertmanager and a webhook receiver, shared
+    by the alerting and dashboard tests (see monitoring_stack)."""
+    with monitoring_stack(tmp_path_factory.mktemp("monitoring")) as stack:
+        yield stack
