@@ -34,7 +34,8 @@ from adapter.selfmetrics import SelfMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
 from collectors.base import Collector, Sample
-from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet, replicas_within_budget
+from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet
+from estimators.headroom import ReplicaBudgets
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,13 @@ def samples_frame(rows: Sequence[SampleRow]) -> pd.DataFrame:
 
 
 class SampleHistory:
-    """Recent batches of every collector, each turned into a frame once, when it arrives."""
+    """Recent batches of every collector, each turned into a frame once, when it arrives; and what the
+    passes remember between them (each workload's replica peak and held replica count)."""
 
     def __init__(self, keep_seconds: float) -> None:
         self.keep_seconds = keep_seconds
         self._batches: dict[str, deque[tuple[float, pd.DataFrame]]] = {}
+        self.replica_budgets = ReplicaBudgets()
 
     def add(self, collector: str, rows: Sequence[SampleRow], received_seconds: float) -> None:
         if rows:
@@ -158,8 +161,10 @@ def store_values(
     index: ObjectIndex,
     racks_of_nodes: Mapping[str, str],
     window_seconds: float,
+    replica_budgets: ReplicaBudgets | None = None,
 ) -> dict[Key, StoredValue]:
     put = _Put({})
+    budgets = replica_budgets if replica_budgets is not None else ReplicaBudgets()
     pods = estimate.pods.dropna(subset=["namespace", "pod"])
     for row in _records(pods):
         ref = ObjectRef(PODS, str(row["namespace"]), str(row["pod"]))
@@ -199,11 +204,17 @@ def store_values(
                 if resource == NAMESPACES or members.empty:
                     continue
                 rack = str(members.mode().iloc[0])
-                replica_peak_watts = float(pods.loc[group_of_pod == group, "power_watts"].max())
-                if rack in racks and math.isfinite(replica_peak_watts) and replica_peak_watts > 0:
-                    replicas = replicas_within_budget(
-                        float(racks[rack]["headroom_watts"]), replica_peak_watts, int(row["pods"])
-                    )
+                if rack not in racks:
+                    continue
+                replicas = budgets.update(
+                    ref,
+                    headroom_watts=float(racks[rack]["headroom_watts"]),
+                    overdraw_watts=float(racks[rack]["overdraw_watts"]),
+                    replica_power_watts=float(pods.loc[group_of_pod == group, "power_watts"].max()),
+                    current_replicas=int(row["pods"]),
+                    now_seconds=float(end),
+                )
+                if replicas is not None:
                     put.add(ref, "replicas_within_budget", replicas, end, window, rack=rack)
 
     for row in _records(estimate.nodes):
@@ -258,7 +269,14 @@ def estimate_pass(
     estimate = estimate_fleet(
         frame, node_racks=mapping, racks=rack_frame, window_seconds=window_seconds, now_seconds=now_seconds
     )
-    values = store_values(estimate, index=index, racks_of_nodes=mapping, window_seconds=window_seconds)
+    values = store_values(
+        estimate,
+        index=index,
+        racks_of_nodes=mapping,
+        window_seconds=window_seconds,
+        replica_budgets=history.replica_budgets,
+    )
+    history.replica_budgets.retain({ref for ref, metric in values if metric == "replicas_within_budget"})
     for rack, (power_watts, at_seconds) in latest_rack_power(frame).items():
         for ref in (
             ObjectRef(POWER_BUDGETS, "", rack),

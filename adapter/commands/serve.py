@@ -44,11 +44,12 @@ _invalid_budgets_logged: set[str] = set()
 
 
 def power_budget_racks(objects: Sequence[Any]) -> list[Any]:
-    """Racks defined by PowerBudget objects, parsed exactly as the capper parses them (one definition
-    of what a valid budget is); an invalid budget defines no rack, and says why once."""
-    from adapter.capper.budget import BudgetError, parse_budget
+    """Racks defined by PowerBudget objects, parsed exactly as the operator parses them (the operator
+    owns the PowerBudget API: one definition of what a valid budget is); an invalid budget defines no
+    rack, and says why once."""
     from adapter.selectors import parse_selector
     from adapter.settings import RackSettings
+    from poweroperator.budget import BudgetError, parse_budget
 
     racks = []
     for obj in objects:

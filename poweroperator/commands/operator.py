@@ -1,4 +1,4 @@
-"""`wattscale capper`: keep every PowerBudget's rack under its cap (leader-elected; see adapter.capper)."""
+"""`wattscale operator` (alias `capper`): reconcile every PowerBudget (leader-elected; see poweroperator)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import socket
 from pathlib import Path
 
-HELP = "keep racks under their PowerBudget caps by setting GPU power limits and replica ceilings"
+HELP = (
+    "keep racks under their PowerBudget caps: GPU power limits, KEDA-scaled workloads bounded by the "
+    "budget, and placement away from overdrawn racks"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="namespace of the leader-election Lease (default: $POD_NAMESPACE, else kube-system)",
     )
     parser.add_argument(
-        "--lease-name", default="wattscale-capper", help="Lease name (default: wattscale-capper)"
+        "--lease-name", default="wattscale-operator", help="Lease name (default: wattscale-operator)"
     )
     parser.add_argument("--lease-seconds", type=int, default=15, help="lease duration (default: 15)")
     parser.add_argument("--interval-seconds", type=float, default=1.0, help="control period (default: 1)")
@@ -43,6 +46,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--agent-token-file", type=Path, help="bearer token the agents accept for power-limit changes"
     )
     parser.add_argument(
+        "--adapter-url",
+        default="https://wattscale.wattscale.svc:443",
+        help="where KEDA reaches the adapter: the power trigger's URL starts with it "
+        "(default: https://wattscale.wattscale.svc:443)",
+    )
+    parser.add_argument(
+        "--keda-namespace", default="keda", help="namespace of KEDA's operator (default: keda)"
+    )
+    parser.add_argument(
+        "--keda-service-account",
+        default="keda-operator",
+        help="KEDA operator's ServiceAccount, allowed to mint the power reader's token (default: keda-operator)",
+    )
+    parser.add_argument(
+        "--placement-after-seconds",
+        type=float,
+        default=30.0,
+        help="how long a rack must be without headroom (or back above the hysteresis band) before its "
+        "nodes are marked PreferNoSchedule (or cleared) (default: 30)",
+    )
+    parser.add_argument(
+        "--reconcile-period-seconds",
+        type=float,
+        default=15.0,
+        help="how often KEDA objects and placement marks are reconciled (default: 15)",
+    )
+    parser.add_argument(
         "--metrics-address", default="0.0.0.0", help="bind address of /metrics (default: 0.0.0.0)"
     )
     parser.add_argument(
@@ -54,12 +84,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
     import sys
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.interval_seconds <= 0:
-        print("capper: --interval-seconds must be > 0", file=sys.stderr)
+        print("operator: --interval-seconds must be > 0", file=sys.stderr)
         return 2
     return asyncio.run(_run(args))
 
@@ -67,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
+    import logging
     import signal
     import sys
 
@@ -75,17 +104,22 @@ async def _run(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from adapter.capper.agents import AgentClient
-    from adapter.capper.cluster import KubeCluster
-    from adapter.capper.lease import LeaseElector
-    from adapter.capper.loop import Capper, CapperMetrics
+    from poweroperator.agents import AgentClient
+    from poweroperator.cluster import KubeCluster, KubeObjectClient
+    from poweroperator.keda import FIELD_MANAGER, KedaSettings
+    from poweroperator.lease import LeaseElector
+    from poweroperator.loop import Capper, CapperMetrics
+    from poweroperator.placement import PlacementReconciler
+    from poweroperator.scaling import ScalingReconciler
+
+    log = logging.getLogger("poweroperator")
 
     if args.kubeconfig is not None:
         await config.load_kube_config(config_file=str(args.kubeconfig))
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     else:
-        print("capper: no cluster (no --kubeconfig, not in a pod)", file=sys.stderr)
+        print("operator: no cluster (no --kubeconfig, not in a pod)", file=sys.stderr)
         return 2
     token = args.agent_token_file.read_text(encoding="utf-8").strip() if args.agent_token_file else None
 
@@ -120,20 +154,34 @@ async def _run(args: argparse.Namespace) -> int:
             identity=args.identity,
             lease_seconds=args.lease_seconds,
         )
+        cluster = KubeCluster(api, agent_url_template=args.agent_url_template, identity=args.identity)
         capper = Capper(
-            KubeCluster(api, agent_url_template=args.agent_url_template, identity=args.identity),
+            cluster,
             AgentClient(session, token=token),
             metrics=metrics,
             identity=args.identity,
             replica_period_seconds=args.replica_period_seconds,
+            reconcile_period_seconds=args.reconcile_period_seconds,
         )
+        keda = KedaSettings(
+            adapter_url=args.adapter_url,
+            keda_namespace=args.keda_namespace,
+            keda_service_account=args.keda_service_account,
+        )
+        capper.reconcilers += [
+            ScalingReconciler(KubeObjectClient(api, field_manager=FIELD_MANAGER), keda, capper.event),
+            PlacementReconciler(cluster, capper.event, after_seconds=args.placement_after_seconds),
+        ]
         try:
             while not stop.is_set():
                 started = loop.time()
                 leading = await elector.try_acquire_or_renew()
                 metrics.leader.set(1.0 if leading else 0.0)
                 if leading:
-                    await capper.run_once()
+                    try:
+                        await capper.run_once()
+                    except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # API server unreachable
+                        log.warning("operator.period_failed", extra={"error": f"{type(exc).__name__}: {exc}"})
                 if args.once:
                     break
                 with contextlib.suppress(TimeoutError):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from adapter.cli import main
-from adapter.commands import simulate as simulate_command
-from adapter.sim import policies, traces
+from poweroperator.commands import simulate as simulate_command
+from poweroperator.sim import policies, traces
 
 
 def test_json_output_has_the_safety_service_and_efficiency_numbers(

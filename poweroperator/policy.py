@@ -1,6 +1,6 @@
 """Which GPU power limits a rack should have next, given what was just measured.
 
-One implementation, two callers: the simulator's "ours" policy (`adapter.sim`) and the live loop
+One implementation, two callers: the simulator's "ours" policy (`poweroperator.sim`) and the live loop
 (`wattscale capper`). Both build a `RackObservation`, call `decide`, and apply `Decision.limits_watts`.
 Pure: no I/O, no clock reads (time arrives in the observation), so a unit test pins every rule.
 

@@ -1,4 +1,4 @@
-"""`wattscale capper` on the real control plane: PowerBudget CRD, Lease, Events and status, rack power read
+"""`wattscale operator` on the real control plane: PowerBudget CRD, Lease, Events and status, rack power read
 through the aggregated custom metrics API from the running adapter, and real `wattscale agent` HTTP servers
 (with a FakeNvml in place of the driver, since there is no GPU) on the PowerBudget's nodes.
 
@@ -116,10 +116,10 @@ def capper(
     control_plane: ControlPlane, adapter: DeployedAdapter, power_budget_crd: None, agents: dict[str, str]
 ) -> Iterator[ManagedProcess]:
     process = ManagedProcess(
-        "wattscale capper",
+        "wattscale operator",
         [
             *WATTSCALE_CLI,
-            "capper",
+            "operator",
             "--kubeconfig",
             str(control_plane.admin_kubeconfig),
             "--identity",
@@ -210,7 +210,7 @@ def test_capper_acts_on_a_power_budget_over_its_cap(
         messages = [e["message"] for e in events if e["reason"] == "PowerLimitsLoweredHard"]
         assert any(m.startswith(f"{mode}: ") for m in messages), [e["message"] for e in events]
 
-        lease = control_plane.kubectl("get", "lease", "wattscale-capper", "-n", "default", "-o", "json")
+        lease = control_plane.kubectl("get", "lease", "wattscale-operator", "-n", "default", "-o", "json")
         assert json.loads(lease.stdout)["spec"]["holderIdentity"] == "capper-0"
 
         if mode == "dryRun":

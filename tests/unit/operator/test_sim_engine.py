@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from adapter.sim import traces
-from adapter.sim.engine import SimConfig, breaker_trip_seconds, rack_spec, simulate
-from adapter.sim.policies import Readings, build
+from poweroperator.sim import traces
+from poweroperator.sim.engine import SimConfig, breaker_trip_seconds, rack_spec, simulate
+from poweroperator.sim.policies import Readings, build
 
 
 def short(**changes: object) -> SimConfig:

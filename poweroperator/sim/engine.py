@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from adapter.capper.policy import PRIORITY_HIGH, PRIORITY_LOW, FloatArray
-from adapter.sim import policies, traces
-from adapter.sim.power import GpuPowerCurve, ServerModel
+from poweroperator.policy import PRIORITY_HIGH, PRIORITY_LOW, FloatArray
+from poweroperator.sim import policies, traces
+from poweroperator.sim.power import GpuPowerCurve, ServerModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

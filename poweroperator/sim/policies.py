@@ -1,7 +1,7 @@
 """The policies the simulator compares (anchors-power.md 9.4), behind one small interface.
 
 Each sees only what a real controller would: the PDU's 1 s average and each GPU's 1 s average power
-(both with gain error), and the limits it commanded itself. "ours" is `adapter.capper.policy`, the code
+(both with gain error), and the limits it commanded itself. "ours" is `poweroperator.policy`, the code
 the live `wattscale capper` runs, not a copy of it.
 """
 
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from adapter.capper.policy import (
+from poweroperator.policy import (
     PRIORITY_HIGH,
     Action,
     FloatArray,

@@ -1,5 +1,5 @@
 """The live capping loop: every period, for every PowerBudget, read the rack and its GPUs, ask the policy
-(`adapter.capper.policy.decide`, the same code the simulator runs), and act through the node agents.
+(`poweroperator.policy.decide`, the same code the simulator runs), and act through the node agents.
 
 Per budget and period:
 1. Nodes from the budget's nodeSelector; each node's agent (`GET /v1/gpus`). A node whose agent fails
@@ -22,18 +22,18 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from adapter.capper.agents import AgentClient, AgentError, GpuReading
-from adapter.capper.budget import BudgetError, BudgetSpec, parse_budget
-from adapter.capper.cluster import Cluster, ClusterError, RackReading
-from adapter.capper.policy import Action, Decision, PolicyState, RackObservation, decide
+from poweroperator.agents import AgentClient, AgentError, GpuReading
+from poweroperator.budget import BudgetError, BudgetSpec, parse_budget
+from poweroperator.cluster import Cluster, ClusterError, RackReading
+from poweroperator.policy import Action, Decision, PolicyState, RackObservation, decide
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,18 @@ class BudgetRuntime:
     last_error: str = ""
     status_written_seconds: float = -math.inf
     written_error: str = ""
+    workloads: list[dict[str, Any]] = field(default_factory=list)
+    """status.workloads: the managed workloads' KEDA objects, from the last scaling reconcile."""
+    placement: dict[str, Any] | None = None
+    """status.placement, from the last placement reconcile."""
+
+
+class Reconciler(Protocol):
+    """Slower work over all valid budgets, every reconcile period: KEDA objects, placement marks."""
+
+    async def reconcile_all(
+        self, budgets: Sequence[BudgetSpec], runtime: Mapping[str, BudgetRuntime], now: float
+    ) -> None: ...
 
 
 class Capper:
@@ -126,6 +138,8 @@ class Capper:
         pods_period_seconds: float = 10.0,
         replica_period_seconds: float = 15.0,
         status_period_seconds: float = 5.0,
+        reconcile_period_seconds: float = 15.0,
+        reconcilers: Sequence[Reconciler] = (),
     ) -> None:
         self.cluster = cluster
         self.agents = agents
@@ -136,6 +150,9 @@ class Capper:
         self.replica_period_seconds = replica_period_seconds
         self.status_period_seconds = status_period_seconds
         self.runtime: dict[str, BudgetRuntime] = {}
+        self.reconcile_period_seconds = reconcile_period_seconds
+        self.reconcilers = list(reconcilers)
+        self._reconciled_seconds = -math.inf
 
     async def run_once(self) -> None:
         """One period over every PowerBudget; a failure in one budget never stops the others."""
@@ -143,28 +160,43 @@ class Capper:
             budgets = await self.cluster.power_budgets()
         except ClusterError as exc:
             self.metrics.errors.labels("", "budget").inc()
-            log.warning("capper.budgets_unavailable", extra={"error": str(exc)})
+            log.warning("operator.budgets_unavailable", extra={"error": str(exc)})
             return
         names = set()
+        valid: list[BudgetSpec] = []
         for raw in budgets:
             name = str((raw.get("metadata") or {}).get("name") or "")
             names.add(name)
             try:
-                await self._run_budget(name, raw)
+                valid += await self._run_budget(name, raw)
             except Exception:  # our bug: log it and keep capping the other racks
                 self.metrics.errors.labels(name, "internal").inc()
-                log.exception("capper.budget_failed", extra={"budget": name})
+                log.exception("operator.budget_failed", extra={"budget": name})
         for gone in set(self.runtime) - names:
             del self.runtime[gone]
+        await self._reconcile(valid)
 
-    async def _run_budget(self, name: str, raw: Mapping[str, Any]) -> None:
+    async def _reconcile(self, budgets: Sequence[BudgetSpec]) -> None:
+        now = self._clock()
+        if not self.reconcilers or now - self._reconciled_seconds < self.reconcile_period_seconds:
+            return
+        self._reconciled_seconds = now
+        for reconciler in self.reconcilers:
+            try:
+                await reconciler.reconcile_all(budgets, self.runtime, now)
+            except Exception:  # our bug: the GPU-limit loop must keep running
+                self.metrics.errors.labels("", "internal").inc()
+                log.exception("operator.reconcile_failed", extra={"reconciler": type(reconciler).__name__})
+
+    async def _run_budget(self, name: str, raw: Mapping[str, Any]) -> list[BudgetSpec]:
+        """One period of one budget; returns it parsed, or nothing when it is invalid."""
         runtime = self.runtime.setdefault(name, BudgetRuntime())
         try:
             budget = parse_budget(raw)
         except BudgetError as exc:
             self.metrics.errors.labels(name, "budget").inc()
             await self._fail(name, runtime, str(exc))
-            return
+            return []
         errors: list[str] = []
         now = self._clock()
         await self._read_gpus(budget, runtime, errors)
@@ -180,6 +212,7 @@ class Capper:
         await self._write_status(
             budget, runtime, now, force=decision is not None and bool(decision.changed.any())
         )
+        return [budget]
 
     async def _fail(self, name: str, runtime: BudgetRuntime, error: str) -> None:
         runtime.last_error = error
@@ -270,7 +303,7 @@ class Capper:
             gpu_max_watts=np.array([g.limit_max_watts for g in gpus]),
             gpu_priority=priority,
         )
-        decision = decide(budget.policy_config(), runtime.policy_state, obs)
+        decision = decide(budget.policy, runtime.policy_state, obs)
         runtime.policy_state = decision.state
         runtime.order = [g.uuid for g in gpus]
         self.metrics.limited_gpus.labels(budget.name).set(
@@ -328,11 +361,11 @@ class Capper:
         if agent_dry_run:
             message += "; agents answered dry_run (no --allow-power-limit-changes), so nothing changed"
         reason = _EVENT_REASON.get(decision.action, "PowerLimitsChanged")
-        await self._event(
+        await self.event(
             budget, reason, message, warning=decision.action in (Action.EMERGENCY, Action.STALE_LOWER)
         )
 
-    async def _event(self, budget: BudgetSpec, reason: str, message: str, *, warning: bool = False) -> None:
+    async def event(self, budget: BudgetSpec, reason: str, message: str, warning: bool = False) -> None:
         try:
             await self.cluster.emit_event(budget, reason=reason, message=message, warning=warning)
         except ClusterError:
@@ -344,7 +377,8 @@ class Capper:
         rack = runtime.rack
         mode = "enforce" if budget.enforce else "dryRun"
         for workload in budget.workloads:
-            if workload.replica_peak_power_watts is None:
+            # A managed workload's ScaledObject already stops at the budget (its power trigger).
+            if workload.replica_peak_power_watts is None or workload.scaling is not None:
                 continue
             if rack is None:
                 return
@@ -377,7 +411,7 @@ class Capper:
                 if target.resource == "inferenceservices"
                 else "spec.maxReplicaCount"
             )
-            await self._event(
+            await self.event(
                 budget,
                 "ReplicaCeilingChanged",
                 f"{mode}: {verb} {target.resource} {workload.namespace}/{target.name} {field_name} "
@@ -415,6 +449,9 @@ class Capper:
             )
         if runtime.last_action:
             status.update(lastAction=runtime.last_action, lastActionTime=runtime.last_action_time)
+        status["workloads"] = runtime.workloads
+        if runtime.placement is not None:
+            status["placement"] = runtime.placement
         try:
             await self.cluster.patch_status(budget.name, status)
             runtime.status_written_seconds = now

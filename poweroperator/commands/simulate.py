@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from adapter.sim.engine import SimConfig, simulate
+    from poweroperator.sim.engine import SimConfig, simulate
 
     config = SimConfig(
         policy=args.policy,

@@ -13,18 +13,16 @@ annotation and written back when headroom returns.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from adapter.capper.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload, label_selector
-
-if TYPE_CHECKING:
-    from adapter.store import MetricStore
+from poweroperator.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload, label_selector
 
 AGENT_URL_ANNOTATION = "wattscale.io/agent-url"
 CONFIGURED_MAX_ANNOTATION = "wattscale.io/configured-max-replicas"
@@ -96,30 +94,8 @@ def _quantity(text: object) -> float:
     return float(parse_quantity(str(text)))  # type: ignore[no-untyped-call]
 
 
-RackPowerReader = Callable[[str], Awaitable[RackReading]]
-
 LATEST_RACK_POWER = "rack_power_latest_watts"
 """The PDUs' newest readings: a loop that acts every second must not act on a 60 s average."""
-
-
-def store_rack_power(store: MetricStore) -> RackPowerReader:
-    """Read rack power from the adapter's own store: for a capper running in the adapter's process."""
-    from adapter.errors import WattscaleError
-    from adapter.store import ObjectRef
-
-    async def read(budget: str) -> RackReading:
-        ref = ObjectRef(f"{PLURAL}.{GROUP}", "", budget)
-        try:
-            try:
-                power = store.get(ref, LATEST_RACK_POWER)
-            except WattscaleError:  # no PDU on this rack, or it fell silent: the window average
-                power = store.get(ref, "rack_power_watts")
-            headroom = store.get(ref, "rack_power_headroom_watts")
-        except WattscaleError as exc:
-            raise ClusterError(f"store: {exc}") from exc
-        return RackReading(power.value, headroom.value, power.timestamp_seconds)
-
-    return read
 
 
 class KubeCluster:
@@ -129,9 +105,7 @@ class KubeCluster:
         *,
         agent_url_template: str,
         identity: str = "wattscale-capper",
-        rack_power_reader: RackPowerReader | None = None,
     ) -> None:
-        self._rack_power_reader = rack_power_reader
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -162,6 +136,39 @@ class KubeCluster:
                 )
             targets.append(NodeTarget(node.metadata.name, url))
         return sorted(targets, key=lambda t: t.name)
+
+    async def rack_nodes(self, selector: str) -> list[str]:
+        return [node.name for node in await self.nodes(selector)]
+
+    async def nodes_tainted(self, key: str) -> dict[str, str]:
+        try:
+            listed = await self._core.list_node()
+        except ApiException as exc:
+            raise ClusterError(f"list nodes: HTTP {exc.status}") from exc
+        return {
+            node.metadata.name: taint.value or ""
+            for node in listed.items
+            for taint in (node.spec.taints or [] if node.spec else [])
+            if taint.key == key
+        }
+
+    async def set_taint(self, node: str, key: str, value: str | None, effect: str) -> None:
+        """Read-modify-write with the resourceVersion: a taint the kubelet or another controller added
+        meanwhile is never lost (409, retried next period)."""
+        try:
+            current = await self._core.read_node(node)
+            taints = [
+                t.to_dict() for t in (current.spec.taints or [] if current.spec else []) if t.key != key
+            ]
+            if value is not None:
+                taints.append({"key": key, "value": value, "effect": effect})
+            body = {
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"taints": taints},
+            }
+            await self._core.patch_node(node, body, _content_type=MERGE_PATCH)  # type: ignore[call-arg]
+        except ApiException as exc:
+            raise ClusterError(f"taint node {node}: HTTP {exc.status}") from exc
 
     async def workload_pods(self, workload: Workload) -> set[tuple[str, str]]:
         try:
@@ -196,8 +203,6 @@ class KubeCluster:
         return _quantity(items[0]["value"]), _seconds(items[0]["timestamp"])
 
     async def rack_power(self, budget: str) -> RackReading:
-        if self._rack_power_reader is not None:
-            return await self._rack_power_reader(budget)
         try:
             power, stamp = await self._custom_metric(budget, LATEST_RACK_POWER)
         except ClusterError:  # no PDU on this rack, or it fell silent: the window average
@@ -293,3 +298,140 @@ class KubeCluster:
             )
         except ApiException as exc:
             raise ClusterError(f"patch {target.resource} {ns}/{target.name}: HTTP {exc.status}") from exc
+
+
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ObjectError(Exception):
+    """The API refused or failed a request on an object; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    existed: bool
+    changed: bool
+    """The object differs from what was there (in dryRun: would differ)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+
+
+_PATHS: dict[tuple[str, str], tuple[str, str]] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): ("/apis/keda.sh/v1alpha1", "scaledobjects"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ("/apis/keda.sh/v1alpha1", "triggerauthentications"),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    ("serving.kserve.io/v1beta1", "InferenceService"): (
+        "/apis/serving.kserve.io/v1beta1",
+        "inferenceservices",
+    ),
+}
+
+
+class KubeObjectClient:
+    """Server-side apply, get, delete and list of the namespaced objects the operator owns (scaling.KubeObjects)."""
+
+    def __init__(self, api_client: client.ApiClient, *, field_manager: str) -> None:
+        self._api = api_client
+        self._field_manager = field_manager
+
+    async def _call(
+        self, path: str, method: str, *, query: list[tuple[str, str]] | None = None, body: Any = None
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if method == "PATCH":
+            headers["Content-Type"] = APPLY_PATCH
+        try:
+            return await self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                response_types_map={200: "object", 201: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status == 404 and method in ("GET", "DELETE"):
+                return None
+            raise ObjectError(f"{method} {path}: HTTP {exc.status}: {_reason(exc)}") from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ObjectError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _path(kind: tuple[str, str], namespace: str, name: str) -> str:
+        prefix, plural = _PATHS[kind]
+        return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+
+    async def get(self, kind: tuple[str, str], namespace: str, name: str) -> Mapping[str, Any] | None:
+        found: Mapping[str, Any] | None = await self._call(self._path(kind, namespace, name), "GET")
+        return found
+
+    async def apply(self, obj: Mapping[str, Any], *, dry_run: bool) -> Applied:
+        kind = (str(obj["apiVersion"]), str(obj["kind"]))
+        metadata = obj["metadata"]
+        path = self._path(kind, metadata["namespace"], metadata["name"])
+        before = await self._call(path, "GET")
+        query = [("fieldManager", self._field_manager), ("force", "true")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        after = await self._call(path, "PATCH", query=query, body=dict(obj))
+        if before is None:
+            return Applied(existed=False, changed=True)
+        if dry_run:  # nothing was stored, so the resourceVersion cannot tell: compare what we manage
+            return Applied(existed=True, changed=_differs(obj, before))
+        return Applied(
+            existed=True,
+            changed=before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion"),
+        )
+
+    async def delete(self, kind: tuple[str, str], namespace: str, name: str) -> None:
+        await self._call(self._path(kind, namespace, name), "DELETE")
+
+    async def list_managed(self, kind: tuple[str, str]) -> list[Listed]:
+        from poweroperator.keda import LABEL_MANAGED_BY, MANAGED_BY
+
+        prefix, plural = _PATHS[kind]
+        listed = await self._call(
+            f"{prefix}/{plural}", "GET", query=[("labelSelector", f"{LABEL_MANAGED_BY}={MANAGED_BY}")]
+        )
+        if listed is None:  # the kind is not installed (no KEDA): nothing of ours exists
+            return []
+        return [
+            Listed(
+                item["metadata"].get("namespace", ""),
+                item["metadata"]["name"],
+                item["metadata"].get("labels") or {},
+            )
+            for item in listed.get("items") or []
+        ]
+
+
+def _reason(exc: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or b"").get("message", ""))[:300]
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason or "")
+
+
+def _differs(desired: object, current: object) -> bool:
+    """Whether any field we set differs from the stored object (ignoring fields only others set)."""
+    if isinstance(desired, Mapping):
+        if not isinstance(current, Mapping):
+            return True
+        return any(_differs(value, current.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        return (
+            not isinstance(current, list)
+            or len(desired) != len(current)
+            or any(_differs(d, c) for d, c in zip(desired, current, strict=True))
+        )
+    return bool(desired != current)

@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from kubernetes_asyncio.client.exceptions import ApiException
 
-from adapter.capper.agents import AgentClient
-from adapter.capper.budget import BudgetSpec, Workload
-from adapter.capper.cluster import ClusterError, NodeTarget, RackReading, ReplicaTarget
-from adapter.capper.loop import Capper, CapperMetrics
+from poweroperator.agents import AgentClient
+from poweroperator.budget import BudgetSpec, Workload
+from poweroperator.cluster import ClusterError, NodeTarget, RackReading, ReplicaTarget
+from poweroperator.loop import Capper, CapperMetrics
 
 TOKEN = "s3cret"
 
@@ -343,51 +344,37 @@ async def test_an_invalid_budget_is_reported_in_its_status_and_nothing_is_done()
         assert all(agent.puts == [] for agent in agents) and h.cluster.events == []
 
 
-async def test_a_capper_in_the_adapter_process_reads_rack_power_from_the_store() -> None:
-    from adapter.capper.cluster import store_rack_power
-    from adapter.store import MetricStore, ObjectRef, StoredValue
+class FakeMetricsApiClient:
+    """Answers custom.metrics.k8s.io GETs from a dict of metric -> (value, timestamp); 404 otherwise."""
 
-    now = [1_000.0]
-    store = MetricStore(max_age_seconds=30, clock=lambda: now[0])
-    ref = ObjectRef("powerbudgets.wattscale.io", "", "rack-a")
-    store.put_all(
+    def __init__(self, values: dict[str, tuple[str, str]]) -> None:
+        self.values = values
+
+    async def call_api(self, path: str, method: str, **_: Any) -> dict[str, Any]:
+        metric = path.rsplit("/", 1)[-1]
+        if metric not in self.values:
+            raise ApiException(status=404)
+        value, stamp = self.values[metric]
+        return {"items": [{"value": value, "timestamp": stamp}]}
+
+
+async def test_the_operator_acts_on_the_newest_pdu_reading_and_falls_back_to_the_window_average() -> None:
+    from poweroperator.cluster import KubeCluster
+
+    api = FakeMetricsApiClient(
         {
-            (ref, "rack_power_watts"): StoredValue(31_000.0, 999.0, 10.0),
-            (ref, "rack_power_headroom_watts"): StoredValue(5_720.0, 999.0, 10.0),
+            "rack_power_watts": ("31k", "2026-01-01T00:00:00Z"),
+            "rack_power_headroom_watts": ("5720", "2026-01-01T00:00:00Z"),
+            # A spike the 60 s average has not caught up with yet.
+            "rack_power_latest_watts": ("36500", "2026-01-01T00:00:01Z"),
         }
     )
-    read = store_rack_power(store)
+    cluster = KubeCluster(api, agent_url_template="http://{node_ip}:9477")  # type: ignore[arg-type]
+    assert await cluster.rack_power("rack-a") == RackReading(36_500.0, 5_720.0, 1767225601.0)
 
-    assert await read("rack-a") == RackReading(31_000.0, 5_720.0, 999.0)
-    now[0] += 60  # older than max age: the loop must see a failure, not an old number
+    del api.values["rack_power_latest_watts"]  # the PDU fell silent: the adapter answers 404
+    assert await cluster.rack_power("rack-a") == RackReading(31_000.0, 5_720.0, 1767225600.0)
+
+    del api.values["rack_power_watts"]
     with pytest.raises(ClusterError):
-        await read("rack-a")
-    with pytest.raises(ClusterError):
-        await read("rack-b")
-
-
-async def test_the_capper_acts_on_the_newest_pdu_reading_when_the_rack_has_one() -> None:
-    from adapter.capper.cluster import store_rack_power
-    from adapter.store import MetricStore, ObjectRef, StoredValue
-
-    now = [1_000.0]
-    store = MetricStore(max_age_seconds=30, clock=lambda: now[0])
-    ref = ObjectRef("powerbudgets.wattscale.io", "", "rack-a")
-    averaged = {
-        (ref, "rack_power_watts"): StoredValue(31_000.0, 999.0, 60.0),
-        (ref, "rack_power_headroom_watts"): StoredValue(5_720.0, 999.0, 60.0),
-    }
-    # A spike the 60 s average has not caught up with yet.
-    store.put_all({**averaged, (ref, "rack_power_latest_watts"): StoredValue(36_500.0, 999.5, 0.0)})
-    read = store_rack_power(store)
-    assert await read("rack-a") == RackReading(36_500.0, 5_720.0, 999.5)
-    # The PDU falls silent: its reading goes stale and the window average (nodes summed) takes over.
-    now[0] = 1_029.8
-    store.put_all(
-        {
-            (ref, "rack_power_watts"): StoredValue(31_000.0, 1_029.0, 60.0),
-            (ref, "rack_power_headroom_watts"): StoredValue(5_720.0, 1_029.0, 60.0),
-            (ref, "rack_power_latest_watts"): StoredValue(36_500.0, 999.5, 0.0),
-        }
-    )
-    assert await read("rack-a") == RackReading(31_000.0, 5_720.0, 1_029.0)
+        await cluster.rack_power("rack-a")

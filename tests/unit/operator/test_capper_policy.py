@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapter.capper.policy import (
+from poweroperator.policy import (
     PRIORITY_HIGH,
     PRIORITY_LOW,
     Action,
