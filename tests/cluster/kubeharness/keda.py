@@ -25,9 +25,11 @@ import contextlib
 import json
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
 import yaml
 
 from kubeharness.adapter import wait_for_api_service
@@ -36,7 +38,7 @@ from kubeharness.https import wait_for_probe
 from kubeharness.identities import service_account_token
 from kubeharness.kubeconfig import write_kubeconfig
 from kubeharness.pki import CertificateAuthority
-from kubeharness.processes import ManagedProcess, free_port
+from kubeharness.processes import ManagedProcess, free_port, wait_until
 
 KEDA_NAMESPACE = "keda"
 KEDA_ACCOUNT = "keda-operator"
@@ -90,13 +92,29 @@ def host_run_documents(config: Path, ca_pem: bytes, port: int) -> list[dict[str,
     return documents
 
 
-def install_crds(plane: ControlPlane, config: Path) -> None:
-    crds = load_documents(sorted((config / "crd" / "bases").glob("*.yaml")))
+def apply_crds(plane: ControlPlane, crds: list[dict[str, Any]]) -> None:
+    """Apply CRDs and wait until each is Established (kubectl wait fails on a CRD with no status yet)."""
     plane.apply(crds, "--force-conflicts")
-    for crd in crds:
-        plane.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
+    extensions = kubernetes.client.ApiextensionsV1Api(plane.api_client())
+
+    def established(name: str) -> bool:
+        status = extensions.read_custom_resource_definition(name).status
+        return any(
+            c.type == "Established" and c.status == "True"
+            for c in (status.conditions if status else None) or []
         )
+
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        wait_until(
+            partial(established, name),
+            timeout_seconds=_START_TIMEOUT_SECONDS,
+            description=f"CRD {name} Established",
+        )
+
+
+def install_crds(plane: ControlPlane, config: Path) -> None:
+    apply_crds(plane, load_documents(sorted((config / "crd" / "bases").glob("*.yaml"))))
 
 
 def deploy_keda(

@@ -24,7 +24,7 @@ from typing import Any
 from kubeharness.controlplane import ControlPlane
 from kubeharness.https import wait_for_probe
 from kubeharness.identities import service_account_token
-from kubeharness.keda import load_documents
+from kubeharness.keda import apply_crds, load_documents
 from kubeharness.kubeconfig import write_kubeconfig
 from kubeharness.pki import CertificateAuthority
 from kubeharness.processes import ManagedProcess, free_port
@@ -46,12 +46,7 @@ _START_TIMEOUT_SECONDS = 120.0
 
 
 def install_crds(plane: ControlPlane, config: Path) -> None:
-    crds = load_documents([config / name for name in _CRDS])
-    plane.apply(crds, "--force-conflicts")
-    for crd in crds:
-        plane.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
-        )
+    apply_crds(plane, load_documents([config / name for name in _CRDS]))
 
 
 def rbac_documents(config: Path) -> list[dict[str, Any]]:
