@@ -102,3 +102,38 @@ def demo_url() -> Any:
         yield f"https://127.0.0.1:{port}"
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=30)
+
+
+def test_watch_redraws_until_interrupted(demo_url: str) -> None:
+    import signal
+
+    from adapter.commands.top import CLEAR_SCREEN
+
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adapter.cli",
+            "top",
+            "nodes",
+            "--server",
+            demo_url,
+            "-k",
+            "--watch",
+            "--interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watch:
+        assert watch.stdout is not None
+        frames = 0
+        for line in watch.stdout:  # each frame starts by clearing the screen, then the header
+            if line.startswith(CLEAR_SCREEN):
+                assert line.removeprefix(CLEAR_SCREEN).split() == ["NODE", "POWER(W)", "GPU(W)"]
+                frames += 1
+                if frames == 2:
+                    break
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=30) == 0
