@@ -32,7 +32,6 @@ from prometheus_client.metrics_core import Metric
 from adapter.errors import ConfigError
 from adapter.kube_cache import IndexDelta, KubeObjectCache, MirrorIndex
 from adapter.objects import KubeObject, ObjectIndex, StaticObjectIndex, StoreObjectIndex
-from adapter.pipeline import Pipeline
 from adapter.selfmetrics import PipelineMetrics, SelfMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import ColumnEncoder, Columns, Key, Layout, MetricStore, ServedLayout, StoredValue
@@ -183,6 +182,8 @@ def worker_main(spec: WorkerSpec, connection: Connection) -> None:
 
 
 async def _work(spec: WorkerSpec, connection: Connection) -> None:
+    from adapter.pipeline import Pipeline  # pandas and the estimators: only ever in the worker
+
     metrics = PipelineMetrics()
     outbox = _Outbox(connection, metrics)
     try:

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from adapter.catalogue import NODES, PODS, POWER_BUDGETS
 from adapter.errors import ConfigError, StaleMetricError
 from adapter.objects import StaticObjectIndex
-from adapter.pipeline import Pipeline, load_collectors
+from adapter.pipeline import Pipeline
+from adapter.plugins import load_collectors
 from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import Settings
 from adapter.store import MetricStore, ObjectRef
