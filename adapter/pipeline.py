@@ -2,8 +2,8 @@
 
 Each collector polls in its own task under its own timeout, so a slow or failing source delays
 nobody: its samples simply age out of the window, its values grow older than `max_age_seconds`, and
-the API stops serving them (marked stale) while everything else carries on. An estimator pass runs
-every `estimate_interval_seconds` in a worker thread and swaps a whole new snapshot into the store.
+the API stops serving them (marked stale) while everything else carries on. The pipeline runs in the
+worker process (`adapter.worker`), which sends each pass's whole snapshot to the serving process.
 """
 
 from __future__ import annotations
