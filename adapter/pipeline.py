@@ -294,10 +294,6 @@ def latest_rack_power(samples: pd.DataFrame) -> dict[str, tuple[float, float]]:
     }
 
 
-INDEXED_RESOURCES = (PODS, NODES, DEPLOYMENTS)
-"""What an estimator pass needs of the object index: pod labels, node labels, Deployment selectors."""
-
-
 class Estimator(Protocol):
     """Where the sample history lives and the estimator passes run."""
 
