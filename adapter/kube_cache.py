@@ -112,9 +112,14 @@ async def _json(response: Any) -> dict[str, Any]:
     if isinstance(response, dict):
         return response
     try:
-        body: dict[str, Any] = json.loads(await response.read())
+        raw = await response.read()
     finally:
         response.release()
+    # Undecoded, the client does not turn an error status into an exception: do it here, so a
+    # missing CRD (404) and a Gone (410) are handled like those of the typed call.
+    if response.status >= 400:
+        raise ApiException(status=response.status, reason=raw[:200].decode(errors="replace"))
+    body: dict[str, Any] = json.loads(raw)
     return body
 
 
