@@ -15,8 +15,11 @@ import pytest
 from kubeharness.adapter import DeployedAdapter, deploy_adapter
 from kubeharness.binaries import Binaries, locate_binaries
 from kubeharness.controlplane import ControlPlane, start_control_plane
+from kubeharness.keda import DeployedKeda, deploy_keda
+from kubeharness.kserve import deploy_kserve
 from kubeharness.kubelet import KubeletStandIn, TestNode
 from kubeharness.processes import ManagedProcess
+from kubeharness.scheduler import clear_not_ready_taints, start_scheduler
 from kubeharness.workloads import (
     WORKLOAD_NAMESPACE,
     create_deployment,
@@ -29,7 +32,12 @@ RACK_LABEL = "wattscale.io/rack"
 TEST_NODES = [
     TestNode(name="node-1", gpus=8, labels={RACK_LABEL: "rack-a"}),
     TestNode(name="node-2", gpus=8, labels={RACK_LABEL: "rack-a"}),
+    # A second rack, for placement across racks with the real scheduler; nothing else places pods there.
+    TestNode(name="node-3", gpus=8, labels={RACK_LABEL: "rack-b"}),
+    TestNode(name="node-4", gpus=8, labels={RACK_LABEL: "rack-b"}),
 ]
+# The ServiceAccount whose bound tokens KEDA presents to wattscale (poweroperator's contract names it).
+POWER_READER_ACCOUNT = "wattscale-power-reader"
 STEADY_APP = "phi"
 FLEET_FILE = "fleet.json"
 
@@ -45,6 +53,13 @@ def pytest_runtest_makereport(
         tails = "\n".join(process.tail(60) for process in _live_processes)
         report.sections.append(("cluster component logs", tails))
     return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that bring up the real KServe run last: its CRDs replace the minimal InferenceService CRD other
+    tests apply, and its admission webhooks (failurePolicy Fail) then see every InferenceService and predictor
+    pod those tests create."""
+    items.sort(key=lambda item: "kserve" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +116,52 @@ def steady_workload(admin_api: kubernetes.client.ApiClient, kubelet: KubeletStan
         yield wait_for_running_pods(admin_api, STEADY_APP, 2)
     finally:
         delete_workload(admin_api, STEADY_APP)
+
+
+@pytest.fixture(scope="session")
+def scheduler(control_plane: ControlPlane, kubelet: KubeletStandIn) -> Iterator[ManagedProcess]:
+    """The real kube-scheduler; pods created without `nodeName` from now on are bound by it."""
+    clear_not_ready_taints(control_plane.api_client(), [node.name for node in TEST_NODES])
+    process = start_scheduler(control_plane)
+    _live_processes.append(process)
+    try:
+        yield process
+    finally:
+        process.stop()
+        _live_processes.remove(process)
+
+
+@pytest.fixture(scope="session")
+def keda(
+    control_plane: ControlPlane, cluster_binaries: Binaries, adapter: DeployedAdapter
+) -> Iterator[DeployedKeda]:
+    """KEDA's operator and metrics server, trusting wattscale's CA, serving external.metrics.k8s.io."""
+    deployed = deploy_keda(
+        control_plane,
+        cluster_binaries.module_config("keda"),
+        trusted_cas=[adapter.ca.cert_path],
+        token_accounts=[(WORKLOAD_NAMESPACE, POWER_READER_ACCOUNT)],
+    )
+    # A process restarted by a fault test logs to the same file, so these tails stay current.
+    started = deployed.processes
+    _live_processes.extend(started)
+    try:
+        yield deployed
+    finally:
+        deployed.stop()
+        for process in started:
+            _live_processes.remove(process)
+
+
+@pytest.fixture(scope="session")
+def kserve(
+    control_plane: ControlPlane, cluster_binaries: Binaries, kubelet: KubeletStandIn
+) -> Iterator[ManagedProcess]:
+    """KServe's controller in Standard (raw Deployment) mode, with its webhooks."""
+    process = deploy_kserve(control_plane, cluster_binaries.module_config("kserve"))
+    _live_processes.append(process)
+    try:
+        yield process
+    finally:
+        process.stop()
+        _live_processes.remove(process)

@@ -26,9 +26,15 @@ class Binaries:
     etcd_version: str
     keda_version: str
     folder: Path
+    kserve_version: str = ""
 
     def path(self, name: str) -> str:
         return str(self.folder / name)
+
+    def module_config(self, module: str) -> Path:
+        """The `config/` folder (CRDs, RBAC, ConfigMaps) of `keda` or `kserve` at the version that was built."""
+        version = {"keda": self.keda_version, "kserve": self.kserve_version}[module]
+        return self.folder.parent / "manifests" / f"{module}-{version}" / "config"
 
 
 def locate_binaries() -> Binaries:
@@ -40,6 +46,7 @@ def locate_binaries() -> Binaries:
         etcd_version=_required_version(CLUSTER_DIR / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3"),
         keda_version=_required_version(CLUSTER_DIR / "keda" / "go.mod", "github.com/kedacore/keda/v2"),
         folder=cache / "k8s" / kubernetes_version / "bin",
+        kserve_version=_required_version(CLUSTER_DIR / "kserve" / "go.mod", "github.com/kserve/kserve"),
     )
     subprocess.run(["bash", str(CLUSTER_DIR / "build.sh")], check=True, stdout=subprocess.DEVNULL)
     return binaries

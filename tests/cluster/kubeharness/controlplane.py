@@ -28,6 +28,8 @@ from kubeharness.pki import CertificateAuthority, KeyPair, new_signing_key_pair
 from kubeharness.processes import ManagedProcess, free_port, wait_until
 
 FRONT_PROXY_CLIENT_NAME = "front-proxy-client"
+# The service-account issuer, also the API server's default token audience (the one TokenReview checks).
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
 _START_TIMEOUT_SECONDS = 180.0
 
 
@@ -214,7 +216,7 @@ def _start_apiserver(
             f"--client-ca-file={plane.cluster_ca.cert_path}",
             "--authorization-mode=RBAC",
             "--anonymous-auth=false",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-issuer={API_AUDIENCE}",
             f"--service-account-signing-key-file={sa_private}",
             f"--service-account-key-file={sa_public}",
             "--service-cluster-ip-range=10.96.0.0/16",

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubeharness.processes import ManagedProcess, wait_until
+
 
 @dataclass(frozen=True)
 class Response:
@@ -44,3 +46,21 @@ def https_get(
     except urllib.error.HTTPError as exc:
         with exc:
             return Response(status=exc.code, body=exc.read())
+
+
+def http_ok(url: str) -> bool:
+    """Whether a plain-HTTP probe endpoint on loopback (a controller's /readyz, say) answers 200."""
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return bool(answer.status == 200)
+
+
+def wait_for_probe(process: ManagedProcess, url: str, *, timeout_seconds: float) -> None:
+    """Wait until `process` answers 200 on its probe `url`; fail at once if it exits."""
+
+    def ready() -> bool:
+        process.check_running()
+        return http_ok(url)
+
+    wait_until(
+        ready, timeout_seconds=timeout_seconds, description=f"{process.name} {url}", on_timeout=process.tail
+    )

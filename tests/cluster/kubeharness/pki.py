@@ -100,13 +100,18 @@ class CertificateAuthority:
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
         server: bool = False,
+        also_client: bool = False,
     ) -> KeyPair:
-        """Issue a leaf: a client cert (CN = user, O = groups, as kube-apiserver reads them) unless `server`."""
+        """Issue a leaf: a client cert (CN = user, O = groups, as kube-apiserver reads them) unless `server`;
+        `also_client` makes a server cert usable as a client cert too (mutual TLS between two peers sharing one
+        pair, as KEDA's operator and metrics server do)."""
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        if not server or also_client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name(attributes))
@@ -116,7 +121,7 @@ class CertificateAuthority:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
             )

@@ -76,16 +76,28 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self._env = {**os.environ, **(env or {})}
         self._log = log_path.open("ab")
-        self._process = subprocess.Popen(
+        self._process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env=self._env,
             cwd=REPO_ROOT,  # so `-m adapter.cli` imports the checkout under test first
             start_new_session=True,
         )
+
+    def restart(self) -> None:
+        """Start the same command again (after `stop`, for fault tests), logging on to the same file."""
+        if self._process.poll() is None:
+            raise AssertionError(f"{self.name} is still running")
+        if self._log.closed:
+            self._log = self.log_path.open("ab")
+        self._process = self._spawn()
 
     @property
     def pid(self) -> int:

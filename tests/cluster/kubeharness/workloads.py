@@ -34,13 +34,16 @@ def create_deployment(
     name: str,
     *,
     replicas: int,
-    node: str,
+    node: str | None,
     namespace: str = WORKLOAD_NAMESPACE,
     pod_labels: Mapping[str, str] | None = None,
+    gpus: int = 0,
 ) -> None:
-    """A model-server-like Deployment pinned to `node` (no scheduler runs); its pods carry label app=<name>
-    and `pod_labels`."""
+    """A model-server-like Deployment pinned to `node`, or placed by the kube-scheduler (which must then be
+    running) when `node` is None; its pods carry label app=<name> and `pod_labels`, and each asks for `gpus`
+    nvidia.com/gpu."""
     labels = {"app": name}
+    gpu_request = {"nvidia.com/gpu": str(gpus)} if gpus else None
     body = kubernetes.client.V1Deployment(
         metadata=kubernetes.client.V1ObjectMeta(name=name, labels=labels),
         spec=kubernetes.client.V1DeploymentSpec(
@@ -52,7 +55,13 @@ def create_deployment(
                     node_name=node,
                     # Never pulled: the kubelet stand-in marks the pods Running without a runtime.
                     containers=[
-                        kubernetes.client.V1Container(name="server", image="registry.invalid/llm:test")
+                        kubernetes.client.V1Container(
+                            name="server",
+                            image="registry.invalid/llm:test",
+                            resources=kubernetes.client.V1ResourceRequirements(
+                                requests=gpu_request, limits=gpu_request
+                            ),
+                        )
                     ],
                 ),
             ),
