@@ -385,3 +385,36 @@ async def test_the_operator_acts_on_the_newest_pdu_reading_and_falls_back_to_the
     del api.values["rack_power_watts"]
     with pytest.raises(ClusterError):
         await cluster.rack_power("rack-a")
+
+
+class FakeReconciler:
+    """Records what the loop hands a reconciler; fails on demand, as a bug would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[list[str], float]] = []
+        self.fail = fail
+
+    async def reconcile_all(self, budgets: Any, runtime: Any, now: float) -> None:
+        self.calls.append(([b.name for b in budgets], now))
+        for name in runtime:
+            runtime[name].workloads = [{"name": "llama", "applied": True}]
+        if self.fail:
+            raise RuntimeError("a bug in a reconciler")
+
+
+async def test_reconcilers_run_every_reconcile_period_and_their_status_is_written() -> None:
+    agents = two_node_agents()
+    async with Harness(agents, budget_object("dryRun"), rack_at(4_000.0)) as h:
+        broken, working = FakeReconciler(fail=True), FakeReconciler()
+        h.capper.reconcilers += [broken, working]
+        h.capper.reconcile_period_seconds = 15.0
+        for _ in range(20):  # 20 s of one-second periods
+            await h.capper.run_once()
+            h.now += 1
+            h.cluster.rack = rack_at(4_000.0, h.now)
+
+        # A failing reconciler neither stops the others nor the GPU-limit loop.
+        assert [now for _, now in working.calls] == [1_000.0, 1_015.0]
+        assert working.calls[0][0] == ["rack-a"] and len(broken.calls) == 2
+        assert h.counter("wattscale_capper_errors_total", budget="", stage="internal") == 2
+        assert h.cluster.statuses[-1]["workloads"] == [{"name": "llama", "applied": True}]
