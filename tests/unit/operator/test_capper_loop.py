@@ -231,6 +231,8 @@ async def test_dry_run_plans_low_priority_cuts_reports_them_and_touches_no_gpu()
         assert gauge("wattscale_capper_gpu_power_limit_sum_watts", {"budget": "rack-a"}) == limits < 4 * 700.0
         at_min = sum(1 for watts in h.capper.runtime["rack-a"].planned_limits.values() if watts <= 200.0)
         assert gauge("wattscale_capper_gpus_at_min_limit", {"budget": "rack-a"}) == at_min
+        # This budget has no spike guard, so there is no allowed sum to compare with.
+        assert gauge("wattscale_capper_gpu_power_limit_allowed_watts", {"budget": "rack-a"}) is None
         assert (
             h.counter(
                 "wattscale_capper_gpu_limit_changes_total", budget="rack-a", direction="down", mode="dryRun"
@@ -418,3 +420,15 @@ async def test_reconcilers_run_every_reconcile_period_and_their_status_is_writte
         assert working.calls[0][0] == ["rack-a"] and len(broken.calls) == 2
         assert h.counter("wattscale_capper_errors_total", budget="", stage="internal") == 2
         assert h.cluster.statuses[-1]["workloads"] == [{"name": "llama", "applied": True}]
+
+
+async def test_the_allowed_limit_sum_is_what_the_guard_leaves_under_the_cap() -> None:
+    guarded = budget_object("dryRun", thresholds={"softRatio": 0.9, "hardRatio": 0.97, "guardRatio": 0.98})
+    async with Harness(two_node_agents(), guarded, rack_at(4_700.0)) as h:
+        await h.capper.run_once()
+        # 4 GPUs read 650 W at 1 rack W per GPU W: 4,700 - 2,600 = 2,100 W of the rack is not GPUs, so the
+        # limits may add up to 0.98 x 5,000 - 2,100 = 2,800 W.
+        allowed = h.metrics.registry.get_sample_value(
+            "wattscale_capper_gpu_power_limit_allowed_watts", {"budget": "rack-a"}
+        )
+        assert allowed == pytest.approx(2_800.0)
