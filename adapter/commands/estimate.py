@@ -1,6 +1,6 @@
 """`wattscale estimate`: the estimators on a CSV of samples, for offline analysis.
 
-    wattscale estimate watts-per-token --input F.csv --window 30s [--align tokens|grid] [--output OUT.csv]
+    wattscale estimate watts-per-token --input F.csv --window 30s [--output OUT.csv]
     wattscale estimate power-model --input F.csv [--window 30s] [--step 5s] [--regressor linear]
 
 The input is the samples CSV of `adapter.samples_csv` (`timestamp,metric,value[,labels]`, times as
@@ -42,12 +42,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--input", required=True, help="CSV with timestamp,metric,value[,labels]; - for standard input"
     )
     wpt.add_argument("--window", type=duration_seconds, default=30.0, help="window length (default 30s)")
-    wpt.add_argument(
-        "--align",
-        choices=["tokens", "grid"],
-        default="tokens",
-        help="window edges at the token counter's samples (default) or on a fixed grid",
-    )
     wpt.add_argument("--idle-power-watts", type=float, default=None, help="static power for the idle share")
     wpt.add_argument(
         "--all-columns", action="store_true", help="also prompt-inclusive and idle/dynamic columns"
@@ -75,9 +69,7 @@ def _watts_per_token(args: argparse.Namespace) -> int:
     samples = read_samples(args.input)
     if not (samples["metric"] == "generation_tokens_total").any():
         raise ValueError(f"{args.input}: no generation_tokens_total samples")
-    result = watts_per_token(
-        samples, window_seconds=args.window, align=args.align, idle_power_watts=args.idle_power_watts
-    )
+    result = watts_per_token(samples, window_seconds=args.window, idle_power_watts=args.idle_power_watts)
     columns = dict(_OUTPUT)
     if args.all_columns:
         columns.update({c: c for c in result.columns if c not in columns})
