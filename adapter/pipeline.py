@@ -30,6 +30,7 @@ from adapter.catalogue import (
     POWER_BUDGETS,
 )
 from adapter.objects import KubeObject, ObjectIndex
+from adapter.selectors import Selector
 from adapter.selfmetrics import SelfMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
@@ -118,29 +119,54 @@ def node_racks(index: ObjectIndex, racks: Sequence[RackSettings], samples: pd.Da
     return mapping
 
 
+def _selector_anchors(selector: Selector) -> list[tuple[str, str]] | None:
+    """(key, value) pairs of which a matching pod must carry one: the values of the selector's
+    first `=`/`in` requirement. None when it has no such requirement (it must be checked on every pod)."""
+    for requirement in selector.requirements:
+        if requirement.operator in ("=", "in"):
+            return [(requirement.key, value) for value in requirement.values]
+    return None
+
+
+def deployment_of_pods(index: ObjectIndex, pods: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(namespace, pod) -> name of the first Deployment (in index order) whose selector matches the
+    pod's labels. An index lookup per label of the pod, not a scan of every Deployment per pod."""
+    anchored: dict[tuple[str, str, str], list[tuple[int, KubeObject]]] = {}
+    unanchored: dict[str, list[tuple[int, KubeObject]]] = {}
+    for order, deployment in enumerate(index.objects(DEPLOYMENTS, None)):
+        if deployment.pod_selector is None:
+            continue
+        anchors = _selector_anchors(deployment.pod_selector)
+        if anchors is None:
+            unanchored.setdefault(deployment.namespace, []).append((order, deployment))
+            continue
+        for key, value in anchors:
+            anchored.setdefault((deployment.namespace, key, value), []).append((order, deployment))
+    labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
+    owners: dict[tuple[str, str], str] = {}
+    for namespace, pod in pods:
+        labels = labels_of.get((namespace, pod), {})
+        candidates = list(unanchored.get(namespace, ()))
+        for key, value in labels.items():
+            candidates.extend(anchored.get((namespace, key, value), ()))
+        for _, deployment in sorted(candidates, key=lambda candidate: candidate[0]):
+            assert deployment.pod_selector is not None
+            if deployment.pod_selector.matches(labels):
+                owners[(namespace, pod)] = deployment.name
+                break
+    return owners
+
+
 def _groups(pods: pd.DataFrame, index: ObjectIndex) -> dict[str, pd.Series]:
     """Pod rows -> workload keys "resource|namespace|name", per workload resource; and namespaces."""
-    labels_of: dict[tuple[str, str], Mapping[str, str]] = {
-        (obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)
-    }
-    deployments: dict[str, list[KubeObject]] = {}
-    for deployment in index.objects(DEPLOYMENTS, None):
-        deployments.setdefault(deployment.namespace, []).append(deployment)
-    by_deployment: list[str | None] = []
-    by_service: list[str | None] = []
-    for namespace, pod in zip(pods["namespace"], pods["pod"], strict=True):
-        labels = labels_of.get((namespace, pod), {})
-        owner = next(
-            (
-                d.name
-                for d in deployments.get(namespace, [])
-                if d.pod_selector is not None and d.pod_selector.matches(labels)
-            ),
-            None,
-        )
-        by_deployment.append(f"{namespace}|{owner}" if owner else None)
-        service = labels.get(KSERVE_LABEL)
-        by_service.append(f"{namespace}|{service}" if service else None)
+    keys = list(zip(pods["namespace"], pods["pod"], strict=True))
+    owners = deployment_of_pods(index, keys)
+    labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
+    by_deployment = [f"{ns}|{owners[(ns, pod)]}" if (ns, pod) in owners else None for ns, pod in keys]
+    services = [labels_of.get(key, {}).get(KSERVE_LABEL) for key in keys]
+    by_service = [
+        f"{ns}|{service}" if service else None for (ns, _), service in zip(keys, services, strict=True)
+    ]
     return {
         DEPLOYMENTS: pd.Series(by_deployment, index=pods.index, dtype=object),
         INFERENCE_SERVICES: pd.Series(by_service, index=pods.index, dtype=object),
@@ -182,6 +208,11 @@ def store_values(
     if not pods.empty:
         pod_racks = pods["node"].map(lambda node: racks_of_nodes.get(str(node)))
         for resource, group_of_pod in _groups(pods, index).items():
+            members = pd.DataFrame({"group": group_of_pod, "rack": pod_racks, "power": pods["power_watts"]})
+            members = members.dropna(subset=["group"])
+            # Per group: the rack most of its pods are on, and its hungriest replica's power.
+            rack_of = members.dropna(subset=["rack"]).groupby("group")["rack"].agg(lambda r: r.mode().iloc[0])
+            peak_of = members.groupby("group")["power"].max()
             for row in _records(aggregate_pods(pods, group_of_pod)):
                 group = str(row["group"])
                 if resource == NAMESPACES:
@@ -195,11 +226,10 @@ def store_values(
                 )
                 for metric in POD_METRICS:
                     put.add(ref, metric, row[metric], end, window)
-                members = pod_racks[group_of_pod == group].dropna()
-                if resource == NAMESPACES or members.empty:
+                if resource == NAMESPACES or group not in rack_of.index:
                     continue
-                rack = str(members.mode().iloc[0])
-                replica_peak_watts = float(pods.loc[group_of_pod == group, "power_watts"].max())
+                rack = str(rack_of[group])
+                replica_peak_watts = float(peak_of[group])
                 if rack in racks and math.isfinite(replica_peak_watts) and replica_peak_watts > 0:
                     replicas = replicas_within_budget(
                         float(racks[rack]["headroom_watts"]), replica_peak_watts, int(row["pods"])
