@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "manifests",
     "agent",
     "estimate",
+    "export",
     "capper",
     "simulate",
 )

@@ -77,14 +77,15 @@ def read_samples(source: str | Path, stdin: TextIO | None = None) -> pd.DataFram
     return frame
 
 
-def write_table(table: pd.DataFrame, destination: str | Path | None, *, time_columns: list[str]) -> None:
-    """CSV to a file or standard output: times at full precision, other numbers to six digits."""
+def write_table(table: pd.DataFrame, destination: str | Path | None, *, exact_columns: list[str]) -> None:
+    """CSV to a file or standard output: `exact_columns` (times, counter values) at full precision,
+    other numbers to six significant digits."""
     import numpy as np
     import pandas as pd
 
     shown = table.copy()
     for column in shown.columns:
-        if column in time_columns or not pd.api.types.is_float_dtype(shown[column].dtype):
+        if column in exact_columns or not pd.api.types.is_float_dtype(shown[column].dtype):
             continue
         shown[column] = [("" if not np.isfinite(x) else VALUE_FORMAT % x) for x in shown[column]]
     # No float_format: pandas then writes each time as the shortest text that reads back the same.

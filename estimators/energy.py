@@ -142,7 +142,8 @@ def watts_per_token(
     idle_power_watts: float | None = None,
     metrics: Metrics | None = None,
 ) -> pd.DataFrame:
-    """Joules per generated token for each window (columns `OUTPUT_COLUMNS`; rules in the module doc).
+    """Joules per generated token for each window (columns `OUTPUT_COLUMNS`; rules in the module doc);
+    per pod (columns `namespace`, `pod` first) when the input assigns GPUs to pods.
 
     `idle_power_watts` is the static power of the GPUs summed (for one H100 about 75 W); by default
     the lowest power seen in any window, which overstates idle for a workload that never idles.
@@ -151,9 +152,25 @@ def watts_per_token(
         raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
     names = metrics or Metrics()
     frame = samples.astype({"timestamp_seconds": np.float64, "value": np.float64})
-    pods = served_windows(as_one_pod(frame, names), POD, window_seconds=window_seconds)
-    if pods.empty:
-        return pd.DataFrame(columns=OUTPUT_COLUMNS)
+    if not (frame["metric"] == "gpu_assignment_info").any():
+        return _figures(
+            served_windows(as_one_pod(frame, names), POD, window_seconds=window_seconds), idle_power_watts
+        )
+    # Input with assignments (as `wattscale export` writes it): one set of windows per pod.
+    tokens = frame.loc[frame["metric"] == names.generation_tokens, ["namespace", "pod"]].dropna()
+    per_pod = [
+        _figures(
+            served_windows(frame, (str(ns), str(pod)), window_seconds=window_seconds), idle_power_watts
+        ).assign(namespace=str(ns), pod=str(pod))
+        for ns, pod in tokens.drop_duplicates().sort_values(["namespace", "pod"]).itertuples(index=False)
+    ]
+    if not per_pod:
+        return pd.DataFrame(columns=["namespace", "pod", *OUTPUT_COLUMNS])
+    return pd.concat(per_pod, ignore_index=True)[["namespace", "pod", *OUTPUT_COLUMNS]]
+
+
+def _figures(pods: pd.DataFrame, idle_power_watts: float | None) -> pd.DataFrame:
+    """`OUTPUT_COLUMNS` from the served estimator's pod rows."""
     start = pods["token_window_start_seconds"].to_numpy(np.float64)
     end = pods["token_window_end_seconds"].to_numpy(np.float64)
     seconds = end - start

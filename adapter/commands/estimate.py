@@ -70,11 +70,12 @@ def _watts_per_token(args: argparse.Namespace) -> int:
     if not (samples["metric"] == "generation_tokens_total").any():
         raise ValueError(f"{args.input}: no generation_tokens_total samples")
     result = watts_per_token(samples, window_seconds=args.window, idle_power_watts=args.idle_power_watts)
-    columns = dict(_OUTPUT)
+    # Input that assigns GPUs to pods (as `wattscale export` writes it) gives windows per pod.
+    columns = {c: c for c in ("namespace", "pod") if c in result.columns} | _OUTPUT
     if args.all_columns:
         columns.update({c: c for c in result.columns if c not in columns})
     table = result[list(columns)].rename(columns=columns)
-    write_table(table, args.output, time_columns=["window_start", "window_end"])
+    write_table(table, args.output, exact_columns=["window_start", "window_end"])
     return 0
 
 
