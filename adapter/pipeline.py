@@ -35,7 +35,14 @@ from adapter.selfmetrics import SelfMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
 from collectors.base import Collector, Sample
-from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet, replicas_within_budget
+from estimators.fleet import (
+    LATEST_RACK_COLUMNS,
+    FleetEstimate,
+    aggregate_pods,
+    estimate_fleet,
+    replicas_within_budget,
+)
+from estimators.fleet import latest_rack_power as fleet_latest_rack_power
 
 log = logging.getLogger(__name__)
 
@@ -289,37 +296,25 @@ def estimate_pass(
         frame, node_racks=mapping, racks=rack_frame, window_seconds=window_seconds, now_seconds=now_seconds
     )
     values = store_values(estimate, index=index, racks_of_nodes=mapping, window_seconds=window_seconds)
-    for rack, (power_watts, at_seconds) in latest_rack_power(frame).items():
+    for rack, power_watts, at_seconds in estimate.latest_racks[LATEST_RACK_COLUMNS].itertuples(index=False):
         for ref in (
-            ObjectRef(POWER_BUDGETS, "", rack),
+            ObjectRef(POWER_BUDGETS, "", str(rack)),
             *(ObjectRef(NODES, "", n) for n, r in mapping.items() if r == rack),
         ):
             values[(ref, "rack_power_latest_watts")] = StoredValue(
-                round(power_watts), at_seconds, 0.0, {"rack": rack}
+                round(power_watts), float(at_seconds), 0.0, {"rack": str(rack)}
             )
     return values
 
 
 def latest_rack_power(samples: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Rack -> (sum of its PDUs' newest `pdu_power_watts`, time of the oldest of those readings).
-
-    The window average (`rack_power_watts`) suits the HPA; a capping loop that acts every second needs
-    the newest reading. A PDU that went silent keeps its last reading in the sum, and its age makes
-    the whole value stale, so a silent meter never makes a rack look lighter.
-    """
+    """Rack -> (newest summed PDU power, oldest reading's time): `estimators.fleet.latest_rack_power`
+    as a mapping."""
     if samples.empty or "rack" not in samples.columns:
         return {}
-    readings = samples.loc[samples["metric"] == "pdu_power_watts"].dropna(subset=["rack"])
-    if readings.empty:
-        return {}
-    meter = readings["pdu"] if "pdu" in readings.columns else pd.Series("", index=readings.index)
-    readings = readings.assign(meter=meter.astype(object).fillna(""))
-    newest = readings.sort_values("timestamp_seconds").groupby(["rack", "meter"], sort=False).last()
-    per_rack = newest.groupby(level="rack").agg(power=("value", "sum"), oldest=("timestamp_seconds", "min"))
-    return {
-        str(row["rack"]): (float(row["power"]), float(row["oldest"]))
-        for row in _records(per_rack.reset_index())
-    }
+    frame = samples if "pdu" in samples.columns else samples.assign(pdu=None)
+    latest = fleet_latest_rack_power(frame)
+    return {str(r): (float(w), float(t)) for r, w, t in latest[LATEST_RACK_COLUMNS].itertuples(index=False)}
 
 
 INDEXED_RESOURCES = (PODS, NODES, DEPLOYMENTS)

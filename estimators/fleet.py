@@ -107,11 +107,18 @@ _GPU = ["node", "gpu_uuid"]
 _POD = ["namespace", "pod"]
 
 
+LATEST_RACK_COLUMNS = ["rack", "rack_power_latest_watts", "oldest_reading_seconds"]
+
+
 @dataclass(frozen=True)
 class FleetEstimate:
+    """Everything one pass gives the store: frames of `POD_COLUMNS`, `NODE_COLUMNS`, `RACK_COLUMNS`
+    and `LATEST_RACK_COLUMNS`."""
+
     pods: pd.DataFrame
     nodes: pd.DataFrame
     racks: pd.DataFrame
+    latest_racks: pd.DataFrame
 
 
 def _with_labels(samples: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -575,7 +582,26 @@ def estimate_fleet(
     pods = _pod_frame(window, gpus, measured)
     nodes = _node_frame(window, gpus, measured, pods, node_racks)
     rack_frame = _rack_frame(window, nodes, node_racks, racks)
-    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame)
+    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame, latest_racks=latest_rack_power(history))
+
+
+def latest_rack_power(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per rack: the sum of its PDUs' newest `pdu_power_watts` and the time of the oldest of those
+    readings (`LATEST_RACK_COLUMNS`).
+
+    The window average (`rack_power_watts`) suits the HPA; a capping loop that acts every second needs
+    the newest reading. A PDU that went silent keeps its last reading in the sum, and its age makes
+    the whole value stale, so a silent meter never makes a rack look lighter.
+    """
+    readings = samples.loc[samples["metric"] == "pdu_power_watts"].dropna(subset=["rack"])
+    if readings.empty:
+        return pd.DataFrame(columns=LATEST_RACK_COLUMNS)
+    readings = readings.assign(meter=readings["pdu"].astype(object).fillna(""))
+    newest = readings.sort_values("timestamp_seconds").groupby(["rack", "meter"], sort=False).last()
+    per_rack = newest.groupby(level="rack").agg(
+        rack_power_latest_watts=("value", "sum"), oldest_reading_seconds=("timestamp_seconds", "min")
+    )
+    return per_rack.reset_index()[LATEST_RACK_COLUMNS]
 
 
 def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
@@ -603,4 +629,4 @@ def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
     return out.reset_index()[GROUP_COLUMNS]
 
 
-__all__ = ["FleetEstimate", "aggregate_pods", "estimate_fleet", "replicas_within_budget"]
+__all__ = ["FleetEstimate", "aggregate_pods", "estimate_fleet", "latest_rack_power", "replicas_within_budget"]
