@@ -158,7 +158,7 @@ def _rss_megabytes() -> tuple[float, float]:
     """(current, peak) resident set size of this process, MB."""
     with open("/proc/self/statm") as statm:
         current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss is KiB
 
 
 def measure(pods: int, repeat: int) -> dict[str, float | int]:
