@@ -614,16 +614,17 @@ def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=GROUP_COLUMNS)
     grouped = frame.groupby("group", sort=True)
-    out = grouped.agg(
-        power_watts=("power_watts", lambda s: s.sum(min_count=1)),
-        gpu_power_watts=("gpu_power_watts", lambda s: s.sum(min_count=1)),
-        generation_tokens_per_second=("generation_tokens_per_second", lambda s: s.sum(min_count=1)),
-        energy_joules=("energy_joules", lambda s: s.sum(min_count=1)),
-        generation_tokens=("generation_tokens", lambda s: s.sum(min_count=1)),
-        window_start_seconds=("window_start_seconds", "min"),
-        window_end_seconds=("window_end_seconds", "min"),
-        pods=("pod", "size"),
-    )
+    summed = [
+        "power_watts",
+        "gpu_power_watts",
+        "generation_tokens_per_second",
+        "energy_joules",
+        "generation_tokens",
+    ]
+    out = grouped[summed].sum(min_count=1)  # one vectorised sum; a group with no value stays NaN
+    out["window_start_seconds"] = grouped["window_start_seconds"].min()
+    out["window_end_seconds"] = grouped["window_end_seconds"].min()
+    out["pods"] = grouped["pod"].size()
     tokens = out["generation_tokens"].where(out["generation_tokens"] > 0)
     out["watts_per_token"] = out["energy_joules"] / tokens
     return out.reset_index()[GROUP_COLUMNS]
