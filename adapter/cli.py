@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "manifests": "adapter.commands.manifests",
     "agent": "adapter.commands.agent",
     "estimate": "adapter.commands.estimate",
+    "export": "adapter.commands.export",
     "operator": "poweroperator.commands.operator",
     "simulate": "poweroperator.commands.simulate",
     "top": "adapter.commands.top",

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,12 +31,19 @@ from adapter.catalogue import (
     POWER_BUDGETS,
 )
 from adapter.objects import KubeObject, ObjectIndex
+from adapter.selectors import Selector
 from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
 from adapter.supervise import Supervisor
 from collectors.base import Collector, Sample
-from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet
+from estimators.fleet import (
+    LATEST_RACK_COLUMNS,
+    FleetEstimate,
+    aggregate_pods,
+    estimate_fleet,
+)
+from estimators.fleet import latest_rack_power as fleet_latest_rack_power
 from estimators.headroom import ReplicaBudgets
 
 log = logging.getLogger(__name__)
@@ -123,29 +130,54 @@ def node_racks(index: ObjectIndex, racks: Sequence[RackSettings], samples: pd.Da
     return mapping
 
 
+def _selector_anchors(selector: Selector) -> list[tuple[str, str]] | None:
+    """(key, value) pairs of which a matching pod must carry one: the values of the selector's
+    first `=`/`in` requirement. None when it has no such requirement (it must be checked on every pod)."""
+    for requirement in selector.requirements:
+        if requirement.operator in ("=", "in"):
+            return [(requirement.key, value) for value in requirement.values]
+    return None
+
+
+def deployment_of_pods(index: ObjectIndex, pods: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(namespace, pod) -> name of the first Deployment (in index order) whose selector matches the
+    pod's labels. An index lookup per label of the pod, not a scan of every Deployment per pod."""
+    anchored: dict[tuple[str, str, str], list[tuple[int, KubeObject]]] = {}
+    unanchored: dict[str, list[tuple[int, KubeObject]]] = {}
+    for order, deployment in enumerate(index.objects(DEPLOYMENTS, None)):
+        if deployment.pod_selector is None:
+            continue
+        anchors = _selector_anchors(deployment.pod_selector)
+        if anchors is None:
+            unanchored.setdefault(deployment.namespace, []).append((order, deployment))
+            continue
+        for key, value in anchors:
+            anchored.setdefault((deployment.namespace, key, value), []).append((order, deployment))
+    labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
+    owners: dict[tuple[str, str], str] = {}
+    for namespace, pod in pods:
+        labels = labels_of.get((namespace, pod), {})
+        candidates = list(unanchored.get(namespace, ()))
+        for key, value in labels.items():
+            candidates.extend(anchored.get((namespace, key, value), ()))
+        for _, deployment in sorted(candidates, key=lambda candidate: candidate[0]):
+            assert deployment.pod_selector is not None
+            if deployment.pod_selector.matches(labels):
+                owners[(namespace, pod)] = deployment.name
+                break
+    return owners
+
+
 def _groups(pods: pd.DataFrame, index: ObjectIndex) -> dict[str, pd.Series]:
     """Pod rows -> workload keys "resource|namespace|name", per workload resource; and namespaces."""
-    labels_of: dict[tuple[str, str], Mapping[str, str]] = {
-        (obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)
-    }
-    deployments: dict[str, list[KubeObject]] = {}
-    for deployment in index.objects(DEPLOYMENTS, None):
-        deployments.setdefault(deployment.namespace, []).append(deployment)
-    by_deployment: list[str | None] = []
-    by_service: list[str | None] = []
-    for namespace, pod in zip(pods["namespace"], pods["pod"], strict=True):
-        labels = labels_of.get((namespace, pod), {})
-        owner = next(
-            (
-                d.name
-                for d in deployments.get(namespace, [])
-                if d.pod_selector is not None and d.pod_selector.matches(labels)
-            ),
-            None,
-        )
-        by_deployment.append(f"{namespace}|{owner}" if owner else None)
-        service = labels.get(KSERVE_LABEL)
-        by_service.append(f"{namespace}|{service}" if service else None)
+    keys = list(zip(pods["namespace"], pods["pod"], strict=True))
+    owners = deployment_of_pods(index, keys)
+    labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
+    by_deployment = [f"{ns}|{owners[(ns, pod)]}" if (ns, pod) in owners else None for ns, pod in keys]
+    services = [labels_of.get(key, {}).get(KSERVE_LABEL) for key in keys]
+    by_service = [
+        f"{ns}|{service}" if service else None for (ns, _), service in zip(keys, services, strict=True)
+    ]
     return {
         DEPLOYMENTS: pd.Series(by_deployment, index=pods.index, dtype=object),
         INFERENCE_SERVICES: pd.Series(by_service, index=pods.index, dtype=object),
@@ -189,6 +221,11 @@ def store_values(
     if not pods.empty:
         pod_racks = pods["node"].map(lambda node: racks_of_nodes.get(str(node)))
         for resource, group_of_pod in _groups(pods, index).items():
+            members = pd.DataFrame({"group": group_of_pod, "rack": pod_racks, "power": pods["power_watts"]})
+            members = members.dropna(subset=["group"])
+            # Per group: the rack most of its pods are on, and its hungriest replica's power.
+            rack_of = members.dropna(subset=["rack"]).groupby("group")["rack"].agg(lambda r: r.mode().iloc[0])
+            peak_of = members.groupby("group")["power"].max()
             for row in _records(aggregate_pods(pods, group_of_pod)):
                 group = str(row["group"])
                 if resource == NAMESPACES:
@@ -202,17 +239,16 @@ def store_values(
                 )
                 for metric in POD_METRICS:
                     put.add(ref, metric, row[metric], end, window)
-                members = pod_racks[group_of_pod == group].dropna()
-                if resource == NAMESPACES or members.empty:
+                if resource == NAMESPACES or group not in rack_of.index:
                     continue
-                rack = str(members.mode().iloc[0])
+                rack = str(rack_of[group])
                 if rack not in racks:
                     continue
                 replicas = budgets.update(
                     ref,
                     headroom_watts=float(racks[rack]["headroom_watts"]),
                     overdraw_watts=float(racks[rack]["overdraw_watts"]),
-                    replica_power_watts=float(pods.loc[group_of_pod == group, "power_watts"].max()),
+                    replica_power_watts=float(peak_of[group]),
                     current_replicas=int(row["pods"]),
                     now_seconds=float(end),
                 )
@@ -279,37 +315,25 @@ def estimate_pass(
         replica_budgets=history.replica_budgets,
     )
     history.replica_budgets.retain({ref for ref, metric in values if metric == "replicas_within_budget"})
-    for rack, (power_watts, at_seconds) in latest_rack_power(frame).items():
+    for rack, power_watts, at_seconds in estimate.latest_racks[LATEST_RACK_COLUMNS].itertuples(index=False):
         for ref in (
-            ObjectRef(POWER_BUDGETS, "", rack),
+            ObjectRef(POWER_BUDGETS, "", str(rack)),
             *(ObjectRef(NODES, "", n) for n, r in mapping.items() if r == rack),
         ):
             values[(ref, "rack_power_latest_watts")] = StoredValue(
-                round(power_watts), at_seconds, 0.0, {"rack": rack}
+                round(power_watts), float(at_seconds), 0.0, {"rack": str(rack)}
             )
     return values
 
 
 def latest_rack_power(samples: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Rack -> (sum of its PDUs' newest `pdu_power_watts`, time of the oldest of those readings).
-
-    The window average (`rack_power_watts`) suits the HPA; a capping loop that acts every second needs
-    the newest reading. A PDU that went silent keeps its last reading in the sum, and its age makes
-    the whole value stale, so a silent meter never makes a rack look lighter.
-    """
+    """Rack -> (newest summed PDU power, oldest reading's time): `estimators.fleet.latest_rack_power`
+    as a mapping."""
     if samples.empty or "rack" not in samples.columns:
         return {}
-    readings = samples.loc[samples["metric"] == "pdu_power_watts"].dropna(subset=["rack"])
-    if readings.empty:
-        return {}
-    meter = readings["pdu"] if "pdu" in readings.columns else pd.Series("", index=readings.index)
-    readings = readings.assign(meter=meter.astype(object).fillna(""))
-    newest = readings.sort_values("timestamp_seconds").groupby(["rack", "meter"], sort=False).last()
-    per_rack = newest.groupby(level="rack").agg(power=("value", "sum"), oldest=("timestamp_seconds", "min"))
-    return {
-        str(row["rack"]): (float(row["power"]), float(row["oldest"]))
-        for row in _records(per_rack.reset_index())
-    }
+    frame = samples if "pdu" in samples.columns else samples.assign(pdu=None)
+    latest = fleet_latest_rack_power(frame)
+    return {str(r): (float(w), float(t)) for r, w, t in latest[LATEST_RACK_COLUMNS].itertuples(index=False)}
 
 
 class Estimator(Protocol):

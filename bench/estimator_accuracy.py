@@ -197,17 +197,18 @@ def gauge_only(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None
             frame, replica = scrape_gpu(samples, steps, seed=seed, gauge_seconds=period)
             model = replay(GaugePowerModel(), [replica])
             gauge_frame = frame.loc[frame["metric"] != "gpu_energy_joules_total"]
-            naive = watts_per_token(
-                gauge_frame, window_seconds=30.0, start_seconds=0.0, end_seconds=samples["t"].max()
-            )
-            naive = naive.set_index("window_start_seconds")["watts_per_token"]
+            # The served gauge-only estimate, each window against the truth over its own span.
+            naive = watts_per_token(gauge_frame, window_seconds=30.0)
+            naive_truth = _truth(samples, steps, naive["window_start_seconds"], naive["window_end_seconds"])
             truth = _truth(samples, steps, model["window_start_seconds"], model["window_end_seconds"])
             rows.append(
                 model.assign(
-                    gauge_seconds=period,
-                    seed=seed,
-                    model_error=model["watts_per_token"] / truth - 1.0,
-                    naive_error=naive.reindex(model["window_start_seconds"]).to_numpy() / truth - 1.0,
+                    gauge_seconds=period, seed=seed, model_error=model["watts_per_token"] / truth - 1.0
+                )
+            )
+            rows.append(
+                naive[["window_start_seconds", "window_end_seconds"]].assign(
+                    gauge_seconds=period, seed=seed, naive_error=naive["watts_per_token"] / naive_truth - 1.0
                 )
             )
     out = pd.concat(rows, ignore_index=True)

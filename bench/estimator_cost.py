@@ -1,23 +1,38 @@
-"""Cost of one estimator pass (what the pipeline runs every cycle) over a large fleet.
+"""Cost of one estimator pass (what the pipeline runs every cycle) over large fleets, and memory.
 
-    python bench/estimator_cost.py [--pods 10000] [--scrapes 5] [--repeat 3]
+    python bench/estimator_cost.py [--pods 1000 10000 50000] [--repeat 5] [--json]
 
-Builds a synthetic sample frame the shape the pipeline hands to `estimators.fleet.estimate_fleet`:
-one GPU per pod, 8 GPUs per node, 4 nodes per rack with one PDU, every series scraped `--scrapes`
-times in a 60 s window (GPU energy counter and power gauge, assignment, generation and prompt token
-counters, Kepler CPU energy, PDU power), and times `estimate_fleet` plus `aggregate_pods` by
-deployment. Prints numbers only; nothing is asserted (timings vary by machine).
+For each fleet size: a synthetic sample history the shape the pipeline keeps (one GPU per pod,
+8 GPUs per node, 4 nodes per rack with one PDU, 20 pods per Deployment; every series polled every
+15 s over two 60 s windows and a poll: GPU energy counter and power gauge, assignment, generation
+and prompt token counters, Kepler CPU energy, PDU power), and the whole served pass
+`adapter.pipeline.estimate_pass` (estimators, Deployment grouping, store values) timed `--repeat`
+times on one core. Prints the best and median pass, the estimator's share, and the process RSS
+(current and peak) after the passes; `--json` prints one JSON object per size instead, for the
+scaling curve. Nothing is asserted (timings vary by machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import time
 
 import numpy as np
 import pandas as pd
 
-from estimators.fleet import aggregate_pods, estimate_fleet
+from adapter.catalogue import DEPLOYMENTS, PODS
+from adapter.objects import KubeObject, StaticObjectIndex
+from adapter.pipeline import SampleHistory, estimate_pass
+from adapter.selectors import parse_selector
+from adapter.settings import RackSettings
+from estimators.fleet import estimate_fleet
+
+PODS_PER_DEPLOYMENT = 20
+WINDOW_SECONDS = 60.0
+POLL_SECONDS = 15.0
 
 
 def synthetic_samples(
@@ -27,7 +42,7 @@ def synthetic_samples(
     node_of_pod = pod_index // 8
     nodes = int(node_of_pod.max()) + 1
     node_names = np.array([f"node-{n}" for n in range(nodes)])
-    pod_names = np.array([f"llama-{p // 50}-{p}" for p in pod_index])
+    pod_names = np.array([f"llama-{p // PODS_PER_DEPLOYMENT}-{p}" for p in pod_index])
     gpu_uuids = np.array([f"GPU-{p}" for p in pod_index])
     power = rng.uniform(150.0, 400.0, pods)
     tokens_per_second = rng.uniform(10.0, 1800.0, pods)
@@ -120,37 +135,93 @@ def synthetic_samples(
     return samples, node_racks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pods", type=int, default=10_000)
-    parser.add_argument("--scrapes", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    samples, node_racks = synthetic_samples(args.pods, args.scrapes, np.random.default_rng(0))
-    racks = pd.DataFrame(
-        {"rack": sorted(set(node_racks.values())), "cap_watts": 40_000.0, "margin_ratio": 0.1}
-    )
-    fleet_seconds, group_seconds = [], []
-    for _ in range(args.repeat):
-        started = time.perf_counter()
-        estimate = estimate_fleet(
-            samples, node_racks=node_racks, racks=racks, window_seconds=60.0, now_seconds=62.0
+class _Prebuilt(SampleHistory):
+    """The history as the pipeline holds it after the polls, built once (arrival cost is not the pass)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        super().__init__(keep_seconds=2 * WINDOW_SECONDS + POLL_SECONDS)
+        self._frame = frame
+
+    def frame(self, now_seconds: float) -> pd.DataFrame:
+        return self._frame
+
+
+def _objects(samples: pd.DataFrame) -> StaticObjectIndex:
+    pods = samples["pod"].dropna().unique()
+    groups = sorted({str(p).rsplit("-", 1)[0] for p in pods})
+    objects = [KubeObject(PODS, "llm", str(p), labels={"app": str(p).rsplit("-", 1)[0]}) for p in pods]
+    objects += [KubeObject(DEPLOYMENTS, "llm", g, pod_selector=parse_selector(f"app={g}")) for g in groups]
+    return StaticObjectIndex(objects)
+
+
+def _rss_megabytes() -> tuple[float, float]:
+    """(current, peak) resident set size of this process, MB."""
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss is KiB
+
+
+def measure(pods: int, repeat: int) -> dict[str, float | int]:
+    scrapes = int((2 * WINDOW_SECONDS + POLL_SECONDS) / POLL_SECONDS)
+    samples, node_racks = synthetic_samples(pods, scrapes, np.random.default_rng(0))
+    now = float(samples["timestamp_seconds"].max()) + 1.0
+    racks = [
+        RackSettings(
+            name=rack, cap_watts=40_000.0, margin_ratio=0.1, node_selector=parse_selector(f"rack={rack}")
         )
-        middle = time.perf_counter()
-        groups = aggregate_pods(estimate.pods, estimate.pods["pod"].str.rsplit("-", n=1).str[0])
-        fleet_seconds.append(middle - started)
-        group_seconds.append(time.perf_counter() - middle)
-    print(
-        f"pods={len(estimate.pods)} nodes={len(estimate.nodes)} racks={len(estimate.racks)} groups={len(groups)}"
-    )
-    print(f"sample rows={len(samples)}")
-    print(
-        f"estimate_fleet seconds: best {min(fleet_seconds):.3f}, median {float(np.median(fleet_seconds)):.3f}"
-    )
-    print(
-        f"aggregate_pods seconds: best {min(group_seconds):.3f}, median {float(np.median(group_seconds)):.3f}"
-    )
-    print(f"per pod: {min(fleet_seconds) / len(estimate.pods) * 1e6:.1f} us")
+        for rack in sorted(set(node_racks.values()))
+    ]
+    rack_frame = pd.DataFrame({"rack": [r.name for r in racks], "cap_watts": 40_000.0, "margin_ratio": 0.1})
+    history, index = _Prebuilt(samples), _objects(samples)
+    passes, estimator = [], []
+    values = {}
+    for _ in range(repeat):
+        started = time.perf_counter()
+        values = estimate_pass(
+            history, now_seconds=now, index=index, racks=racks, window_seconds=WINDOW_SECONDS
+        )
+        passes.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        estimate_fleet(
+            samples, node_racks=node_racks, racks=rack_frame, window_seconds=WINDOW_SECONDS, now_seconds=now
+        )
+        estimator.append(time.perf_counter() - started)
+    current, peak = _rss_megabytes()
+    return {
+        "pods": pods,
+        "nodes": len(set(node_racks)),
+        "gpus": pods,
+        "sample_rows": len(samples),
+        "stored_values": len(values),
+        "pass_seconds_best": min(passes),
+        "pass_seconds_median": float(np.median(passes)),
+        "estimate_fleet_seconds_best": min(estimator),
+        "rss_megabytes": current,
+        "peak_rss_megabytes": peak,
+        "repeat": repeat,
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--pods", type=int, nargs="+", default=[1_000, 10_000, 50_000])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="one JSON object per fleet size")
+    args = parser.parse_args()
+    for pods in args.pods:
+        result = measure(pods, args.repeat)
+        if args.json:
+            print(json.dumps(result), flush=True)
+            continue
+        print(
+            f"pods={result['pods']} nodes={result['nodes']} sample rows={result['sample_rows']}: "
+            f"pass best {result['pass_seconds_best']:.3f} s, median {result['pass_seconds_median']:.3f} s "
+            f"(estimate_fleet best {result['estimate_fleet_seconds_best']:.3f} s); "
+            f"RSS {result['rss_megabytes']:.0f} MB, peak {result['peak_rss_megabytes']:.0f} MB; "
+            f"load average {result['load_average_1m']:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,38 +1,20 @@
-"""Watts per token (joules per generated token) over windows, from counters and gauges as scraped.
+"""Watts per token (joules per generated token) over windows, offline: the served estimator replayed.
 
 Input: a long frame with columns `timestamp_seconds`, `metric`, `value`, and optionally label columns
-(`gpu_uuid`, `pod`, ...): each distinct label combination of a metric is one series, and series are
-summed, so a pod with two GPUs or a namespace of ten pods is one call.
+(`gpu_uuid`, `pod`, ...). There is ONE watts-per-token rule, `estimators.fleet` rule 5, and this
+module only replays it: each window is exactly the figure the server publishes for a pod whose newest
+token sample is the window's end (the served pass just before the next token scrape arrives, or half
+a window after it, whichever is first). A test feeds the same samples through `wattscale estimate`
+and the running pipeline and checks they agree.
 
-Energy per window, in order of preference (column `method`):
-
-`energy_counter`
-    Differences of `gpu_energy_joules_total` (NVML/DCGM/Kepler joules), each series evaluated at the
-    window edges by `estimators.rates.counter_at`.
-`energy_counter+reset_fill`
-    The same, but a counter restarted inside the window: the lost part of that scrape interval is
-    filled from the neighbouring intervals' rate (the GPU kept drawing power while its exporter
-    restarted). Expect the error of a guess for that window.
-`power_gauge`
-    The integral of `gpu_power_watts` over the part of the window its samples cover, scaled to the
-    whole window. A 1 s averaged gauge scraped every 15 s sees a fifteenth of the time: expect errors
-    of tens of percent when load changes faster than the scrape interval (anchors-power.md: 39% naive).
-`none`
-    Neither covers the window: energy is NaN.
-
-Tokens come from `generation_tokens_total` and `prompt_tokens_total` at the same edges (restarts
-count from zero: a restarted server generated nothing while it was down).
-
-Window edges (`align`):
-- `"tokens"` (default): edges are the generation counter's own sample instants, the one nearest to
-  each step of `window_seconds`. Tokens are then read, not interpolated, and the energy counter -
-  usually read far more often - is interpolated at those instants. This aligns the energy window with
-  the token window.
-- `"grid"`: edges every `window_seconds` from `start_seconds`; every counter is interpolated. Used
-  as well when there are several token series (a namespace of pods scraped at different moments):
-  no one series' instants suit them all. Interpolating a token counter across a prefill burst is
-  costly (on the H100 trace a median error near 10% at 30 s, against under 1% token-aligned), so
-  per-pod figures summed with `estimators.fleet.aggregate_pods` are the better route for groups.
+Without `gpu_assignment_info` samples the whole input is one pod: every GPU series (each distinct
+label combination) belongs to it and is summed, and every token series is its token counter.
+Windows chain backwards from the newest token sample: each window's start is the token sample
+nearest to one window before its end (never less than half a window back), and is the previous
+window's end. Method per window (column `method`): `energy_counter` (GPU energy counter read at
+the window's edges), `energy_counter+reset_fill` (a counter restarted nearby: the lost part is
+filled from the neighbouring rate), `power_gauge` (the power gauge's mean over the window; the seam
+for `estimators.gauge_model`), `none` (no power input).
 
 Variants: `watts_per_token` divides by generated tokens (the served metric); `joules_per_token_with_prompt`
 divides by generated plus prompt tokens. The idle (static) share is `idle_power_watts` x window
@@ -42,15 +24,12 @@ seconds per generated token; the dynamic share is the rest (never below zero).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 
-from estimators.rates import FloatArray, counter_at, gauge_integral, reset_intervals
-
-Align = Literal["tokens", "grid"]
+from estimators.fleet import POD_COLUMNS, estimate_fleet
+from estimators.rates import FloatArray, ResetRule, counter_at, gauge_integral
 
 OUTPUT_COLUMNS = [
     "window_start_seconds",
@@ -89,141 +68,139 @@ def _series(samples: pd.DataFrame, metric: str) -> list[tuple[FloatArray, FloatA
     return [(g["timestamp_seconds"].to_numpy(np.float64), g["value"].to_numpy(np.float64)) for _, g in groups]
 
 
-def _counter_increase(
-    series: list[tuple[FloatArray, FloatArray]],
-    edges: FloatArray,
-    *,
-    on_reset: Literal["post_value", "neighbour_rate"],
-) -> FloatArray:
-    """Summed increase of all series per window; NaN where any series fails to cover a window."""
-    if not series:
-        return np.full(edges.size - 1, np.nan)
-    total = np.zeros(edges.size - 1)
-    for times, values in series:
-        total = total + np.diff(counter_at(times, values, edges, on_reset=on_reset))
-    return total
+POD = ("", "samples")
+"""(namespace, pod) of input without pods: the whole input is one pod."""
+_GPU_METRICS = ("gpu_energy_joules_total", "gpu_power_watts")
+_POD_METRICS = ("generation_tokens_total", "prompt_tokens_total")
 
 
-def _touches_reset(series: list[tuple[FloatArray, FloatArray]], edges: FloatArray) -> npt.NDArray[np.bool_]:
-    """Windows that overlap an interval in which some series restarted."""
-    touched = np.zeros(edges.size - 1, dtype=bool)
-    for times, values in series:
-        for before, after in reset_intervals(times, values):
-            touched |= (edges[:-1] < after) & (edges[1:] > before)
-    return touched
+def as_one_pod(samples: pd.DataFrame, metrics: Metrics) -> pd.DataFrame:
+    """Input without assignments made into one pod on all its GPUs, in the served estimator's labels."""
+    labels = [c for c in samples.columns if c not in _BASE_COLUMNS]
+    gpu_rows = samples["metric"].isin([metrics.energy, metrics.power])
+    series = (
+        samples[labels].astype(object).fillna("").astype(str).agg("|".join, axis=1)
+        if labels
+        else pd.Series("", index=samples.index)
+    )
+    namespace, pod = POD
+    frame = pd.DataFrame(
+        {
+            "metric": samples["metric"]
+            .replace({metrics.energy: _GPU_METRICS[0], metrics.power: _GPU_METRICS[1]})
+            .replace({metrics.generation_tokens: _POD_METRICS[0], metrics.prompt_tokens: _POD_METRICS[1]}),
+            "value": samples["value"].to_numpy(np.float64),
+            "timestamp_seconds": samples["timestamp_seconds"].to_numpy(np.float64),
+            "node": "",
+            "gpu_uuid": series.where(gpu_rows, None),
+            "namespace": pd.Series(namespace, index=samples.index, dtype=object).where(~gpu_rows, None),
+            "pod": pd.Series(pod, index=samples.index, dtype=object).where(~gpu_rows, None),
+        }
+    )
+    gpus = frame.loc[gpu_rows.to_numpy()]
+    assigned = gpus.assign(metric="gpu_assignment_info", value=1.0, namespace=namespace, pod=pod)
+    return pd.concat([frame, assigned], ignore_index=True)
 
 
-def _gauge_energy(series: list[tuple[FloatArray, FloatArray]], edges: FloatArray) -> FloatArray:
-    """Summed gauge energy per window: each series' mean over what it covers, times the window."""
-    if not series:
-        return np.full(edges.size - 1, np.nan)
-    total = np.zeros(edges.size - 1)
-    for times, values in series:
-        integral, covered = gauge_integral(times, values, edges[:-1], edges[1:])
-        total = total + np.where(
-            covered > 0, integral / np.where(covered > 0, covered, 1.0), np.nan
-        ) * np.diff(edges)
-    return total
+def _pass_times(token_times: FloatArray, end: float, window_seconds: float) -> float:
+    """When the server publishes the window ending at token sample `end`: just before the next token
+    sample arrives, and no later than half a window after `end` (then it calls the figures stale)."""
+    later = token_times[token_times > end]
+    before_next = float(later[0]) - 1e-3 if later.size else float(token_times[-1])
+    return max(end, min(before_next, end + 0.5 * window_seconds))
 
 
-def window_edges(
-    token_times_seconds: npt.ArrayLike,
-    *,
-    window_seconds: float,
-    start_seconds: float,
-    end_seconds: float,
-    align: Align = "tokens",
-) -> FloatArray:
-    """Window edges over [start, end]: a regular grid, or the token samples nearest to one (module doc).
-
-    With `align="tokens"` a window is never shorter than half `window_seconds` (a dropped scrape makes
-    the window longer rather than splitting it).
-    """
-    if not window_seconds > 0:
-        raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
-    if align == "grid":
-        count = int(np.floor((end_seconds - start_seconds) / window_seconds + 1e-9))
-        return start_seconds + window_seconds * np.arange(count + 1, dtype=np.float64)
-    times = np.unique(np.asarray(token_times_seconds, dtype=np.float64))
-    times = times[(times >= start_seconds) & (times <= end_seconds)]
-    if times.size < 2:
-        return np.empty(0)
-    edges = [times[0]]
-    while True:
-        later = times[times >= edges[-1] + 0.5 * window_seconds]
-        if later.size == 0:
+def served_windows(samples: pd.DataFrame, pod: tuple[str, str], *, window_seconds: float) -> pd.DataFrame:
+    """The served estimator's pod rows (`estimators.fleet.POD_COLUMNS`) for `pod`, one per window,
+    chained backwards from its newest token sample (module docstring), oldest first."""
+    tokens = samples.loc[
+        (samples["metric"] == "generation_tokens_total")
+        & (samples["namespace"] == pod[0])
+        & (samples["pod"] == pod[1])
+    ]
+    token_times = np.unique(tokens["timestamp_seconds"].to_numpy(np.float64))
+    racks = pd.DataFrame(columns=["rack", "cap_watts", "margin_ratio"])
+    rows: list[pd.Series] = []
+    end = float(token_times[-1]) if token_times.size else np.nan
+    while np.isfinite(end) and end > token_times[0]:
+        now = _pass_times(token_times, end, window_seconds)
+        pods = estimate_fleet(
+            samples, node_racks={}, racks=racks, window_seconds=window_seconds, now_seconds=now
+        ).pods
+        row = pods.loc[(pods["namespace"] == pod[0]) & (pods["pod"] == pod[1])]
+        if row.empty or row["token_window_end_seconds"].iloc[0] != end:
             break
-        distance = np.abs(later - (edges[-1] + window_seconds))
-        # On a tie (a dropped scrape halfway) take the later sample: a longer window, not a shorter one.
-        edges.append(later[np.flatnonzero(distance <= distance.min() + 1e-9)[-1]])
-    return np.asarray(edges, dtype=np.float64)
+        rows.append(row.iloc[0])
+        end = float(row["token_window_start_seconds"].iloc[0])
+    return pd.DataFrame(rows[::-1], columns=POD_COLUMNS).reset_index(drop=True)
 
 
 def watts_per_token(
     samples: pd.DataFrame,
     *,
     window_seconds: float,
-    start_seconds: float | None = None,
-    end_seconds: float | None = None,
-    align: Align = "tokens",
     idle_power_watts: float | None = None,
     metrics: Metrics | None = None,
 ) -> pd.DataFrame:
-    """Joules per generated token for each window (columns `OUTPUT_COLUMNS`; rules in the module doc).
+    """Joules per generated token for each window (columns `OUTPUT_COLUMNS`; rules in the module doc);
+    per pod (columns `namespace`, `pod` first) when the input assigns GPUs to pods.
 
-    `start_seconds`/`end_seconds` default to the first and last sample. `idle_power_watts` is the
-    static power of the GPUs summed (for one H100 about 75 W); by default the lowest power seen in
-    any window, which overstates idle for a workload that never idles.
+    `idle_power_watts` is the static power of the GPUs summed (for one H100 about 75 W); by default
+    the lowest power seen in any window, which overstates idle for a workload that never idles.
     """
+    if not window_seconds > 0:
+        raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
     names = metrics or Metrics()
     frame = samples.astype({"timestamp_seconds": np.float64, "value": np.float64})
-    start = float(frame["timestamp_seconds"].min()) if start_seconds is None else start_seconds
-    end = float(frame["timestamp_seconds"].max()) if end_seconds is None else end_seconds
-    generation = _series(frame, names.generation_tokens)
-    token_times = generation[0][0] if len(generation) == 1 else np.empty(0)
-    chosen: Align = align if (align == "grid" or token_times.size) else "grid"
-    edges = window_edges(
-        token_times, window_seconds=window_seconds, start_seconds=start, end_seconds=end, align=chosen
-    )
-    if edges.size < 2:
-        return pd.DataFrame(columns=OUTPUT_COLUMNS)
+    if not (frame["metric"] == "gpu_assignment_info").any():
+        return _figures(
+            served_windows(as_one_pod(frame, names), POD, window_seconds=window_seconds), idle_power_watts
+        )
+    # Input with assignments (as `wattscale export` writes it): one set of windows per pod.
+    tokens = frame.loc[frame["metric"] == names.generation_tokens, ["namespace", "pod"]].dropna()
+    per_pod = [
+        _figures(
+            served_windows(frame, (str(ns), str(pod)), window_seconds=window_seconds), idle_power_watts
+        ).assign(namespace=str(ns), pod=str(pod))
+        for ns, pod in tokens.drop_duplicates().sort_values(["namespace", "pod"]).itertuples(index=False)
+    ]
+    if not per_pod:
+        return pd.DataFrame(columns=["namespace", "pod", *OUTPUT_COLUMNS])
+    return pd.concat(per_pod, ignore_index=True)[["namespace", "pod", *OUTPUT_COLUMNS]]
 
-    energy_series = _series(frame, names.energy)
-    counter_energy = _counter_increase(energy_series, edges, on_reset="neighbour_rate")
-    gauge_energy = _gauge_energy(_series(frame, names.power), edges)
-    use_counter = np.isfinite(counter_energy)
-    energy = np.where(use_counter, counter_energy, gauge_energy)
-    counter_method = np.where(
-        _touches_reset(energy_series, edges), "energy_counter+reset_fill", "energy_counter"
-    )
-    method = np.where(use_counter, counter_method, np.where(np.isfinite(gauge_energy), "power_gauge", "none"))
 
-    generated = _counter_increase(generation, edges, on_reset="post_value")
-    prompt = _counter_increase(_series(frame, names.prompt_tokens), edges, on_reset="post_value")
-    seconds = np.diff(edges)
+def _figures(pods: pd.DataFrame, idle_power_watts: float | None) -> pd.DataFrame:
+    """`OUTPUT_COLUMNS` from the served estimator's pod rows."""
+    start = pods["token_window_start_seconds"].to_numpy(np.float64)
+    end = pods["token_window_end_seconds"].to_numpy(np.float64)
+    seconds = end - start
+    energy = pods["energy_joules"].to_numpy(np.float64)
+    generated = pods["generation_tokens"].to_numpy(np.float64)
+    prompt = pods["prompt_tokens"].to_numpy(np.float64)
     power = energy / seconds
     if idle_power_watts is None:
         idle = float(np.nanmin(power)) if np.isfinite(power).any() else np.nan
     else:
         idle = idle_power_watts
+    method = pods["method"].astype(str).str.replace(r"/.*$", "", regex=True).replace({"": "none"})
     with np.errstate(divide="ignore", invalid="ignore"):
         tokens = np.where(generated > 0, generated, np.nan)
         with_prompt = generated + np.nan_to_num(prompt)
         out = pd.DataFrame(
             {
-                "window_start_seconds": edges[:-1],
-                "window_end_seconds": edges[1:],
+                "window_start_seconds": start,
+                "window_end_seconds": end,
                 "energy_joules": energy,
                 "power_watts": power,
                 "generation_tokens": generated,
                 "prompt_tokens": prompt,
                 "tokens_per_second": generated / seconds,
-                "watts_per_token": energy / tokens,
+                "watts_per_token": pods["watts_per_token"].to_numpy(np.float64),
                 "joules_per_token_with_prompt": energy / np.where(with_prompt > 0, with_prompt, np.nan),
                 "idle_power_watts": idle,
                 "idle_joules_per_token": idle * seconds / tokens,
                 "dynamic_joules_per_token": np.maximum(energy - idle * seconds, 0.0) / tokens,
-                "method": method,
+                "method": method.to_numpy(),
             }
         )
     return out[OUTPUT_COLUMNS]
@@ -263,7 +240,7 @@ def load_windows(
         return pd.DataFrame(columns=columns)
     ends = starts + window_seconds
 
-    def per_window(metric: str, on_reset: Literal["post_value", "neighbour_rate"]) -> FloatArray:
+    def per_window(metric: str, on_reset: ResetRule) -> FloatArray:
         series = _series(frame, metric)
         if not series:
             return np.full(starts.size, np.nan)

@@ -62,7 +62,7 @@ from estimators.headroom import (
     margin_watts,
     replicas_within_budget,
 )
-from estimators.rates import ResetRule, counters_at, series_rates
+from estimators.rates import ResetRule, counters_at, gauge_integral, series_rates
 from estimators.recorded import recorded_pods
 
 POD_COLUMNS = [
@@ -110,11 +110,18 @@ _GPU = ["node", "gpu_uuid"]
 _POD = ["namespace", "pod"]
 
 
+LATEST_RACK_COLUMNS = ["rack", "rack_power_latest_watts", "oldest_reading_seconds"]
+
+
 @dataclass(frozen=True)
 class FleetEstimate:
+    """Everything one pass gives the store: frames of `POD_COLUMNS`, `NODE_COLUMNS`, `RACK_COLUMNS`
+    and `LATEST_RACK_COLUMNS`."""
+
     pods: pd.DataFrame
     nodes: pd.DataFrame
     racks: pd.DataFrame
+    latest_racks: pd.DataFrame
 
 
 def _with_labels(samples: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -144,37 +151,63 @@ class _Window:
 def _counter_rate(
     window: _Window, metric: str, keys: list[str], name: str, on_reset: ResetRule = "post_value"
 ) -> pd.DataFrame:
-    """Rate per series over the window: columns `keys` + `name`; series without one are left out.
+    """Rate per series over the window: columns `keys` + `name` + `window_end_seconds`; series
+    without one are left out.
 
-    Read at the window's edges (rule 2); where an edge is not covered, the rate over the window's own
-    samples."""
+    Each series is read over the window's length ending at its own newest sample (rule 2), so the
+    rate covers exactly the span it is stamped with; where the start is not covered, the rate over
+    the window's own samples, ending at the newest of them."""
     rows = _metric(window.history, metric, keys)
     if rows.empty:
-        return pd.DataFrame(columns=[*keys, name])
-    series = rows[keys].drop_duplicates(ignore_index=True)
+        return pd.DataFrame(columns=[*keys, name, "window_start_seconds", "window_end_seconds"])
+    newest = rows.groupby(keys, sort=False)["timestamp_seconds"].max().reset_index()
+    newest = newest.loc[newest["timestamp_seconds"] >= window.start]
+    series = newest[keys].reset_index(drop=True)
+    end = newest["timestamp_seconds"].to_numpy(np.float64)
     edges = pd.concat(
-        [series.assign(at_seconds=window.start), series.assign(at_seconds=window.end)], ignore_index=True
+        [series.assign(at_seconds=end - window.seconds), series.assign(at_seconds=end)], ignore_index=True
     )
     at = counters_at(rows, keys, edges, on_reset=on_reset).reshape(2, len(series))
     rate = (at[1] - at[0]) / window.seconds
-    from_edges = series.assign(**{name: rate}).dropna(subset=[name])
+    from_edges = series.assign(
+        **{name: rate, "window_start_seconds": end - window.seconds, "window_end_seconds": end}
+    ).dropna(subset=[name])
     uncovered = series.loc[~np.isfinite(rate)]
     if uncovered.empty:
         return from_edges.astype({name: np.float64})
     current = _metric(window.current, metric, keys).merge(uncovered, on=keys)
     fallback = series_rates(current, keys).dropna(subset=["rate_per_second"])
-    fallback = fallback[keys].assign(**{name: fallback["rate_per_second"].astype(np.float64)})
+    fallback = fallback[keys].assign(
+        **{
+            name: fallback["rate_per_second"].astype(np.float64),
+            "window_start_seconds": fallback["first_seconds"],
+            "window_end_seconds": fallback["last_seconds"],
+        }
+    )
     return pd.concat([from_edges, fallback], ignore_index=True).astype({name: np.float64})
 
 
 def _gauge_mean(samples: pd.DataFrame, metric: str, keys: list[str], name: str) -> pd.DataFrame:
+    """Mean of each gauge series' samples in the window, stamped with its newest sample."""
     rows = _metric(samples, metric, keys)
-    means = rows.groupby(keys)["value"].mean().reset_index()
-    return means[keys].assign(**{name: means["value"].astype(np.float64)})
+    means = rows.groupby(keys).agg(
+        value=("value", "mean"),
+        window_start_seconds=("timestamp_seconds", "min"),
+        window_end_seconds=("timestamp_seconds", "max"),
+    )
+    means = means.reset_index()
+    return means[keys].assign(
+        **{
+            name: means["value"].astype(np.float64),
+            "window_start_seconds": means["window_start_seconds"],
+            "window_end_seconds": means["window_end_seconds"],
+        }
+    )
 
 
 def _power(window: _Window, energy_metric: str, gauge_metric: str, keys: list[str]) -> pd.DataFrame:
-    """Columns `keys`, `power_watts`, `method`: energy-counter rate where it exists, else gauge mean."""
+    """Columns `keys`, `power_watts`, `method`, `window_end_seconds`: energy-counter rate where it
+    exists, else gauge mean."""
     from_counter = _counter_rate(window, energy_metric, keys, "power_watts", "neighbour_rate")
     # A restart near the window means part of it was filled from the neighbouring rate: say so.
     recent = window.history.loc[window.history["timestamp_seconds"] >= window.start - window.seconds]
@@ -206,9 +239,10 @@ def _outer_on(keys: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
-def _measured_node_power(window: _Window) -> pd.Series:
+def _measured_node_power(window: _Window) -> pd.DataFrame:
+    """Per node with a meter: power_watts and window_end_seconds (the oldest of its meters' ends)."""
     node_meters = _power(window, "node_energy_joules_total", "node_power_watts", ["node"])
-    return _sum_by(node_meters, "node", "power_watts")
+    return _sum_by_with_end(node_meters, "node", "power_watts")
 
 
 def _fresh_after(window: _Window) -> float:
@@ -268,19 +302,51 @@ def _series_increase(
     return increase
 
 
-def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataFrame:
+def _gauge_span_energy(window: _Window, metric: str, keys: list[str], spans: pd.DataFrame) -> np.ndarray:
+    """Energy of each row's gauge series (`keys` columns of `spans`) over its own token span: the mean
+    of the piecewise-linear gauge over the part of the span its samples cover, times the span.
+
+    This is where a pod's window energy from power gauges alone is decided: the seam for a model
+    that knows more than one or two readings (estimators.gauge_model)."""
+    out = np.full(len(spans), np.nan)
+    rows = _metric(window.history, metric, keys)
+    if rows.empty or spans.empty:
+        return out
+    start = spans["token_window_start_seconds"].to_numpy(np.float64)
+    end = spans["token_window_end_seconds"].to_numpy(np.float64)
+    wanted = spans[keys].assign(_row=np.arange(len(spans))).loc[np.isfinite(start) & np.isfinite(end)]
+    row_of = wanted["_row"].to_numpy(np.int64)
+    positions = wanted.groupby(keys, sort=False).indices
+    for key, group in rows.groupby(keys, sort=False):
+        found = positions.get(key)
+        if found is None:
+            continue
+        at = row_of[found]
+        integral, covered = gauge_integral(group["timestamp_seconds"], group["value"], start[at], end[at])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[at] = np.where(covered > 0, integral / covered, np.nan) * (end[at] - start[at])
+    return out
+
+
+def _without_end(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["window_start_seconds", "window_end_seconds"], errors="ignore")
+
+
+def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power: pd.DataFrame) -> pd.DataFrame:
     token_spans = _token_windows(window)
-    rated = _counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second")
+    rated = _without_end(_counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second"))
     token_rows = _metric(window.history, "generation_tokens_total", _POD)
     last_read = (
         token_rows.groupby(_POD)["timestamp_seconds"].max().reset_index(name="last_token_read_seconds")
     )
-    prompt_rate = _counter_rate(window, "prompt_tokens_total", _POD, "prompt_tokens_per_second")
-    cpu_power = _counter_rate(
-        window, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts", "neighbour_rate"
+    prompt_rate = _without_end(_counter_rate(window, "prompt_tokens_total", _POD, "prompt_tokens_per_second"))
+    cpu_power = _without_end(
+        _counter_rate(window, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts", "neighbour_rate")
     )
     kepler_gpu = _counter_rate(
         window, "pod_gpu_energy_joules_total", _POD, "kepler_gpu_watts", "neighbour_rate"
+    ).rename(
+        columns={"window_start_seconds": "kepler_start_seconds", "window_end_seconds": "kepler_end_seconds"}
     )
 
     span_seconds = token_spans["token_window_end_seconds"] - token_spans["token_window_start_seconds"]
@@ -289,28 +355,29 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power_watts: pd.Series)
     load["generation_tokens_per_second"] = load["span_tokens_per_second"].where(
         load["span_tokens_per_second"].notna(), load["window_tokens_per_second"]
     )
-    utilization = _gauge_mean(window.current, "pod_gpu_utilization_ratio", _POD, "utilization_ratio")
+    utilization = _without_end(
+        _gauge_mean(window.current, "pod_gpu_utilization_ratio", _POD, "utilization_ratio")
+    )
     current = _metric(window.current, "gpu_assignment_info", [*_GPU, *_POD]).sort_values("timestamp_seconds")
     latest = current.groupby([*_GPU, *_POD])["value"].last().reset_index()
     assignments = latest.loc[latest["value"] > 0, [*_GPU, *_POD]]
     shares = split_gpu_power(
         gpus, assignments, _outer_on(_POD, [load[[*_POD, "generation_tokens_per_second"]], utilization])
     )
-    # Energy of each GPU share over the pod's token window (rule 5); the share's power times the span
-    # where the GPU has no counter covering it.
+    # Energy of each GPU share over the pod's token window (rule 5), from the energy counter read at
+    # the span's edges, else from the power gauge over that same span.
     shares = shares.merge(token_spans, on=_POD, how="left")
+    shares = shares.merge(gpus[[*_GPU, "window_start_seconds", "window_end_seconds"]], on=_GPU, how="left")
     span_energy = _series_increase(window, "gpu_energy_joules_total", _GPU, shares, "neighbour_rate")
-    share_span = (shares["token_window_end_seconds"] - shares["token_window_start_seconds"]).to_numpy(
-        np.float64
-    )
-    shares["span_gpu_joules"] = np.where(
-        np.isfinite(span_energy),
-        shares["share_ratio"].to_numpy(np.float64) * span_energy,
-        shares["gpu_share_watts"].to_numpy(np.float64) * share_span,
-    )
+    missing = ~np.isfinite(span_energy)
+    if missing.any():
+        span_energy[missing] = _gauge_span_energy(window, "gpu_power_watts", _GPU, shares.loc[missing])
+    shares["span_gpu_joules"] = shares["share_ratio"].to_numpy(np.float64) * span_energy
     by_pod = shares.groupby(_POD)
     gpu_per_pod = pd.DataFrame(
         {
+            "gpu_start_seconds": by_pod["window_start_seconds"].max(),
+            "gpu_end_seconds": by_pod["window_end_seconds"].min(),
             "gpu_power_watts": by_pod["gpu_share_watts"].sum(),
             "span_gpu_joules": by_pod["span_gpu_joules"].sum(min_count=1),
             "assigned_node": by_pod["node"].first(),
@@ -354,12 +421,17 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power_watts: pd.Series)
         "prompt_tokens_per_second",
     ]
     numeric += ["cpu_power_watts", "kepler_gpu_watts", "generation_tokens"]
-    numeric += ["token_window_start_seconds", "token_window_end_seconds"]
+    numeric += [
+        "token_window_start_seconds",
+        "token_window_end_seconds",
+        "gpu_end_seconds",
+        "kepler_end_seconds",
+    ]
     pods[numeric] = pods[numeric].astype(np.float64)
     use_kepler_gpu = pods["gpu_power_watts"].isna() & pods["kepler_gpu_watts"].notna()
     pods.loc[use_kepler_gpu, "gpu_power_watts"] = pods.loc[use_kepler_gpu, "kepler_gpu_watts"]
     pods.loc[use_kepler_gpu, "gpu_method"] = "kepler_gpu"
-    pods = fit_cpu_to_node(pods, node_power_watts)
+    pods = fit_cpu_to_node(pods, node_power["power_watts"])
     has_gpu = pods["gpu_power_watts"].notna()
     has_cpu = pods["cpu_power_watts"].notna()
     pods["power_watts"] = pods["gpu_power_watts"].add(pods["cpu_power_watts"], fill_value=0.0)
@@ -394,8 +466,13 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power_watts: pd.Series)
     stale = ~(last.to_numpy(np.float64) >= _fresh_after(window))
     token_figures = ["generation_tokens", "prompt_tokens", "generation_tokens_per_second", "watts_per_token"]
     pods.loc[stale, token_figures] = np.nan
-    pods["window_start_seconds"] = float(window.start)
-    pods["window_end_seconds"] = float(window.end)
+    # Power covers the span its GPUs' readings cover (the part common to all of them), not one
+    # ending at `now`: usually the window's length ending at the newest reading.
+    gpu_known = pods["gpu_end_seconds"].notna()
+    end = pods["gpu_end_seconds"].where(gpu_known, pods["kepler_end_seconds"])
+    start = pods["gpu_start_seconds"].where(gpu_known, pods["kepler_start_seconds"])
+    pods["window_end_seconds"] = end.where(end.notna(), window.end).astype(np.float64)
+    pods["window_start_seconds"] = start.where(start.notna(), window.start).astype(np.float64)
     return pods.sort_values(_POD, ignore_index=True)[POD_COLUMNS]
 
 
@@ -418,14 +495,23 @@ def _sum_by(frame: pd.DataFrame, key: str, column: str) -> pd.Series:
     return pd.Series(sums.to_numpy(dtype=np.float64), index=sums.index.astype(object), dtype=np.float64)
 
 
+def _sum_by_with_end(frame: pd.DataFrame, key: str, column: str) -> pd.DataFrame:
+    """Per `key`: the sum of `column` and the oldest `window_end_seconds` of the rows summed (a sum
+    is only as recent as its oldest part). Indexed by `key` (object), columns `column`, window_end_seconds."""
+    ends = frame.groupby(key)["window_end_seconds"].min()
+    out = pd.DataFrame({column: _sum_by(frame, key, column), "window_end_seconds": ends.to_numpy(np.float64)})
+    out.index = out.index.astype(object)
+    return out
+
+
 def _node_frame(
     window: _Window,
     gpus: pd.DataFrame,
-    measured: pd.Series,
+    measured: pd.DataFrame,
     pods: pd.DataFrame,
     node_racks: Mapping[str, str],
 ) -> pd.DataFrame:
-    gpu_sum = _sum_by(gpus, "node", "power_watts")
+    gpu_sum = _sum_by_with_end(gpus, "node", "power_watts")
     with_node = pods.loc[pods["node"].notna() & pods["power_watts"].notna()]
     cpu = with_node.assign(cpu_watts=with_node["power_watts"] - with_node["gpu_power_watts"].fillna(0.0))
     cpu_by_node = _sum_by(cpu, "node", "cpu_watts")
@@ -433,12 +519,14 @@ def _node_frame(
     names = sorted(set(window.current["node"].dropna()) | set(node_racks))
     index = pd.Index(names, name="node", dtype=object)
     nodes = pd.DataFrame(index=index)
-    nodes["gpu_power_watts"] = gpu_sum.reindex(index)
-    node_power = measured.reindex(index)
-    nodes["estimated"] = node_power.isna()
+    gpu = gpu_sum.reindex(index)
+    nodes["gpu_power_watts"] = gpu["power_watts"]
+    meter = measured.reindex(index)
+    nodes["estimated"] = meter["power_watts"].isna()
     summed = nodes["gpu_power_watts"].add(cpu_by_node.reindex(index), fill_value=0.0)
-    nodes["node_power_watts"] = node_power.where(~nodes["estimated"], summed)
-    nodes["window_end_seconds"] = float(window.end)
+    nodes["node_power_watts"] = meter["power_watts"].where(~nodes["estimated"], summed)
+    end = meter["window_end_seconds"].where(~nodes["estimated"], gpu["window_end_seconds"])
+    nodes["window_end_seconds"] = end.where(end.notna(), window.end).astype(np.float64)
     return nodes.reset_index()[NODE_COLUMNS]
 
 
@@ -452,11 +540,13 @@ def _rack_frame(
     window = _Window(unlabelled(window.history), unlabelled(window.current), window.start, window.end)
     samples = window.current
     pdus = _power(window, "pdu_energy_joules_total", "pdu_power_watts", ["rack", "pdu"])
-    pdu_sum = _sum_by(pdus, "rack", "power_watts")
+    pdu_sum = _sum_by_with_end(pdus, "rack", "power_watts")
     rise_sum = _sum_by(_largest_rise(samples, "pdu_power_watts", ["rack", "pdu"]), "rack", "rise_watts")
     membership = pd.DataFrame({"node": list(node_racks), "rack": list(node_racks.values())}, dtype=object)
-    node_sum = _sum_by(
-        membership.merge(nodes[["node", "node_power_watts"]], on="node"), "rack", "node_power_watts"
+    node_sum = _sum_by_with_end(
+        membership.merge(nodes[["node", "node_power_watts", "window_end_seconds"]], on="node"),
+        "rack",
+        "node_power_watts",
     )
 
     config = racks.astype({"rack": object}).drop_duplicates("rack", keep="last").set_index("rack")
@@ -464,8 +554,10 @@ def _rack_frame(
     index = pd.Index(names, name="rack", dtype=object)
     out = pd.DataFrame(index=index)
     measured = pdu_sum.reindex(index)
-    out["estimated"] = measured.isna()
-    out["rack_power_watts"] = measured.where(~out["estimated"], node_sum.reindex(index))
+    summed = node_sum.reindex(index)
+    out["estimated"] = measured["power_watts"].isna()
+    out["rack_power_watts"] = measured["power_watts"].where(~out["estimated"], summed["node_power_watts"])
+    end = measured["window_end_seconds"].where(~out["estimated"], summed["window_end_seconds"])
     out["cap_watts"] = config["cap_watts"].reindex(index).astype(np.float64)
     margin_ratio = config["margin_ratio"].reindex(index).astype(np.float64).fillna(0.0)
     error_ratio = np.where(out["estimated"], SUMMED_ESTIMATE_ERROR_RATIO, PDU_SENSOR_ERROR_RATIO)
@@ -475,7 +567,7 @@ def _rack_frame(
     headroom, overdraw = headroom_and_overdraw(out["cap_watts"], out["margin_watts"], out["rack_power_watts"])
     out["headroom_watts"] = headroom
     out["overdraw_watts"] = overdraw
-    out["window_end_seconds"] = float(window.end)
+    out["window_end_seconds"] = end.where(end.notna(), window.end).astype(np.float64)
     return out.reset_index()[RACK_COLUMNS]
 
 
@@ -506,7 +598,26 @@ def estimate_fleet(
     pods = _with_recorded(_pod_frame(window, gpus, measured), window)
     nodes = _node_frame(window, gpus, measured, pods, node_racks)
     rack_frame = _rack_frame(window, nodes, node_racks, racks)
-    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame)
+    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame, latest_racks=latest_rack_power(history))
+
+
+def latest_rack_power(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per rack: the sum of its PDUs' newest `pdu_power_watts` and the time of the oldest of those
+    readings (`LATEST_RACK_COLUMNS`).
+
+    The window average (`rack_power_watts`) suits the HPA; a capping loop that acts every second needs
+    the newest reading. A PDU that went silent keeps its last reading in the sum, and its age makes
+    the whole value stale, so a silent meter never makes a rack look lighter.
+    """
+    readings = samples.loc[samples["metric"] == "pdu_power_watts"].dropna(subset=["rack"])
+    if readings.empty:
+        return pd.DataFrame(columns=LATEST_RACK_COLUMNS)
+    readings = readings.assign(meter=readings["pdu"].astype(object).fillna(""))
+    newest = readings.sort_values("timestamp_seconds").groupby(["rack", "meter"], sort=False).last()
+    per_rack = newest.groupby(level="rack").agg(
+        rack_power_latest_watts=("value", "sum"), oldest_reading_seconds=("timestamp_seconds", "min")
+    )
+    return per_rack.reset_index()[LATEST_RACK_COLUMNS]
 
 
 def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
@@ -519,19 +630,20 @@ def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=GROUP_COLUMNS)
     grouped = frame.groupby("group", sort=True)
-    out = grouped.agg(
-        power_watts=("power_watts", lambda s: s.sum(min_count=1)),
-        gpu_power_watts=("gpu_power_watts", lambda s: s.sum(min_count=1)),
-        generation_tokens_per_second=("generation_tokens_per_second", lambda s: s.sum(min_count=1)),
-        energy_joules=("energy_joules", lambda s: s.sum(min_count=1)),
-        generation_tokens=("generation_tokens", lambda s: s.sum(min_count=1)),
-        window_start_seconds=("window_start_seconds", "min"),
-        window_end_seconds=("window_end_seconds", "max"),
-        pods=("pod", "size"),
-    )
+    summed = [
+        "power_watts",
+        "gpu_power_watts",
+        "generation_tokens_per_second",
+        "energy_joules",
+        "generation_tokens",
+    ]
+    out = grouped[summed].sum(min_count=1)  # one vectorised sum; a group with no value stays NaN
+    out["window_start_seconds"] = grouped["window_start_seconds"].min()
+    out["window_end_seconds"] = grouped["window_end_seconds"].min()
+    out["pods"] = grouped["pod"].size()
     tokens = out["generation_tokens"].where(out["generation_tokens"] > 0)
     out["watts_per_token"] = out["energy_joules"] / tokens
     return out.reset_index()[GROUP_COLUMNS]
 
 
-__all__ = ["FleetEstimate", "aggregate_pods", "estimate_fleet", "replicas_within_budget"]
+__all__ = ["FleetEstimate", "aggregate_pods", "estimate_fleet", "latest_rack_power", "replicas_within_budget"]

@@ -296,7 +296,7 @@ def estimate_windows(
 ) -> pd.DataFrame:
     """Energy and watts per token of each window [edges[i], edges[i+1]] (columns `WINDOW_COLUMNS`).
 
-    Edges should be token scrapes (`estimators.energy.window_edges(align="tokens")`): a window is then
+    Edges should be token scrapes (`estimators.playback.token_window_edges`): a window is then
     a run of whole token intervals and its token counts are exact. The model's power (from those
     counts) and the mean of the gauge readings inside the window are blended by inverse variance
     (module doc). A model not yet `is_measured` leaves the gauge mean alone (`power_gauge`, confidence

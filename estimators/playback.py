@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from estimators.energy import window_edges
 from estimators.gauge_model import Replica, token_intervals
+from estimators.rates import FloatArray
 from estimators.sampling import ScrapePlan, scrape_trace, step_value_at, token_counters
 
 SERVED_PHASES = ("idle", "sweep", "prefill", "trace", "cooldown")
@@ -132,8 +132,31 @@ def scrape_gpu(
         intervals=token_intervals(generated["timestamp_seconds"], generated["value"], prompted["value"]),
         gauge_times=gauge["timestamp_seconds"].to_numpy(np.float64),
         gauge_watts=gauge["value"].to_numpy(np.float64),
-        edges_seconds=window_edges(
-            generated["timestamp_seconds"], window_seconds=window_seconds, start_seconds=0.0, end_seconds=end
+        edges_seconds=token_window_edges(
+            generated["timestamp_seconds"].to_numpy(np.float64),
+            window_seconds=window_seconds,
+            end_seconds=end,
         ),
     )
     return frame, replica
+
+
+def token_window_edges(
+    token_times_seconds: FloatArray, *, window_seconds: float, end_seconds: float
+) -> FloatArray:
+    """Window edges on token scrapes, each the scrape nearest one window after the last edge: the token
+    counts between two edges are then exact. A window is never shorter than half `window_seconds`
+    (a dropped scrape makes the window longer rather than splitting it)."""
+    times = np.unique(token_times_seconds)
+    times = times[(times >= 0.0) & (times <= end_seconds)]
+    if times.size < 2:
+        return np.empty(0)
+    edges = [times[0]]
+    while True:
+        later = times[times >= edges[-1] + 0.5 * window_seconds]
+        if later.size == 0:
+            break
+        distance = np.abs(later - (edges[-1] + window_seconds))
+        # On a tie (a dropped scrape halfway) take the later sample: a longer window, not a shorter one.
+        edges.append(later[np.flatnonzero(distance <= distance.min() + 1e-9)[-1]])
+    return np.asarray(edges, dtype=np.float64)

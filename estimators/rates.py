@@ -62,6 +62,36 @@ def _as_sorted(times: npt.ArrayLike, values: npt.ArrayLike) -> tuple[FloatArray,
 ResetRule = Literal["post_value", "neighbour_rate"]
 
 
+def reset_steps(
+    times: FloatArray,
+    values: FloatArray,
+    first: npt.NDArray[np.bool_],
+    *,
+    on_reset: ResetRule = "post_value",
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """The reset rule (module docstring), written once: each sample's reset-corrected increase over
+    the sample before it, and where the counter dropped.
+
+    Several series may lie end to end, each in time order; `first` marks each series' first sample,
+    whose step is 0. Returns (steps, dropped)."""
+    last = np.append(first[1:], True)
+    step = np.where(first, 0.0, np.diff(values, prepend=values[:1]))
+    dropped = (step < 0) & ~first
+    step = np.where(dropped, values, step)
+    if on_reset == "neighbour_rate" and dropped.any():
+        dt = np.where(first, np.nan, np.diff(times, prepend=times[:1]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(dropped | first, np.nan, step / dt)
+        previous = np.where(first, np.nan, np.roll(rate, 1))
+        following = np.where(last, np.nan, np.roll(rate, -1))
+        both = np.vstack((previous, following))
+        counted = np.isfinite(both).sum(axis=0)
+        around = np.where(counted > 0, np.nansum(both, axis=0) / np.maximum(counted, 1), np.nan)
+        fill = around * dt
+        step = np.where(dropped & np.isfinite(fill), np.maximum(step, fill), step)
+    return step, dropped
+
+
 def reset_corrected(
     values: npt.ArrayLike, times: npt.ArrayLike | None = None, *, on_reset: ResetRule = "post_value"
 ) -> FloatArray:
@@ -73,27 +103,27 @@ def reset_corrected(
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return v.copy()
-    steps = np.diff(v)
-    dropped = steps < 0
-    steps = np.where(dropped, v[1:], steps)
-    if on_reset == "neighbour_rate" and dropped.any():
-        if times is None:
+    if times is None:
+        if on_reset == "neighbour_rate" and (np.diff(v) < 0).any():
             raise ValueError('on_reset="neighbour_rate" needs the sample times')
-        dt = np.diff(np.asarray(times, dtype=np.float64))
-        rates = np.where(dropped, np.nan, steps / np.where(dt > 0, dt, np.nan))
-        for i in np.flatnonzero(dropped):
-            around = [rates[j] for j in (i - 1, i + 1) if 0 <= j < rates.size and np.isfinite(rates[j])]
-            if around:
-                steps[i] = max(steps[i], float(np.mean(around)) * dt[i])
-    return np.concatenate(([0.0], np.cumsum(steps)))
+        t = np.arange(v.size, dtype=np.float64)
+    else:
+        t = np.asarray(times, dtype=np.float64)
+    first = np.zeros(v.size, dtype=bool)
+    first[0] = True
+    steps, _ = reset_steps(t, v, first, on_reset=on_reset)
+    return np.cumsum(steps)
 
 
 def reset_intervals(times: npt.ArrayLike, values: npt.ArrayLike) -> FloatArray:
     """(before, after) sample times around each restart of a counter: shape (n, 2). What the counter
     did inside such an interval is partly unknown, so estimates over it are marked."""
     t, v = _as_sorted(times, values)
-    dropped = np.flatnonzero(np.diff(v) < 0)
-    return np.column_stack((t[dropped], t[dropped + 1])) if dropped.size else np.empty((0, 2))
+    first = np.zeros(v.size, dtype=bool)
+    first[:1] = True
+    _, dropped = reset_steps(t, v, first)
+    after = np.flatnonzero(dropped)
+    return np.column_stack((t[after - 1], t[after])) if after.size else np.empty((0, 2))
 
 
 def counter_at(
@@ -213,10 +243,12 @@ def series_rates(
         return pd.DataFrame(columns=columns)
     data = frame[[*keys, time_column, value_column]].dropna(subset=[time_column, value_column])
     data = data.sort_values([*keys, time_column], kind="stable")
-    grouped = data.groupby(list(keys), sort=False, dropna=False)
-    step = grouped[value_column].diff()
-    dropped = step < 0
-    step = step.where(~dropped, data[value_column]).fillna(0.0)
+    sid = data.groupby(list(keys), sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    first = np.ones(sid.size, dtype=bool)
+    first[1:] = sid[1:] != sid[:-1]
+    step, dropped = reset_steps(
+        data[time_column].to_numpy(np.float64), data[value_column].to_numpy(np.float64), first
+    )
     data = data.assign(_step=step, _reset=dropped.astype(np.int64))
     grouped = data.groupby(list(keys), sort=False, dropna=False)
     out = grouped.agg(
@@ -264,23 +296,9 @@ def counters_at(
     v = data[value_column].to_numpy(np.float64)[order]
     first = np.ones(sid.size, dtype=bool)
     first[1:] = sid[1:] != sid[:-1]
-    last = np.ones(sid.size, dtype=bool)
-    last[:-1] = sid[1:] != sid[:-1]
 
-    step = np.where(first, 0.0, np.diff(v, prepend=v[0]))
+    step, _ = reset_steps(t, v, first, on_reset=on_reset)
     dt = np.where(first, np.nan, np.diff(t, prepend=t[0]))
-    dropped = step < 0
-    step = np.where(dropped, v, step)
-    if on_reset == "neighbour_rate" and dropped.any():
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate = np.where(dropped | first, np.nan, step / dt)
-        previous = np.where(first, np.nan, np.roll(rate, 1))
-        following = np.where(last, np.nan, np.roll(rate, -1))
-        both = np.vstack((previous, following))
-        counted = np.isfinite(both).sum(axis=0)
-        around = np.where(counted > 0, np.nansum(both, axis=0) / np.maximum(counted, 1), np.nan)
-        fill = around * dt
-        step = np.where(dropped & np.isfinite(fill), np.maximum(step, fill), step)
     start_of = np.flatnonzero(first)
     counter = np.cumsum(step)
     counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))

@@ -1,9 +1,11 @@
 """`wattscale estimate`: the estimators on a CSV of samples, for offline analysis.
 
-    wattscale estimate watts-per-token --input F.csv --window 30s [--align tokens|grid] [--output OUT.csv]
+    wattscale estimate watts-per-token --input F.csv --window 30s [--output OUT.csv]
     wattscale estimate power-model --input F.csv [--window 30s] [--step 5s] [--regressor linear]
 
-The input has the columns `timestamp,metric,value` (timestamp in seconds). watts-per-token reads the
+The input is the samples CSV of `adapter.samples_csv` (`timestamp,metric,value[,labels]`, times as
+epoch seconds or RFC 3339; `--input -` reads standard input); window edges are written back as epoch
+seconds at full precision. Durations take `30s`, `5m`, `2h`. watts-per-token reads the
 counters `gpu_energy_joules_total`, `generation_tokens_total`, `prompt_tokens_total` and the gauge
 `gpu_power_watts` (either power input may be missing) and writes CSV
 `window_start,window_end,watts_per_token,power_watts,tokens_per_second,method` (`--all-columns`
@@ -14,18 +16,15 @@ gauge, compares regressors by time-ordered cross-validation and fits the chosen 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-if TYPE_CHECKING:
-    import pandas as pd
+from adapter.durations import duration_seconds
+from adapter.samples_csv import read_samples, write_table
 
 HELP = "Estimate watts per token or fit the power model from a CSV of samples (offline)."
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _OUTPUT = {
     "window_start_seconds": "window_start",
     "window_end_seconds": "window_end",
@@ -36,35 +35,22 @@ _OUTPUT = {
 }
 
 
-def duration_seconds(text: str) -> float:
-    """'30s', '1m', '500ms', '90' (seconds) -> seconds; argparse turns ValueError into a usage error."""
-    match = _DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30s, 1m, 500ms)")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"duration must be > 0: {text!r}")
-    return seconds
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="estimate", metavar="ESTIMATE", required=True)
     wpt = sub.add_parser("watts-per-token", help="joules per generated token per window")
-    wpt.add_argument("--input", type=Path, required=True, help="CSV with timestamp,metric,value")
-    wpt.add_argument("--window", type=duration_seconds, default=30.0, help="window length (default 30s)")
     wpt.add_argument(
-        "--align",
-        choices=["tokens", "grid"],
-        default="tokens",
-        help="window edges at the token counter's samples (default) or on a fixed grid",
+        "--input", required=True, help="CSV with timestamp,metric,value[,labels]; - for standard input"
     )
+    wpt.add_argument("--window", type=duration_seconds, default=30.0, help="window length (default 30s)")
     wpt.add_argument("--idle-power-watts", type=float, default=None, help="static power for the idle share")
     wpt.add_argument(
         "--all-columns", action="store_true", help="also prompt-inclusive and idle/dynamic columns"
     )
     wpt.add_argument("--output", type=Path, default=None, help="write here instead of standard output")
     model = sub.add_parser("power-model", help="fit GPU power from load; report cross-validated error")
-    model.add_argument("--input", type=Path, required=True, help="CSV with timestamp,metric,value")
+    model.add_argument(
+        "--input", required=True, help="CSV with timestamp,metric,value[,labels]; - for standard input"
+    )
     model.add_argument("--window", type=duration_seconds, default=30.0, help="window length (default 30s)")
     model.add_argument(
         "--step", type=duration_seconds, default=None, help="window start spacing (default: window/10)"
@@ -77,40 +63,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_samples(path: Path) -> pd.DataFrame:
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    missing = {"timestamp", "metric", "value"} - set(frame.columns)
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {', '.join(sorted(missing))}; want timestamp,metric,value"
-        )
-    frame = frame.rename(columns={"timestamp": "timestamp_seconds"})
-    frame["timestamp_seconds"] = pd.to_numeric(frame["timestamp_seconds"], errors="raise")
-    frame["value"] = pd.to_numeric(frame["value"], errors="raise")
-    if frame.empty:
-        raise ValueError(f"{path}: no samples")
-    return frame
-
-
-def _watts_per_token(args: argparse.Namespace, out: TextIO) -> int:
+def _watts_per_token(args: argparse.Namespace) -> int:
     from estimators.energy import watts_per_token
 
-    samples = _read_samples(args.input)
+    samples = read_samples(args.input)
     if not (samples["metric"] == "generation_tokens_total").any():
         raise ValueError(f"{args.input}: no generation_tokens_total samples")
-    result = watts_per_token(
-        samples, window_seconds=args.window, align=args.align, idle_power_watts=args.idle_power_watts
-    )
-    columns = dict(_OUTPUT)
+    result = watts_per_token(samples, window_seconds=args.window, idle_power_watts=args.idle_power_watts)
+    # Input that assigns GPUs to pods (as `wattscale export` writes it) gives windows per pod.
+    columns = {c: c for c in ("namespace", "pod") if c in result.columns} | _OUTPUT
     if args.all_columns:
         columns.update({c: c for c in result.columns if c not in columns})
     table = result[list(columns)].rename(columns=columns)
-    if args.output is not None:
-        table.to_csv(args.output, index=False, float_format="%.6g")
-    else:
-        table.to_csv(out, index=False, float_format="%.6g")
+    write_table(table, args.output, exact_columns=["window_start", "window_end"])
     return 0
 
 
@@ -118,7 +83,7 @@ def _power_model(args: argparse.Namespace, out: TextIO) -> int:
     from estimators.energy import load_windows
     from estimators.power_model import FEATURES, REGRESSORS, PowerModel, compare_regressors
 
-    samples = _read_samples(args.input)
+    samples = read_samples(args.input)
     step = args.step if args.step is not None else args.window / 10.0
     rows = load_windows(samples, window_seconds=args.window, step_seconds=step)
     # requests_running is optional: without it the model learns from the two token rates alone.
@@ -152,7 +117,7 @@ def _power_model(args: argparse.Namespace, out: TextIO) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.estimate == "watts-per-token":
-            return _watts_per_token(args, sys.stdout)
+            return _watts_per_token(args)
         return _power_model(args, sys.stdout)
     except (OSError, ValueError) as exc:
         print(f"wattscale estimate: {exc}", file=sys.stderr)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adapter.cli import main
+from adapter.cli import build_parser, main
 from estimators.sampling import ScrapePlan, compare_to_truth, scrape_trace
 
 TRACE = Path(__file__).resolve().parents[3] / "data" / "h100-llama8b"
@@ -137,3 +137,58 @@ def test_power_model_without_requests_running_uses_the_token_rates(
     assert "# features: generation_tokens_per_second, prompt_tokens_per_second\n" in out
     scores = pd.read_csv(io.StringIO(out), comment="#")
     assert scores["cv_mape"].min() < 0.10
+
+
+def _epoch_csv() -> tuple[str, list[str]]:
+    """A steady pod scraped every ~15 s at millisecond epoch times; the token sample times as written."""
+    times = [f"17900000{3 + 15 * k:02d}.{200 + 13 * k:03d}" for k in range(6)]
+    lines = ["timestamp,metric,value"]
+    for k, at in enumerate(times):
+        lines += [
+            f"{at},generation_tokens_total,{1500 * k}",
+            f"{at},gpu_energy_joules_total,{1000 + 4000 * k}",
+        ]
+    return "\n".join(lines) + "\n", times
+
+
+def test_epoch_timestamps_round_trip_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    content, times = _epoch_csv()
+    source = tmp_path / "epoch.csv"
+    source.write_text(content)
+    assert main(["estimate", "watts-per-token", "--input", str(source), "--window", "30s"]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(io.StringIO(out), dtype={"window_start": str, "window_end": str})
+    # Edges are token sample instants (token-aligned windows), written back exactly as read.
+    edges = sorted(set(table["window_start"]) | set(table["window_end"]))
+    assert len(table) == 3  # 0-30 s, 30-60 s and the last 15 s (a window is at least half the length)
+    assert all(float(edge) in {float(t) for t in times} for edge in edges)
+    assert table["window_start"].nunique() == len(table)
+    assert table["watts_per_token"].tolist() == pytest.approx([4000 / 1500] * 3, rel=1e-5)
+
+
+def test_rfc3339_input_and_standard_input_give_the_same_windows(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content, _ = _epoch_csv()
+    epoch = pd.read_csv(io.StringIO(content), dtype={"timestamp": str})
+    rfc3339 = epoch.assign(
+        timestamp=pd.to_datetime(epoch["timestamp"].astype(float), unit="s", utc=True).map(
+            lambda t: t.isoformat(timespec="milliseconds")
+        )
+    )
+    outputs = []
+    for frame in (epoch, rfc3339):
+        monkeypatch.setattr("sys.stdin", io.StringIO(frame.to_csv(index=False)))
+        assert main(["estimate", "watts-per-token", "--input", "-", "--window", "30s"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert "+00:00" in rfc3339["timestamp"].iloc[0]
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("90", 90.0)])
+def test_durations_with_units(text: str, seconds: float) -> None:
+    from adapter.durations import duration_seconds
+
+    assert duration_seconds(text) == seconds
+    args = build_parser().parse_args(["estimate", "watts-per-token", "--input", "-", "--window", text])
+    assert args.window == seconds

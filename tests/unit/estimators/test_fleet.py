@@ -66,7 +66,9 @@ def test_energy_counter_gives_pod_power_and_joules_per_token() -> None:
     assert a["energy_joules"] == pytest.approx(300.0 * 60.0)
     assert a["prompt_tokens"] == pytest.approx(50.0 * 60.0)
     assert a["node"] == "n1"
-    assert (a["window_start_seconds"], a["window_end_seconds"]) == (4.0, 64.0)
+    # The power window ends at the GPU's newest reading (60 s), not at the pass (64 s): it covers
+    # exactly the span it is stamped with, nothing extrapolated.
+    assert (a["window_start_seconds"], a["window_end_seconds"]) == (0.0, 60.0)
 
 
 def test_shared_gpu_split_by_token_share_never_exceeds_the_gpu() -> None:
@@ -289,10 +291,16 @@ def _served(
             ).pods.iloc[0]
             edges = [pod["token_window_start_seconds"], pod["token_window_end_seconds"]]
             truth = true_joules_per_token(samples["t"], samples["energy_j"], tokens, edges)["watts_per_token"]
+            stated = np.interp(
+                [pod["window_start_seconds"], pod["window_end_seconds"]], samples["t"], samples["energy_j"]
+            )
             rows.append(
                 {
                     **pod.to_dict(),
+                    "now_seconds": now,
                     "true_watts_per_token": truth.iloc[0] if np.isfinite(edges).all() else np.nan,
+                    "true_power_watts": (stated[1] - stated[0])
+                    / (pod["window_end_seconds"] - pod["window_start_seconds"]),
                 }
             )
     out = pd.DataFrame(rows)
@@ -312,10 +320,27 @@ def test_served_watts_per_token_matches_the_energy_counter_on_the_h100_trace(
     # The token window is about one window long and ends at the latest token scrape.
     span = spanned["token_window_end_seconds"] - spanned["token_window_start_seconds"]
     assert (span >= 0.5 * window_seconds).all() and (span <= window_seconds + 16.0).all()
-    assert (spanned["token_window_end_seconds"] <= spanned["window_end_seconds"]).all()
+    assert (spanned["token_window_end_seconds"] <= spanned["now_seconds"]).all()
     errors = spanned["relative_error"].abs()
     assert (errors <= 0.05).mean() >= 0.9
     assert errors.median() <= 0.01
+
+
+@pytest.mark.parametrize("window_seconds", [30.0, 60.0])
+def test_served_power_is_the_mean_over_the_window_it_states(
+    h100: tuple[pd.DataFrame, pd.DataFrame], window_seconds: float
+) -> None:
+    # Issue 13 item 6: the value stamped [end - window, end] must be that span's mean power (from the
+    # dense NVML energy counter), not the mean of an older, shorter span with the rest extrapolated.
+    served = _served(h100, range(3), window_seconds)
+    stated = served["window_end_seconds"] - served["window_start_seconds"]
+    # The full window wherever the history reaches back that far; before that, what the samples cover.
+    assert (stated <= window_seconds).all() and (stated == window_seconds).mean() >= 0.7
+    assert (served["window_end_seconds"] <= served["now_seconds"]).all()
+    errors = (served["gpu_power_watts"] / served["true_power_watts"] - 1.0).abs()
+    # What remains is the counter interpolated inside one scrape interval at the window's start.
+    assert errors.median() <= 0.005
+    assert errors.quantile(0.9) <= 0.05
 
 
 def test_served_watts_per_token_through_a_gpu_counter_restart(
