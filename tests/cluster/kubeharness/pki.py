@@ -100,12 +100,16 @@ class CertificateAuthority:
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
         server: bool = False,
+        expired: bool = False,
     ) -> KeyPair:
-        """Issue a leaf: a client cert (CN = user, O = groups, as kube-apiserver reads them) unless `server`."""
+        """Issue a leaf: a client cert (CN = user, O = groups, as kube-apiserver reads them) unless `server`;
+        `expired`: valid only until yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.UTC) - (
+            datetime.timedelta(days=2) if expired else datetime.timedelta()
+        )
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()
@@ -114,7 +118,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + (datetime.timedelta(days=1) if expired else _VALIDITY))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
