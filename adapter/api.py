@@ -7,12 +7,10 @@ result. Every error leaves as a `metav1.Status`: our domain errors with their ow
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +57,9 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 """Absent when authorization is off (the demo)."""
 SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("api_settings", ApiSettings)
+LivenessCheck = Callable[[], Sequence[str]]
+LIVENESS: web.AppKey[LivenessCheck] = web.AppKey("liveness")
+"""Internal tasks and processes that stopped and are not coming back: /livez fails with them."""
 OPENAPI = web.AppKey("openapi", OpenApiDocuments)
 USER = web.RequestKey("user", UserInfo)
 
@@ -146,47 +147,22 @@ def _pretty(request: web.Request) -> bool:
     return request.query.get("pretty", "").lower() == "true"
 
 
-class Liveness:
-    """Long-running tasks the server depends on. One that ends while the server runs (they restart
-    themselves after failures, so ending is a bug) fails /livez, and the kubelet restarts the pod."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
-
-    def watch(self, name: str, task: asyncio.Task[Any]) -> None:
-        self._tasks[name] = task
-        task.add_done_callback(functools.partial(self._stopped, name))
-
-    @staticmethod
-    def _stopped(name: str, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        log.error("task.stopped", extra={"task": name, "error": repr(error) if error else "returned"})
-
-    def problems(self) -> list[str]:
-        return [f"{name} stopped" for name, task in self._tasks.items() if task.done()]
-
-
-LIVENESS = web.AppKey("liveness", Liveness)
-
-
 def _unhealthy(problems: list[str]) -> web.Response:
     return web.Response(text="not ok: " + "; ".join(problems), status=503)
-
-
-async def health(request: web.Request) -> web.Response:
-    problems = request.app[LIVENESS].problems()
-    return _unhealthy(problems) if problems else web.Response(text="ok")
 
 
 async def ping(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def livez(request: web.Request) -> web.Response:
+    problems = list(request.app[LIVENESS]())
+    return _unhealthy(problems) if problems else web.Response(text="ok")
+
+
 async def readyz(request: web.Request) -> web.Response:
     store, index = request.app[STORE], request.app[INDEX]
-    problems = request.app[LIVENESS].problems()
+    problems = list(request.app[LIVENESS]())
     if not index.synced():
         problems.append("object caches not synced")
     if not store.ready:
@@ -295,6 +271,7 @@ def create_app(
     self_metrics_registry: SelfMetrics,
     settings: ApiSettings = ApiSettings(),
     clock: Callable[[], float] = time.time,
+    liveness: LivenessCheck = lambda: (),
 ) -> web.Application:
     app = web.Application(middlewares=[status_errors, authenticate], client_max_size=64 * 1024)
     app[STORE] = store
@@ -304,7 +281,7 @@ def create_app(
         app[AUTHORIZER] = authorizer
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
-    app[LIVENESS] = Liveness()
+    app[LIVENESS] = liveness
     app[REFUSED_LOG] = RateLimitedLog(log, "api.request_failed")
     app[OPENAPI] = OpenApiDocuments.build(_groups(app))
     app[PROVIDER] = StoreProvider(
@@ -312,7 +289,7 @@ def create_app(
     )
     get = app.router.add_get
     for path in ("/healthz", "/livez"):
-        get(path, health, allow_head=False)
+        get(path, livez, allow_head=False)
     for path in ("/healthz/ping", "/livez/ping", "/readyz/ping"):
         get(path, ping, allow_head=False)
     get("/readyz", readyz, allow_head=False)

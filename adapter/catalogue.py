@@ -63,7 +63,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "replicas_within_budget",
         "replicas",
         (DEPLOYMENTS, INFERENCE_SERVICES),
-        "current replicas plus those that fit the rack's headroom at the power of the workload's hungriest replica in the window",
+        "current replicas plus those that fit the rack's headroom (minus those an overdraw takes) at one replica's "
+        "peak power (the most any replica drew, forgotten with a 6 h half-life); held within half a replica and "
+        "raised only after 2 min, so an autoscaler on it does not flap",
     ),
     MetricSpec(
         "node_power_watts", "W", (NODES,), "node power: measured where a source has it, else GPUs + CPU"

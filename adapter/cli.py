@@ -1,7 +1,9 @@
-"""`wattscale`: one console script, one module per subcommand under `adapter.commands`.
+"""`wattscale`: one console script for both programs, one module per subcommand.
 
-Each command module exposes `HELP: str`, `configure(parser)` and `run(args) -> int`. Adding a
-command is one module plus one line in `COMMANDS`; heavy imports stay inside `run`.
+The metrics server's commands live in `adapter.commands`, the power operator's in
+`poweroperator.commands`. Each command module exposes `HELP: str`, `configure(parser)` and
+`run(args) -> int`. Adding a command is one module plus one line in `COMMANDS`; heavy imports stay
+inside `run`. Every command that takes `--log-level` logs JSON lines (`adapter.logs`), set up here once.
 """
 
 from __future__ import annotations
@@ -13,22 +15,24 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from adapter import __version__
+from adapter import __version__, logs
 
-COMMANDS: tuple[str, ...] = (
-    "serve",
-    "demo",
-    "collect",
-    "manifests",
-    "agent",
-    "estimate",
-    "capper",
-    "simulate",
-)
+COMMANDS: dict[str, str] = {
+    "serve": "adapter.commands.serve",
+    "demo": "adapter.commands.demo",
+    "collect": "adapter.commands.collect",
+    "manifests": "adapter.commands.manifests",
+    "agent": "adapter.commands.agent",
+    "estimate": "adapter.commands.estimate",
+    "operator": "poweroperator.commands.operator",
+    "simulate": "poweroperator.commands.simulate",
+}
+ALIASES: dict[str, list[str]] = {"operator": ["capper"]}
+"""`capper` is the operator's name before it configured KEDA; kept for one release."""
 
 
 def _command_module(name: str) -> ModuleType:
-    return importlib.import_module(f"adapter.commands.{name}")
+    return importlib.import_module(COMMANDS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = _command_module(name)
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub = subparsers.add_parser(
+            name, aliases=ALIASES.get(name, []), help=module.HELP, description=module.HELP
+        )
         module.configure(sub)
         sub.set_defaults(_run=module.run)
     return parser
@@ -47,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "log_level", None):
+        logs.configure(args.log_level)
     try:
         code: int = args._run(args)
     except KeyboardInterrupt:

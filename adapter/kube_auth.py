@@ -134,7 +134,7 @@ class ExtensionAuthentication:
             except Exception as exc:
                 log.warning("auth.configmap_watch_failed", extra={"error": repr(exc), "retry_seconds": delay})
                 if self._metrics is not None:
-                    self._metrics.task_restarts.labels(AUTH_WATCH_TASK).inc()
+                    self._metrics.internal_restarts.labels(AUTH_WATCH_TASK).inc()
                 resource_version = ""
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry.max_seconds)

@@ -9,6 +9,7 @@ every `estimate_interval_seconds` in a worker thread and swaps a whole new snaps
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -30,11 +31,13 @@ from adapter.catalogue import (
     POWER_BUDGETS,
 )
 from adapter.objects import KubeObject, ObjectIndex
-from adapter.selfmetrics import SelfMetrics
+from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
+from adapter.supervise import Supervisor
 from collectors.base import Collector, Sample
-from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet, replicas_within_budget
+from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet
+from estimators.headroom import ReplicaBudgets
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,13 @@ def samples_frame(rows: Sequence[SampleRow]) -> pd.DataFrame:
 
 
 class SampleHistory:
-    """Recent batches of every collector, each turned into a frame once, when it arrives."""
+    """Recent batches of every collector, each turned into a frame once, when it arrives; and what the
+    passes remember between them (each workload's replica peak and held replica count)."""
 
     def __init__(self, keep_seconds: float) -> None:
         self.keep_seconds = keep_seconds
         self._batches: dict[str, deque[tuple[float, pd.DataFrame]]] = {}
+        self.replica_budgets = ReplicaBudgets()
 
     def add(self, collector: str, rows: Sequence[SampleRow], received_seconds: float) -> None:
         if rows:
@@ -158,8 +163,10 @@ def store_values(
     index: ObjectIndex,
     racks_of_nodes: Mapping[str, str],
     window_seconds: float,
+    replica_budgets: ReplicaBudgets | None = None,
 ) -> dict[Key, StoredValue]:
     put = _Put({})
+    budgets = replica_budgets if replica_budgets is not None else ReplicaBudgets()
     pods = estimate.pods.dropna(subset=["namespace", "pod"])
     for row in _records(pods):
         ref = ObjectRef(PODS, str(row["namespace"]), str(row["pod"]))
@@ -199,11 +206,17 @@ def store_values(
                 if resource == NAMESPACES or members.empty:
                     continue
                 rack = str(members.mode().iloc[0])
-                replica_peak_watts = float(pods.loc[group_of_pod == group, "power_watts"].max())
-                if rack in racks and math.isfinite(replica_peak_watts) and replica_peak_watts > 0:
-                    replicas = replicas_within_budget(
-                        float(racks[rack]["headroom_watts"]), replica_peak_watts, int(row["pods"])
-                    )
+                if rack not in racks:
+                    continue
+                replicas = budgets.update(
+                    ref,
+                    headroom_watts=float(racks[rack]["headroom_watts"]),
+                    overdraw_watts=float(racks[rack]["overdraw_watts"]),
+                    replica_power_watts=float(pods.loc[group_of_pod == group, "power_watts"].max()),
+                    current_replicas=int(row["pods"]),
+                    now_seconds=float(end),
+                )
+                if replicas is not None:
                     put.add(ref, "replicas_within_budget", replicas, end, window, rack=rack)
 
     for row in _records(estimate.nodes):
@@ -258,7 +271,14 @@ def estimate_pass(
     estimate = estimate_fleet(
         frame, node_racks=mapping, racks=rack_frame, window_seconds=window_seconds, now_seconds=now_seconds
     )
-    values = store_values(estimate, index=index, racks_of_nodes=mapping, window_seconds=window_seconds)
+    values = store_values(
+        estimate,
+        index=index,
+        racks_of_nodes=mapping,
+        window_seconds=window_seconds,
+        replica_budgets=history.replica_budgets,
+    )
+    history.replica_budgets.retain({ref for ref, metric in values if metric == "replicas_within_budget"})
     for rack, (power_watts, at_seconds) in latest_rack_power(frame).items():
         for ref in (
             ObjectRef(POWER_BUDGETS, "", rack),
@@ -329,36 +349,47 @@ class LocalEstimator:
 
 
 class Pipeline:
+    """Polls every collector on its own schedule and runs an estimator pass whenever something arrived.
+
+    A pass runs at most every `estimate_interval_seconds`, and only when a poll brought samples or the
+    object index changed since the last one: with nothing new it would compute the same values, and
+    an idle adapter should cost next to nothing. Each finished pass goes to `on_pass` (the worker
+    sends it to the server) and, when there is one, into `store`.
+    """
+
     def __init__(
         self,
         collectors: Sequence[Collector],
         *,
-        store: MetricStore,
         index: ObjectIndex,
         settings: Settings,
-        self_metrics: SelfMetrics,
+        metrics: PipelineMetrics,
+        store: MetricStore | None = None,
         racks: Callable[[], Sequence[RackSettings]] | None = None,
         estimator: Estimator | None = None,
+        on_pass: Callable[[Mapping[Key, StoredValue]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.collectors = list(collectors)
         self._store = store
         self._index = index
         self._settings = settings
-        self._metrics = self_metrics
+        self._metrics = metrics
         self._racks = racks or (lambda: settings.racks)
         self._clock = clock
+        self._on_pass = on_pass
         self.estimator = estimator or LocalEstimator(history_seconds(settings, collectors))
         self._failing: set[str] = set()
+        self._arrived = False
+        self._estimated_index_version: int | None = None
+        self._values: dict[Key, StoredValue] = {}
 
     async def poll(self, collector: Collector) -> bool:
         """One poll of one collector; failures are counted and logged once per state change."""
         name = collector.name
-        # The collector's own timeout (with retries) should fire first; this one catches a hang.
-        timeout = 2.0 * float(getattr(collector, "timeout_seconds", None) or collector.interval_seconds)
         self._metrics.collector_runs.labels(name).inc()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(collector.poll_timeout_seconds):
                 samples = await collector.collect()
         except asyncio.CancelledError:
             raise
@@ -371,7 +402,13 @@ class Pipeline:
                 log.warning("collector.stale", extra={"collector": name, "error": error, "detail": str(exc)})
             return False
         now = self._clock()
-        await self.estimator.add(name, samples, now)
+        try:
+            await self.estimator.add(name, samples, now)
+        except Exception:  # samples the estimator cannot take: this batch is lost, the next is not
+            log.exception("estimator.add_failed", extra={"collector": name})
+            self._metrics.collector_errors.labels(name, "EstimatorAddFailed").inc()
+            return False
+        self._arrived = True
         self._metrics.collector_samples.labels(name).set(len(samples))
         self._metrics.collector_last_success.labels(name).set(now)
         self._metrics.collector_up.labels(name).set(1)
@@ -380,10 +417,16 @@ class Pipeline:
             log.info("collector.recovered", extra={"collector": name})
         return True
 
+    def due(self) -> bool:
+        """Whether a pass could give new values: samples arrived, or objects changed."""
+        return self._arrived or self._index.version() != self._estimated_index_version
+
     async def estimate_once(self) -> int:
-        """One estimator pass over the history; returns how many values the store now holds."""
+        """One estimator pass over the history; returns how many values the pass produced."""
         started = time.perf_counter()
         now = self._clock()
+        self._arrived = False
+        index_version = self._index.version()
         values = await self.estimator.estimate(
             now_seconds=now,
             index=self._index,
@@ -393,11 +436,15 @@ class Pipeline:
         # A value whose inputs stopped arriving stays, with its old timestamp, so the API can say
         # "stale" (503) rather than "never heard of it" (404), until it is old enough to forget.
         forget_before = now - FORGET_AFTER_MAX_AGES * self._settings.max_age_seconds
-        if self._store.ready:
-            for key, previous in self._store.snapshot().values.items():
-                if key not in values and previous.timestamp_seconds >= forget_before:
-                    values[key] = previous
-        self._store.put_all(values)
+        for key, previous in self._values.items():
+            if key not in values and previous.timestamp_seconds >= forget_before:
+                values[key] = previous
+        self._values = values
+        self._estimated_index_version = index_version
+        if self._store is not None:
+            self._store.put_all(values)
+        if self._on_pass is not None:
+            self._on_pass(values)
         self._metrics.stored_values.set(len(values))
         self._metrics.pipeline_duration.observe(time.perf_counter() - started)
         return len(values)
@@ -410,17 +457,18 @@ class Pipeline:
 
     async def _estimate_forever(self) -> None:
         while True:
-            try:
-                await self.estimate_once()
-            except Exception:  # a bug in one pass must not stop the next; the old snapshot stays served
-                log.exception("pipeline.estimate_failed")
+            if self.due():
+                try:
+                    await self.estimate_once()
+                except Exception:  # a bug in one pass must not stop the next; the old snapshot stays served
+                    log.exception("pipeline.estimate_failed")
             await asyncio.sleep(self._settings.estimate_interval_seconds)
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            for collector in self.collectors:
-                tasks.create_task(self._poll_forever(collector), name=f"collector:{collector.name}")
-            tasks.create_task(self._estimate_forever(), name="estimator")
+    def start(self, supervisor: Supervisor) -> None:
+        """Each collector's poll loop and the estimator loop, each kept running by `supervisor`."""
+        for collector in self.collectors:
+            supervisor.start(f"collector:{collector.name}", functools.partial(self._poll_forever, collector))
+        supervisor.start("estimator", self._estimate_forever)
 
     async def aclose(self) -> None:
         await self.estimator.aclose()
@@ -434,6 +482,11 @@ class Pipeline:
 def history_seconds(settings: Settings, collectors: Sequence[Collector]) -> float:
     """Two windows and a poll: counters need a sample from before the window to measure all of it."""
     return 2 * settings.window_seconds + max((c.interval_seconds for c in collectors), default=0.0)
+
+
+def settings_collectors(settings: Settings) -> list[Collector]:
+    """The collectors the config file lists (`ConfigError` with every problem)."""
+    return load_collectors((c.name, c.type, c.raw) for c in settings.collectors)
 
 
 def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> list[Collector]:
@@ -455,11 +508,22 @@ def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) ->
             continue
         try:
             factory = entry_point.load()
-            collectors.append(factory.from_settings(name, raw))
+            collector = factory.from_settings(name, raw)
         except CollectorConfigError as exc:
             problems.extend(f"collectors.{name}.{problem}" for problem in exc.problems)
+            continue
         except (ImportError, AttributeError) as exc:
             problems.append(f"collectors.{name}.type: {kind!r} cannot be loaded: {exc}")
+            continue
+        if isinstance(collector, Collector):
+            collectors.append(collector)
+        else:
+            missing = [
+                a for a in ("name", "interval_seconds", "poll_timeout_seconds") if not hasattr(collector, a)
+            ]
+            problems.append(
+                f"collectors.{name}.type: {kind!r} is not a Collector (missing {', '.join(missing)})"
+            )
     if problems:
         raise ConfigError(problems)
     return collectors

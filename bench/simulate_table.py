@@ -3,7 +3,7 @@
     python bench/simulate_table.py                 # 4 policies x 4 traces x {1.0, 1.25, 1.5} x 3 seeds, 30 min each
     python bench/simulate_table.py --seeds 5 --jobs 2 --jsonl runs.jsonl
 
-Each run is `wattscale simulate` (adapter.sim); tokens are relative to the no-cap run of the same trace,
+Each run is `wattscale simulate` (poweroperator.sim); tokens are relative to the no-cap run of the same trace,
 oversubscription and seed. Prints two Markdown tables: a summary per oversubscription and policy (worst
 case over traces and seeds), then every (oversubscription, trace, policy) averaged over seeds.
 """
@@ -20,9 +20,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
-from adapter.sim.engine import RunResult, SimConfig, simulate
-from adapter.sim.policies import POLICIES
-from adapter.sim.traces import TRACES
+from poweroperator.sim.engine import RunResult, SimConfig, simulate
+from poweroperator.sim.policies import POLICIES
+from poweroperator.sim.traces import TRACES
 
 
 def _run(config: SimConfig) -> RunResult:

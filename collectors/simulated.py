@@ -209,6 +209,7 @@ class SimulatedCollector:
     ) -> None:
         self.name = name
         self.interval_seconds = settings.interval_seconds
+        self.poll_timeout_seconds = settings.interval_seconds  # no I/O: only a bug could make it hang
         self._settings = settings
         self._fixed_fleet = fleet
         self._clock = clock

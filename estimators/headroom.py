@@ -15,6 +15,7 @@ and `headroom - overdraw = usable - measured` is continuous through zero.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -26,22 +27,106 @@ SUMMED_ESTIMATE_ERROR_RATIO = 0.05
 """NVML board power carries up to +-5% gain error per GPU (Yang et al., SC'24)."""
 
 
-def replicas_within_budget(
-    headroom_watts: float, replica_peak_power_watts: float, current_replicas: int
-) -> int:
-    """Replicas the workload may run: the current ones plus as many more as fit the headroom at peak.
-
-    Headroom is what is left after everything running now, so it buys new replicas only. Unknown
-    headroom (NaN) buys none. A non-positive or unknown peak power is a caller error: without it no
-    bound can be given, and guessing "unlimited" would defeat the budget.
-    """
+def replica_allowance(
+    headroom_watts: float, overdraw_watts: float, replica_peak_power_watts: float, current_replicas: int
+) -> float:
+    """Replicas the budget allows, unrounded: the current ones, plus the headroom and minus the overdraw in
+    replicas at peak power. Unknown headroom or overdraw (NaN) buys and costs nothing. A non-positive or
+    unknown peak power is a caller error: without it no bound can be given, and guessing "unlimited"
+    would defeat the budget."""
     if current_replicas < 0:
         raise ValueError(f"current_replicas must be >= 0, got {current_replicas}")
     if not (math.isfinite(replica_peak_power_watts) and replica_peak_power_watts > 0):
         raise ValueError(f"replica_peak_power_watts must be finite and > 0, got {replica_peak_power_watts}")
-    if not math.isfinite(headroom_watts) or headroom_watts <= 0:
-        return current_replicas
-    return current_replicas + math.floor(headroom_watts / replica_peak_power_watts)
+    spare = (headroom_watts if math.isfinite(headroom_watts) else 0.0) - (
+        overdraw_watts if math.isfinite(overdraw_watts) else 0.0
+    )
+    return max(0.0, current_replicas + spare / replica_peak_power_watts)
+
+
+def replicas_within_budget(
+    headroom_watts: float, replica_peak_power_watts: float, current_replicas: int, overdraw_watts: float = 0.0
+) -> int:
+    """Replicas the workload may run: the current ones plus as many more as fit the headroom at peak, or
+    fewer when the rack is overdrawn (as many fewer as it takes to clear the overdraw at peak).
+
+    Headroom is what is left after everything running now, so it buys new replicas only.
+    """
+    allowance = replica_allowance(headroom_watts, overdraw_watts, replica_peak_power_watts, current_replicas)
+    return math.floor(allowance + 1e-9)  # 1e-9: a whole number of replicas must not round down
+
+
+@dataclass(slots=True)
+class _Held:
+    replicas: int
+    peak_watts: float
+    seen_seconds: float
+    up_since_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class ReplicaBudgets:
+    """`replicas_within_budget` per workload, made stable enough for an autoscaler to act on.
+
+    Two sources of flapping are removed. The divisor: one replica's peak power is the largest any replica
+    of the workload drew, remembered with a slow decay (`peak_half_life_seconds`), not the hungriest
+    replica of the current window, which follows the load up and down over a day. The rounding: the count
+    goes down at once when the rack is overdrawn (it must shed replicas now) or the budget falls
+    `band_replicas` short of it, and up only when the budget covers the next replica with `band_replicas`
+    to spare for `up_after_seconds`. A count inside the band is held: its shortfall is less than half a
+    replica's peak, which the headroom's margin (sized for the largest rise) absorbs.
+    """
+
+    peak_half_life_seconds: float = 6 * 3600.0
+    band_replicas: float = 0.5
+    up_after_seconds: float = 120.0
+    held: dict[object, _Held] = field(default_factory=dict)
+
+    def peak_watts(self, key: object, observed_watts: float, now_seconds: float) -> float:
+        held = self.held.get(key)
+        if held is None:
+            return observed_watts
+        decay = 0.5 ** (max(0.0, now_seconds - held.seen_seconds) / self.peak_half_life_seconds)
+        remembered = held.peak_watts * decay
+        return float(max(remembered, observed_watts)) if math.isfinite(observed_watts) else float(remembered)
+
+    def update(
+        self,
+        key: object,
+        *,
+        headroom_watts: float,
+        overdraw_watts: float,
+        replica_power_watts: float,
+        current_replicas: int,
+        now_seconds: float,
+    ) -> int | None:
+        """This pass's count for the workload `key`; None while no replica's power has been seen."""
+        peak = self.peak_watts(key, replica_power_watts, now_seconds)
+        if not (math.isfinite(peak) and peak > 0):
+            return None
+        allowance = replica_allowance(headroom_watts, overdraw_watts, peak, current_replicas)
+        held = self.held.get(key)
+        fits = math.floor(allowance + 1e-9)
+        overdrawn = math.isfinite(overdraw_watts) and overdraw_watts > 0
+        if held is None or (
+            fits < held.replicas and (overdrawn or allowance < held.replicas - self.band_replicas)
+        ):
+            self.held[key] = _Held(fits, peak, now_seconds)
+            return fits
+        held.peak_watts, held.seen_seconds = peak, now_seconds
+        if allowance < held.replicas + 1 + self.band_replicas:
+            held.up_since_seconds = None
+            return held.replicas
+        if held.up_since_seconds is None:
+            held.up_since_seconds = now_seconds
+        if now_seconds - held.up_since_seconds >= self.up_after_seconds:
+            held.replicas, held.up_since_seconds = math.floor(allowance - self.band_replicas), None
+        return held.replicas
+
+    def retain(self, keys: set[object]) -> None:
+        """Forget workloads that are gone."""
+        for key in set(self.held) - keys:
+            del self.held[key]
 
 
 def margin_watts(

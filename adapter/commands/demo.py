@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import sys
+from typing import Any
 
 HELP = "serve the custom metrics API over a simulated fleet of H100 LLM servers (no cluster needed)"
 
 log = logging.getLogger(__name__)
+FIRST_RATES_TIMEOUT_SECONDS = 60.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +29,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="warning")
 
 
-def demo_index() -> object:
+def demo_objects() -> list[Any]:
+    """The simulated fleet's Kubernetes objects; built alike in the server and its worker."""
     from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NAMESPACES, NODES, PODS, POWER_BUDGETS
-    from adapter.objects import KubeObject, StaticObjectIndex
+    from adapter.objects import KubeObject
     from adapter.selectors import selector_from_object
     from collectors.simulated import demo_fleet
 
@@ -52,7 +55,13 @@ def demo_index() -> object:
         KubeObject(NAMESPACES, "", namespace, {}) for namespace in sorted({p.namespace for p in fleet.pods})
     ]
     objects += [KubeObject(POWER_BUDGETS, "", rack, {}) for rack in sorted({n.rack for n in fleet.nodes})]
-    return StaticObjectIndex(objects)
+    return objects
+
+
+def demo_collectors() -> list[Any]:
+    from collectors.simulated import SimulatedCollector, SimulatedSettings
+
+    return [SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))]
 
 
 def curl_examples(base_url: str) -> list[str]:
@@ -67,13 +76,11 @@ def curl_examples(base_url: str) -> list[str]:
 async def _demo(args: argparse.Namespace) -> int:
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator
-    from adapter.estimator_process import ProcessEstimator
-    from adapter.pipeline import Pipeline, history_seconds
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings
     from adapter.store import MetricStore
-    from collectors.simulated import SimulatedCollector, SimulatedSettings
+    from adapter.worker import StaticIndexSource, WorkerSpec
 
     settings = Settings.from_mapping(
         {
@@ -86,35 +93,27 @@ async def _demo(args: argparse.Namespace) -> int:
         }
     )
     store = MetricStore(max_age_seconds=settings.max_age_seconds)
-    index = demo_index()
-    self_metrics = SelfMetrics()
-    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
-    pipeline = Pipeline(
-        [collector],
-        store=store,
-        index=index,  # type: ignore[arg-type]
+    worker = WorkerSpec(
         settings=settings,
-        self_metrics=self_metrics,
-        estimator=ProcessEstimator(history_seconds(settings, [collector])),
+        collectors=demo_collectors,
+        index=StaticIndexSource(demo_objects),
+        log_level=args.log_level,
     )
+    index = worker.index.serving_index(store)
     serving = ServingSettings(bind_address=args.host, port=args.port)
     tls = serving_tls(serving, request_client_certificates=False)
-    # Two polls make a counter rate: estimate once before serving so the first request has values.
-    await pipeline.poll(collector)
-    await asyncio.sleep(1.0)
-    await pipeline.poll(collector)
-    await pipeline.estimate_once()
     async with running(
         serving=serving,
         tls=tls,
-        pipeline=pipeline,
+        worker=worker,
         store=store,
-        index=index,  # type: ignore[arg-type]
+        index=index,
         authenticator=AllowAllAuthenticator(),
         authorizer=None,
-        self_metrics=self_metrics,
+        self_metrics=SelfMetrics(),
         api_settings=ApiSettings(enable_external_metrics=True),
     ):
+        await _first_rates(store)
         host = f"[{args.host}]" if ":" in args.host else args.host
         base_url = f"https://{host}:{args.port}"
         print(
@@ -134,6 +133,18 @@ async def _demo(args: argparse.Namespace) -> int:
         else:
             await until_signalled()
     return 0
+
+
+async def _first_rates(store: Any) -> None:
+    """Two polls make a counter rate: print the commands once they would answer with one."""
+    from adapter.catalogue import PODS
+
+    deadline = asyncio.get_running_loop().time() + FIRST_RATES_TIMEOUT_SECONDS
+    while store.generation == 0 or not store.values_of(PODS, "llm", "watts_per_token"):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("demo.no_rates_yet", extra={"waited_seconds": FIRST_RATES_TIMEOUT_SECONDS})
+            return
+        await asyncio.sleep(0.1)
 
 
 def run(args: argparse.Namespace) -> int:

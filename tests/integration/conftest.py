@@ -36,7 +36,7 @@ async def start_prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
     processes: list[asyncio.subprocess.Process] = []
     logs: list[Path] = []
 
-    async def start(targets: Sequence[Target]) -> str:
+    async def start(targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> str:
         scrape_configs = []
         for target in targets:
             host_port, _, path = target.url.removeprefix("http://").partition("/")
@@ -51,6 +51,8 @@ async def start_prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": scrape_configs,
         }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
         config_file = tmp_path / f"prometheus-{len(processes)}.yml"
         config_file.write_text(yaml.safe_dump(config))
         port = free_port()

@@ -28,6 +28,7 @@ from cryptography.x509 import verification
 from adapter.cli import main
 from adapter.commands import manifests
 from adapter.settings import Settings
+from poweroperator import keda
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "llm-power"
@@ -323,13 +324,13 @@ def by_identity(objects: list[Manifest]) -> dict[tuple[str, str], Manifest]:
 
 
 def test_apiservice_kustomize_base_builds_the_objects_the_renderer_starts_from(tmp_path: Path) -> None:
-    # apiservice/ adds the PowerBudget CRD, the node agent and the capper to the adapter's base.
+    # apiservice/ adds the PowerBudget CRD, the node agent and the operator to the adapter's base.
     crd = yaml.safe_load((REPO / "apiservice" / "powerbudget-crd.yaml").read_text())
-    agent_and_capper = [
+    agent_and_operator = [
         *kustomize_build(REPO / "apiservice" / "agent"),
-        *kustomize_build(REPO / "apiservice" / "capper"),
+        *kustomize_build(REPO / "apiservice" / "operator"),
     ]
-    expected = by_identity([*manifests.base_objects(), crd, *agent_and_capper])
+    expected = by_identity([*manifests.base_objects(), crd, *agent_and_operator])
     assert by_identity(kustomize_build(REPO / "apiservice")) == expected
     overlay = tmp_path / "overlay"
     overlay.mkdir()
@@ -339,7 +340,7 @@ def test_apiservice_kustomize_base_builds_the_objects_the_renderer_starts_from(t
             {"resources": [str(base)], "components": [str(base / "components" / "external-metrics")]}
         )
     )
-    with_external = by_identity([*manifests.base_objects(external_metrics=True), crd, *agent_and_capper])
+    with_external = by_identity([*manifests.base_objects(external_metrics=True), crd, *agent_and_operator])
     assert by_identity(kustomize_build(overlay)) == with_external
 
 
@@ -382,19 +383,42 @@ def test_overlay_with_its_own_certificate_gets_a_matching_ca_bundle(tmp_path: Pa
     assert one(objects, "Secret", "wattscale-tls")["metadata"]["namespace"] == "wattscale"
 
 
-def test_capper_objects_round_trip_and_run_as_the_capper_expects() -> None:
+def test_operator_objects_round_trip_and_run_as_the_operator_expects() -> None:
     api = kubernetes.client.ApiClient()
-    objects = kustomize_build(REPO / "apiservice" / "capper")
+    objects = kustomize_build(REPO / "apiservice" / "operator")
     for obj in objects:
         model = api.deserialize(json.dumps(obj), f"V1{obj['kind']}", "application/json")
         assert api.sanitize_for_serialization(model) == obj, f"{obj['kind']} {obj['metadata']['name']}"  # type: ignore[no-untyped-call]
     deployment = one(objects, "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"][0] == "capper"
+    assert container["args"][0] == "operator"
     assert {e["name"] for e in container["env"]} == {"POD_NAME", "POD_NAMESPACE"}  # Lease identity
     assert deployment["spec"]["replicas"] == 2
-    rules = one(objects, "ClusterRole")["rules"]
+    rules = one(objects, "ClusterRole", "wattscale-operator")["rules"]
     assert {"apiGroups": ["wattscale.io"], "resources": ["powerbudgets/status"], "verbs": ["patch"]} in rules
+    # The operator may grant exactly the two roles its KEDA objects need, and KEDA may mint only the
+    # reader account's tokens with them.
+    bind = [r for r in rules if r["verbs"] == ["bind"]]
+    assert bind == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [keda.READER_CLUSTER_ROLE, keda.TOKEN_CLUSTER_ROLE],
+        }
+    ]
+    token_rules = one(objects, "ClusterRole", keda.TOKEN_CLUSTER_ROLE)["rules"]
+    assert token_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["serviceaccounts/token"],
+            "verbs": ["create"],
+            "resourceNames": [keda.READER_ACCOUNT],
+        }
+    ]
+    assert one(objects, "ClusterRole", keda.READER_CLUSTER_ROLE)["rules"][0]["apiGroups"] == [
+        "custom.metrics.k8s.io"
+    ]
     lease_rules = one(objects, "Role")["rules"]
     assert lease_rules == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}

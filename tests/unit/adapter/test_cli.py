@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.cli import COMMANDS, build_parser, main
+from adapter.cli import ALIASES, COMMANDS, build_parser, main
 
 
 def test_every_command_is_offered_with_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -14,7 +14,9 @@ def test_every_command_is_offered_with_help(capsys: pytest.CaptureFixture[str]) 
     listing = capsys.readouterr().out
     for name in COMMANDS:
         assert f"    {name}" in listing
-    assert set(build_parser()._subparsers._group_actions[0].choices) == set(COMMANDS)  # type: ignore[union-attr]
+    aliases = {alias for names in ALIASES.values() for alias in names}
+    offered = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert offered == set(COMMANDS) | aliases
 
 
 def test_version() -> None:

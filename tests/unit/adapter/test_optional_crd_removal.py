@@ -24,6 +24,7 @@ from adapter.kube_cache import KubeObjectCache, default_sources
 from adapter.provider import StoreProvider
 from adapter.query import parse_custom, split_segments
 from adapter.store import MetricStore, ObjectRef, StoredValue
+from adapter.supervise import Supervisor
 
 LIST_PATH = "/apis/serving.kserve.io/v1beta1/inferenceservices"
 QUERY = "namespaces/llm/inferenceservices.serving.kserve.io/*/watts_per_token"
@@ -64,11 +65,12 @@ async def object_cache(aiohttp_server: Any) -> AsyncIterator[tuple[FakeInference
     sources = [source for source in default_sources() if source.resource == INFERENCE_SERVICES]
     async with client.ApiClient(configuration) as api:
         cache = KubeObjectCache(api, sources)
-        cache.start()
+        supervisor = Supervisor()
+        cache.start(supervisor)
         try:
             yield fake, cache
         finally:
-            await cache.stop()
+            await supervisor.stop()
 
 
 async def _until(condition: Any, description: str) -> None:

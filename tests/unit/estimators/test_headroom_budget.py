@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -84,3 +87,76 @@ def test_timeline_with_replicas_within_budget() -> None:
     # Once the rise is older than the lookback the floor applies again.
     assert after["headroom_watts"] == pytest.approx(20_000.0 - 1000.0 - 17_500.0)
     assert after["replicas_within_budget"] == 4 + 3
+
+
+def test_an_overdrawn_rack_allows_fewer_replicas_than_run() -> None:
+    from estimators.headroom import replicas_within_budget
+
+    assert replicas_within_budget(0.0, 400.0, 10, overdraw_watts=900.0) == 7  # 10 - 900/400 -> 7.75
+    assert replicas_within_budget(0.0, 400.0, 2, overdraw_watts=5_000.0) == 0
+
+
+def _day(budgets: Any, replica_watts: Any, headroom: Any, current: int = 32) -> list[int]:
+    return [
+        budgets.update(
+            "llm/llama",
+            headroom_watts=float(h),
+            overdraw_watts=0.0,
+            replica_power_watts=float(w),
+            current_replicas=current,
+            now_seconds=15.0 * i,
+        )
+        for i, (w, h) in enumerate(zip(replica_watts, headroom, strict=True))
+    ]
+
+
+def test_a_divisor_that_follows_the_load_does_not_move_the_count() -> None:
+    from estimators.headroom import ReplicaBudgets, replicas_within_budget
+
+    # The hungriest replica draws 300-600 W as the load swings (the old divisor); headroom stays 6 kW.
+    t = np.arange(0, 4 * 3600, 15.0)
+    replica_watts = 450 + 150 * np.sin(2 * np.pi * t / 3600)
+    headroom = np.full_like(t, 6_000.0)
+
+    naive = [replicas_within_budget(6_000.0, float(w), 32) for w in replica_watts]
+    held = _day(ReplicaBudgets(), replica_watts, headroom)
+
+    assert len(set(naive)) > 5  # 32 + 10 .. 32 + 20: the flapping the operator must not see
+    assert set(held[len(held) // 4 :]) == {32 + 10}  # once the 600 W peak is seen, its count holds
+    assert sum(a != b for a, b in itertools.pairwise(held)) <= 3
+
+
+def test_the_count_drops_at_once_and_rises_only_after_sustained_headroom() -> None:
+    from estimators.headroom import ReplicaBudgets
+
+    budgets = ReplicaBudgets(up_after_seconds=120.0, band_replicas=0.5)
+    headroom = [4_000.0] * 4 + [0.0] * 4 + [4_000.0] * 20
+    counts = _day(budgets, [400.0] * len(headroom), headroom, current=10)
+    overdrawn = budgets.update(
+        "llm/llama",
+        headroom_watts=0.0,
+        overdraw_watts=100.0,
+        replica_power_watts=400.0,
+        current_replicas=19,
+        now_seconds=1e4,
+    )
+    assert overdrawn == 18  # an overdraw of a quarter replica sheds one at once
+
+    assert counts[:4] == [20] * 4
+    assert counts[4:8] == [10] * 4  # down on the first reading without headroom
+    assert counts[8:16] == [10] * 8  # 120 s of headroom needed before going back up
+    assert counts[16:] == [19] * 12  # up by what fits with half a replica to spare
+
+
+def test_a_noisy_headroom_near_a_boundary_does_not_flap() -> None:
+    from estimators.headroom import ReplicaBudgets, replicas_within_budget
+
+    rng = np.random.default_rng(1)
+    headroom = 2_000 + 150 * rng.standard_normal(2_000)  # about 5 replicas of 400 W, +-0.4 replica
+    naive = [replicas_within_budget(float(h), 400.0, 10) for h in headroom]
+    held = _day(ReplicaBudgets(), np.full(2_000, 400.0), headroom, current=10)
+
+    def changes(counts: list[int]) -> int:
+        return sum(a != b for a, b in itertools.pairwise(counts))
+
+    assert changes(naive) > 200 and changes(held) <= 6

@@ -1,0 +1,410 @@
+"""The PowerBudget API (wattscale.io/v1alpha1): objects read into typed settings, every problem listed at once.
+
+One source of truth: the policy's tunables, their CRD names, bounds and descriptions are the rows of
+`POLICY_FIELDS`; their defaults are `PolicyConfig`'s. The parser reads the rows, and the CRD
+(`poweroperator.crd`, written to apiservice/powerbudget-crd.yaml) is generated from the same rows, so
+the API server's defaults and bounds cannot drift from the code's. The metrics server reads racks with
+this parser too: it is the one definition of a valid budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from poweroperator.policy import PRIORITY_BY_CLASS, PolicyConfig
+
+GROUP = "wattscale.io"
+VERSION = "v1alpha1"
+PLURAL = "powerbudgets"
+KIND = "PowerBudget"
+MODES = ("dryRun", "enforce")
+WORKLOAD_KINDS = ("Deployment", "InferenceService")
+SCALING_MODES = ("unmanaged", "managed")
+POWER_TRIGGER = "wattscale_budget"
+"""The name of the trigger the operator adds; a demand trigger may not take it."""
+TRIGGER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+"""Trigger names are identifiers in KEDA's scalingModifiers formula (expr), so no dashes."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpecField:
+    section: str | None
+    """"thresholds" or None (top level of spec)."""
+    name: str
+    attribute: str
+    """The PolicyConfig field it sets; its default is the API's default."""
+    minimum: float
+    maximum: float | None
+    description: str
+
+    @property
+    def default(self) -> float:
+        value = next(f.default for f in dataclasses.fields(PolicyConfig) if f.name == self.attribute)
+        return 0.0 if value is None else float(value)  # type: ignore[arg-type]
+
+
+POLICY_FIELDS: tuple[SpecField, ...] = (
+    SpecField(
+        "thresholds",
+        "softRatio",
+        "soft_ratio",
+        0.1,
+        1.5,
+        "Above softRatio x cap, low-priority GPUs are limited back to it.",
+    ),
+    SpecField(
+        "thresholds",
+        "hardRatio",
+        "hard_ratio",
+        0.1,
+        1.5,
+        "Above hardRatio x cap, high-priority GPUs are limited too.",
+    ),
+    SpecField(
+        "thresholds",
+        "hysteresisRatio",
+        "hysteresis_ratio",
+        0,
+        0.5,
+        "Limits come back only below (softRatio - hysteresisRatio) x cap; placement marks clear above "
+        "hysteresisRatio x cap of headroom.",
+    ),
+    SpecField(
+        "thresholds",
+        "restoreAfterSeconds",
+        "restore_after_seconds",
+        0,
+        None,
+        "How long the rack must stay below that line before limits go up.",
+    ),
+    SpecField(
+        "thresholds",
+        "guardRatio",
+        "guard_ratio",
+        0,
+        2,
+        "Keep non-GPU power + rackWattsPerGpuWatt x sum(GPU limits) under guardRatio x cap, so a prefill "
+        "burst on every GPU at once cannot outrun the loop. 0 turns the guard off.",
+    ),
+    SpecField(
+        "thresholds",
+        "staleAfterSeconds",
+        "stale_after_seconds",
+        1,
+        None,
+        "Rack power older than this is stale: limits are held, never raised. Keep it above the PDU's poll "
+        "interval.",
+    ),
+    SpecField(
+        "thresholds",
+        "staleLowerAfterSeconds",
+        "stale_lower_after_seconds",
+        1,
+        None,
+        "Stale for this long, the least important GPUs are lowered one step per period.",
+    ),
+    SpecField(
+        "thresholds",
+        "guardPriorityStepWatts",
+        "guard_priority_step_watts",
+        0,
+        1000,
+        "Within the guard, high-priority GPUs get this many watts more limit than low-priority ones (all of "
+        "it to high priority first would stall low-priority prefill at peak load).",
+    ),
+    SpecField(
+        None,
+        "rackWattsPerGpuWatt",
+        "rack_watts_per_gpu_watt",
+        1,
+        3,
+        "Rack watts that follow one GPU watt (fans, PSU loss); ~1.45 for DGX-class H100 servers. Erring high "
+        "keeps the guard safe.",
+    ),
+)
+MARGIN_RATIO_DEFAULT = 0.1
+MARGIN_RATIO_MAX = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingDefaults:
+    min_replicas: int = 1
+    polling_interval_seconds: int = 15
+    scale_down_stabilization_seconds: int = 60
+    fallback_failure_threshold: int = 3
+    replica_target: float = 1.0
+
+
+SCALING_DEFAULTS = ScalingDefaults()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemandTrigger:
+    """One of the user's KEDA triggers, passed through as given, with how much of it one replica serves."""
+
+    name: str
+    type: str
+    metadata: Mapping[str, str]
+    authentication_ref: Mapping[str, str] | None
+    replica_target: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scaling:
+    """A managed workload: the operator owns its ScaledObject (see poweroperator.keda)."""
+
+    min_replicas: int
+    max_replicas: int
+    polling_interval_seconds: int
+    scale_down_stabilization_seconds: int
+    fallback_failure_threshold: int
+    demand: tuple[DemandTrigger, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    kind: str
+    namespace: str
+    name: str
+    priority: int
+    replica_peak_power_watts: float | None = None
+    scaled_object: str | None = None
+    scaling: Scaling | None = None
+    """None: unmanaged (the default)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetSpec:
+    name: str
+    uid: str
+    generation: int
+    node_selector: str
+    """Label selector in the `a=b,c in (d)` form the list API takes."""
+    margin_ratio: float
+    policy: PolicyConfig
+    default_priority: int
+    workloads: tuple[Workload, ...]
+    enforce: bool
+
+    @property
+    def cap_watts(self) -> float:
+        return self.policy.cap_watts
+
+
+class BudgetError(ValueError):
+    def __init__(self, name: str, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"PowerBudget {name}: " + "; ".join(self.problems))
+
+
+def _number(
+    spec: Mapping[str, Any],
+    key: str,
+    default: float,
+    problems: list[str],
+    path: str,
+    bounds: tuple[float, float | None] = (-math.inf, None),
+) -> float:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(f"{path}{key}: want a number, got {value!r}")
+        return default
+    low, high = bounds
+    if value < low or (high is not None and value > high):
+        problems.append(
+            f"{path}{key}: want a number in [{low:g}, {high if high is not None else 'inf'}], got {value!r}"
+        )
+    return float(value)
+
+
+def label_selector(raw: object) -> str:
+    """A metav1.LabelSelector as the `labelSelector` query string."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("nodeSelector: want an object with matchLabels and/or matchExpressions")
+    parts = [f"{key}={value}" for key, value in sorted((raw.get("matchLabels") or {}).items())]
+    for expression in raw.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(str(v) for v in expression.get("values") or [])
+        if operator == "In":
+            parts.append(f"{key} in ({values})")
+        elif operator == "NotIn":
+            parts.append(f"{key} notin ({values})")
+        elif operator == "Exists":
+            parts.append(str(key))
+        elif operator == "DoesNotExist":
+            parts.append(f"!{key}")
+        else:
+            raise ValueError(f"nodeSelector.matchExpressions: unknown operator {operator!r}")
+    if not parts:
+        raise ValueError("nodeSelector: empty; a budget must name its nodes")
+    return ",".join(parts)
+
+
+def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyConfig:
+    values: dict[str, Any] = {}
+    for field in POLICY_FIELDS:
+        where = spec if field.section is None else (spec.get(field.section) or {})
+        path = "spec." if field.section is None else f"spec.{field.section}."
+        values[field.attribute] = _number(
+            where, field.name, field.default, problems, path, (field.minimum, field.maximum)
+        )
+    if values["guard_ratio"] <= 0:
+        values["guard_ratio"] = None
+    return PolicyConfig(cap_watts=cap, **values)
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int, minimum: int, problems: list[str], path: str) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.append(f"{path}{key}: want an integer >= {minimum}, got {value!r}")
+        return default
+    return value
+
+
+def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: want a KEDA trigger object")
+        return None
+    name, kind, metadata = raw.get("name"), raw.get("type"), raw.get("metadata")
+    if not isinstance(name, str) or not TRIGGER_NAME.match(name) or name == POWER_TRIGGER:
+        problems.append(
+            f"{path}.name: want an identifier [a-z][a-z0-9_]* other than {POWER_TRIGGER}, got {name!r}"
+        )
+    if not isinstance(kind, str) or not kind:
+        problems.append(f"{path}.type: required (a KEDA trigger type)")
+    if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
+        problems.append(f"{path}.metadata: want a map of strings")
+        metadata = {}
+    target = _number(raw, "replicaTarget", SCALING_DEFAULTS.replica_target, problems, f"{path}.")
+    if not target > 0:
+        problems.append(f"{path}.replicaTarget: must be > 0, got {target:g}")
+    auth = raw.get("authenticationRef")
+    return DemandTrigger(
+        name=str(name),
+        type=str(kind),
+        metadata=dict(metadata),
+        authentication_ref=dict(auth) if isinstance(auth, Mapping) else None,
+        replica_target=target,
+    )
+
+
+def _scaling(raw: object, path: str, problems: list[str]) -> Scaling | None:
+    """The same rules as the CRD's CEL validations, for objects that never went through the API server."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: want an object")
+        return None
+    mode = raw.get("mode", "unmanaged")
+    if mode not in SCALING_MODES:
+        problems.append(f"{path}.mode: want one of {', '.join(SCALING_MODES)}, got {mode!r}")
+    if mode != "managed":
+        return None
+    at = f"{path}."
+    low = _int(raw, "minReplicas", SCALING_DEFAULTS.min_replicas, 1, problems, at)
+    if "maxReplicas" not in raw:
+        problems.append(f"{path}.maxReplicas: required when managed")
+    high = _int(raw, "maxReplicas", low, 1, problems, at)
+    if low > high:
+        problems.append(f"{path}: minReplicas {low} > maxReplicas {high}")
+    triggers = raw.get("demand") or []
+    if not isinstance(triggers, list) or not triggers:
+        problems.append(f"{path}.demand: one or more KEDA triggers required when managed")
+        triggers = []
+    demand = [d for i, t in enumerate(triggers) if (d := _demand(t, f"{path}.demand[{i}]", problems))]
+    names = [d.name for d in demand]
+    if len(set(names)) != len(names):
+        problems.append(f"{path}.demand: trigger names must be unique, got {names}")
+    return Scaling(
+        min_replicas=low,
+        max_replicas=high,
+        polling_interval_seconds=_int(
+            raw, "pollingIntervalSeconds", SCALING_DEFAULTS.polling_interval_seconds, 1, problems, at
+        ),
+        scale_down_stabilization_seconds=_int(
+            raw,
+            "scaleDownStabilizationSeconds",
+            SCALING_DEFAULTS.scale_down_stabilization_seconds,
+            0,
+            problems,
+            at,
+        ),
+        fallback_failure_threshold=_int(
+            raw, "fallbackFailureThreshold", SCALING_DEFAULTS.fallback_failure_threshold, 1, problems, at
+        ),
+        demand=tuple(demand),
+    )
+
+
+def _workload(item: Mapping[str, Any], path: str, problems: list[str]) -> Workload:
+    kind, priority_class = item.get("kind"), item.get("priorityClass", "low")
+    if kind not in WORKLOAD_KINDS:
+        problems.append(f"{path}kind: want one of {', '.join(WORKLOAD_KINDS)}, got {kind!r}")
+    if priority_class not in PRIORITY_BY_CLASS:
+        problems.append(f"{path}priorityClass: want low or high, got {priority_class!r}")
+    if not item.get("namespace") or not item.get("name"):
+        problems.append(f"{path}namespace, name: both required")
+    peak = item.get("replicaPeakPowerWatts")
+    if peak is not None and (not isinstance(peak, int | float) or peak <= 0):
+        problems.append(f"{path}replicaPeakPowerWatts: must be a number > 0, got {peak!r}")
+        peak = None
+    return Workload(
+        kind=str(kind),
+        namespace=str(item.get("namespace") or ""),
+        name=str(item.get("name") or ""),
+        priority=PRIORITY_BY_CLASS.get(str(priority_class), 0),
+        replica_peak_power_watts=float(peak) if peak is not None else None,
+        scaled_object=item.get("scaledObject"),
+        scaling=_scaling(item.get("scaling"), f"{path}scaling", problems),
+    )
+
+
+def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
+    metadata = raw.get("metadata") or {}
+    name = str(metadata.get("name") or "")
+    spec = raw.get("spec") or {}
+    problems: list[str] = []
+    try:
+        selector = label_selector(spec.get("nodeSelector"))
+    except ValueError as exc:
+        problems.append(str(exc))
+        selector = ""
+    cap = _number(spec, "capWatts", 0.0, problems, "spec.")
+    if cap <= 0:
+        problems.append(f"spec.capWatts: must be > 0, got {cap:g}")
+    mode = spec.get("mode", "dryRun")
+    if mode not in MODES:
+        problems.append(f"spec.mode: want one of {', '.join(MODES)}, got {mode!r}")
+    default_class = spec.get("defaultPriorityClass", "low")
+    if default_class not in PRIORITY_BY_CLASS:
+        problems.append(f"spec.defaultPriorityClass: want low or high, got {default_class!r}")
+    workloads = tuple(
+        _workload(item, f"spec.workloads[{index}].", problems)
+        for index, item in enumerate(spec.get("workloads") or [])
+    )
+    policy = _policy(spec, cap, problems)
+    margin = _number(spec, "marginRatio", MARGIN_RATIO_DEFAULT, problems, "spec.", (0.0, MARGIN_RATIO_MAX))
+    if cap > 0:
+        problems.extend(f"spec.thresholds/{p}" for p in policy.problems())
+    if problems:
+        raise BudgetError(name, problems)
+    return BudgetSpec(
+        name=name,
+        uid=str(metadata.get("uid") or ""),
+        generation=int(metadata.get("generation") or 0),
+        node_selector=selector,
+        margin_ratio=margin,
+        policy=policy,
+        default_priority=PRIORITY_BY_CLASS.get(str(default_class), 0),
+        workloads=workloads,
+        enforce=mode == "enforce",
+    )
