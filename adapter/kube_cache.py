@@ -112,7 +112,12 @@ async def _json(response: Any) -> dict[str, Any]:
     if isinstance(response, dict):
         return response
     try:
-        body: dict[str, Any] = json.loads(await response.read())
+        text = await response.read()
+        if not 200 <= response.status <= 299:
+            # An undecoded response is not checked by the client: a missing CRD's "404 page not
+            # found" must still be the ApiException that marks an optional API absent.
+            raise ApiException(status=response.status, reason=text.decode(errors="replace")[:200])
+        body: dict[str, Any] = json.loads(text)
     finally:
         response.release()
     return body

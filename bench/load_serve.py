@@ -7,7 +7,7 @@ the kubelet stand-in, `wattscale serve` from its manifests with a simulated coll
 second), then sends the HPA's Pods query straight to the adapter as the aggregator does: TLS with
 the front-proxy certificate, as the HPA's ServiceAccount (api_load's identity) (not system:masters, so every request is
 authorized through SubjectAccessReview, cached for 10 s by the adapter). The open-loop sender and
-its percentiles are bench/api_load.py's. Prints the adapter's RSS (main process and estimator child)
+its percentiles are bench/api_load.py's. Prints the adapter's RSS (serve and its worker process)
 after warm-up and at the end.
 """
 
@@ -30,7 +30,7 @@ from kubeharness.stack import running_stack  # noqa: E402
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and its children (the estimator process)."""
+    """Resident memory of `pid` and its children (the worker process)."""
     total = 0
     for process in (pid, *children(pid)):
         try:
@@ -77,23 +77,26 @@ def main() -> int:
         context.load_cert_chain(str(proxy.cert_path), str(proxy.key_path))
         url = stack.adapter.metric_url("/namespaces/llm/pods/%2A/gpu_power_watts?labelSelector=app%3Dphi")
         pid = stack.adapter.process.pid
+        worker = children(pid)
+        pids = {"server": pid, "worker": worker[0] if worker else pid}
         args.pods = args.items = len(stack.pods)
+        args.poll_interval = 1.0  # the harness's simulated collector
         measured = args.seconds
         args.seconds = args.warmup_seconds
         print(f"warm-up: {args.warmup_seconds:.0f} s at {args.rate:.0f} req/s")
-        asyncio.run(load(args, context, url, pid))
+        asyncio.run(load(args, context, url, pids))
         sampler = RssSampler(pid)
         before = rss_bytes(pid)
         sampler.start()
         args.seconds = measured
         print(f"measured run: {measured:.0f} s")
-        asyncio.run(load(args, context, url, pid))
+        asyncio.run(load(args, context, url, pids))
         sampler.stop.set()
         after = rss_bytes(pid)
         stack.adapter.process.check_running()
     peak = max(sampler.samples or [after])
     print(
-        f"adapter RSS (serve + estimator child): after warm-up {before / 2**20:.1f} MiB, at the end "
+        f"adapter RSS (serve + worker process): after warm-up {before / 2**20:.1f} MiB, at the end "
         f"{after / 2**20:.1f} MiB ({(after / before - 1) * 100:+.1f}%), peak {peak / 2**20:.1f} MiB"
     )
     return 0
