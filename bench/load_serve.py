@@ -49,6 +49,14 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def _cmdline(pid: int) -> bytes:
+    """The worker is a multiprocessing child (`spawn_main`); the resource tracker is another child."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int, every_seconds: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -77,8 +85,8 @@ def main() -> int:
         context.load_cert_chain(str(proxy.cert_path), str(proxy.key_path))
         url = stack.adapter.metric_url("/namespaces/llm/pods/%2A/gpu_power_watts?labelSelector=app%3Dphi")
         pid = stack.adapter.process.pid
-        worker = children(pid)
-        pids = {"server": pid, "worker": worker[0] if worker else pid}
+        workers = [child for child in children(pid) if b"spawn_main" in _cmdline(child)]
+        pids = {"server": pid, "worker": workers[0] if workers else pid}
         args.pods = args.items = len(stack.pods)
         args.poll_interval = 1.0  # the harness's simulated collector
         measured = args.seconds
