@@ -34,6 +34,8 @@ class ServingSettings:
     tls_cert_file: Path | None = None
     tls_private_key_file: Path | None = None
     cert_dir: Path | None = None
+    reuse_port: bool = False
+    """SO_REUSEPORT: replicas on one host share the port and the kernel spreads connections over them."""
 
 
 def serving_tls(
@@ -106,7 +108,12 @@ async def running(
         runner = GuardedAppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(
-            runner, serving.bind_address, serving.port, ssl_context=tls.listening_context, backlog=1024
+            runner,
+            serving.bind_address,
+            serving.port,
+            ssl_context=tls.listening_context,
+            backlog=1024,
+            reuse_port=serving.reuse_port or None,
         )
         # Everything alive now (modules, the app) lives as long as the process: keep it out of the
         # collector's full passes, which would otherwise pause requests for tens of milliseconds.

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+CERT_CHECK_SECONDS = 1.0
+"""How often a handshake looks at the serving certificate's files (a stat, not a read)."""
 
 
 def generate_self_signed(
@@ -58,19 +66,54 @@ def generate_self_signed(
 
 
 class ServingTls:
-    """The server's TLS contexts; `update_client_cas` takes effect for the next connection."""
+    """The server's TLS contexts; `update_client_cas` takes effect for the next connection, and so does
+    a serving certificate rewritten on disk (cert-manager or a kubelet-synced Secret renewing it), as
+    the Go server's dynamic serving certificate does, without a restart."""
 
     def __init__(
-        self, cert_path: Path, key_path: Path, *, request_client_certificates: bool, client_ca_pem: str = ""
+        self,
+        cert_path: Path,
+        key_path: Path,
+        *,
+        request_client_certificates: bool,
+        client_ca_pem: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cert_path = cert_path
         self._key_path = key_path
         self._request_client_certificates = request_client_certificates
+        self._client_ca_pem = client_ca_pem
+        self._clock = clock
+        self._files = self._stat_files()
+        self._next_check = clock() + CERT_CHECK_SECONDS
         self._current = self._build(client_ca_pem)
         # OpenSSL keeps the verify mode of the context a connection started with (SSL_set_SSL_CTX
         # swaps the certificate store, not the mode), so the listening context fixes the mode.
         self.listening_context = self._build(client_ca_pem)
         self.listening_context.sni_callback = self._pick_context
+
+    def _stat_files(self) -> tuple[tuple[int, int, int], ...]:
+        try:
+            stats = [path.stat() for path in (self._cert_path, self._key_path)]
+        except OSError:
+            return ()
+        return tuple((stat.st_ino, stat.st_mtime_ns, stat.st_size) for stat in stats)
+
+    def _reload_if_rewritten(self) -> None:
+        now = self._clock()
+        if now < self._next_check:
+            return
+        self._next_check = now + CERT_CHECK_SECONDS
+        files = self._stat_files()
+        if not files or files == self._files:
+            return
+        try:
+            current = self._build(self._client_ca_pem)
+        except (OSError, ssl.SSLError) as exc:  # half-written, or a key that does not match yet
+            log.warning("tls.serving_cert_reload_failed", extra={"error": repr(exc)})
+            return
+        self._files, self._current = files, current
+        log.info("tls.serving_cert_reloaded", extra={"cert": str(self._cert_path)})
 
     def _build(self, client_ca_pem: str) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -84,9 +127,11 @@ class ServingTls:
     def _pick_context(
         self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _context: ssl.SSLContext
     ) -> None:
+        self._reload_if_rewritten()
         connection.context = self._current
 
     def update_client_cas(self, client_ca_pem: str) -> None:
+        self._client_ca_pem = client_ca_pem
         self._current = self._build(client_ca_pem)
 
 

@@ -37,6 +37,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve without authentication or authorization (only for a cluster-less test bench)",
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other replicas on this host (SO_REUSEPORT); the kernel balances connections",
+    )
     parser.add_argument("--log-level", default="info")
 
 
@@ -120,6 +125,7 @@ async def _serve(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert_file,
         tls_private_key_file=args.tls_private_key_file,
         cert_dir=args.cert_dir,
+        reuse_port=args.reuse_port,
     )
     in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
     if args.kubeconfig is None and not in_cluster:

@@ -81,3 +81,25 @@ async def test_agent_without_nvml_explains_itself(agent_url: str) -> None:
             await collector.collect()
     finally:
         await collector.aclose()
+
+
+async def test_agent_control_endpoint_refuses_without_its_token_and_outside_any_range(agent_url: str) -> None:
+    url = f"{agent_url}/v1/gpus/GPU-x/power-limit"
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Authorization": "Bearer guess"}, {"Authorization": "t0ken"}):
+            async with session.put(url, json={"watts": 300}, headers=headers) as response:
+                assert response.status == 403, headers
+                assert (await response.json())["reason"] == "Forbidden"
+        token = {"Authorization": "Bearer t0ken"}
+        for body in (
+            '{"watts": -5}',
+            '{"watts": 0}',
+            '{"watts": NaN}',
+            '{"watts": 1e400}',
+            '{"watts": "300"x}',
+        ):
+            async with session.put(
+                url, data=body, headers={**token, "Content-Type": "application/json"}
+            ) as response:
+                assert response.status == 400, body
+                assert (await response.json())["kind"] == "Status"

@@ -222,6 +222,8 @@ def deploy_adapter(plane: ControlPlane, fleet_path: Path) -> DeployedAdapter:
             str(serving.cert_path),
             "--tls-private-key-file",
             str(serving.key_path),
+            # A second replica may share the port (kubeharness.replicas), as two endpoints of the Service.
+            "--reuse-port",
         ],
         plane.workdir / "logs" / "wattscale-serve.log",
         # Running on the host: it must use the kubeconfig, never in-cluster discovery.

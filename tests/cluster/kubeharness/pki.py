@@ -101,14 +101,17 @@ class CertificateAuthority:
         ip_addresses: tuple[str, ...] = (),
         server: bool = False,
         also_client: bool = False,
+        expired: bool = False,
     ) -> KeyPair:
         """Issue a leaf: a client cert (CN = user, O = groups, as kube-apiserver reads them) unless `server`;
         `also_client` makes a server cert usable as a client cert too (mutual TLS between two peers sharing one
-        pair, as KEDA's operator and metrics server do)."""
+        pair, as KEDA's operator and metrics server do); `expired`: valid only until yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.UTC) - (
+            datetime.timedelta(days=2) if expired else datetime.timedelta()
+        )
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
         if not server or also_client:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -119,7 +122,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + (datetime.timedelta(days=1) if expired else _VALIDITY))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(

@@ -42,7 +42,8 @@ class FakeInferenceServiceApi:
 
     async def list_or_watch(self, request: web.Request) -> web.StreamResponse:
         if not self.installed:
-            return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+            # What kube-apiserver answers for a group it does not serve: plain text, not a Status.
+            return web.Response(status=404, text="404 page not found\n")
         if request.query.get("watch", "").lower() != "true":
             item = {"metadata": {"name": "chat", "namespace": "llm", "resourceVersion": "1"}, "spec": {}}
             return web.json_response({"metadata": {"resourceVersion": "1"}, "items": [item]})
