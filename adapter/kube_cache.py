@@ -9,6 +9,15 @@ lists and watch events are read as plain JSON into `KubeObject`s, never through 
 models, which cost about 300 us per pod. What changed since the last report travels to the server as
 an `IndexDelta`; the server's `MirrorIndex` applies it, so a relist of 10,000 pods costs the API's
 event loop only the objects that differ.
+
+Beside each pod's `KubeObject` the pods' reflector keeps, for running pods, a `PodEndpoint` (IP,
+named container ports, `prometheus.io/*` annotations) for the collectors that discover their
+exporters. It stays in the worker: the server never needs it, and an IP or phase change is no change
+to the index (no delta, no estimator pass).
+
+Every reader of these dicts (the pipeline's passes, the collectors' polls, `take_delta`) runs on the
+worker's one event loop, as do the watches that change them: a watch event is never applied while a
+reader iterates. Anything that reads them from another thread must copy them on the loop first.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NODES, PODS, POWE
 from adapter.objects import KubeObject, ObjectIndex
 from adapter.selectors import selector_from_object
 from adapter.supervise import Supervisor
+from collectors.base import PodEndpoint, PodTargets
+from collectors.discovery import ANNOTATION_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,34 @@ def to_kube_object(resource: str, raw: Mapping[str, Any]) -> KubeObject:
     if resource == POWER_BUDGETS:
         return KubeObject(resource, "", name, labels, spec=dict(spec))
     return KubeObject(resource, namespace, name, labels)
+
+
+def to_pod_endpoint(raw: Mapping[str, Any], pod: KubeObject) -> PodEndpoint | None:
+    """Where a running pod can be scraped (`pod` is the same object as a `KubeObject`); None while it
+    has no IP or is not Running (pending, or finished: its containers are gone). Readiness is not
+    asked: a model server still loading is already drawing power and often already serving
+    `/metrics`, and a target that does not answer is only left out of its collector's poll."""
+    status = raw.get("status") or {}
+    ip = status.get("podIP")
+    if status.get("phase") != "Running" or not ip:
+        return None
+    annotations = (raw.get("metadata") or {}).get("annotations") or {}
+    ports: dict[str, int] = {}
+    for container in (raw.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            name, number = port.get("name"), port.get("containerPort")
+            if name and isinstance(number, int):
+                ports.setdefault(str(name), number)
+    return PodEndpoint(
+        namespace=pod.namespace,
+        name=pod.name,
+        ip=str(ip),
+        node=pod.node or "",
+        labels=pod.labels,
+        # Only what discovery reads: other annotations (last-applied-configuration...) can be large.
+        annotations={str(k): str(v) for k, v in annotations.items() if str(k).startswith(ANNOTATION_PREFIX)},
+        ports=ports,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +182,18 @@ class Reflector:
         self.source = source
         self._list = source.list_function(api)
         self.objects: dict[tuple[str, str], KubeObject] = {}
+        self.endpoints: dict[tuple[str, str], PodEndpoint] = {}
+        """Pods only: the running ones, for discovery (see the module docstring)."""
+        self._keeps_endpoints = source.resource == PODS
         self.synced = asyncio.Event()
         self.changes = 0
         self._changed = changed
         """Shared by the cache's reflectors: keys changed since the cache's last delta."""
 
-    def _replace(self, objects: dict[tuple[str, str], KubeObject]) -> None:
+    def _replace(
+        self, objects: dict[tuple[str, str], KubeObject], endpoints: dict[tuple[str, str], PodEndpoint]
+    ) -> None:
+        self.endpoints = endpoints
         old = self.objects
         resource = self.source.resource
         differ = [key for key in old.keys() | objects.keys() if old.get(key) != objects.get(key)]
@@ -161,10 +206,14 @@ class Reflector:
     async def _relist(self) -> str:
         raw = await _json(await self._list())
         objects: dict[tuple[str, str], KubeObject] = {}
+        endpoints: dict[tuple[str, str], PodEndpoint] = {}
         for item in raw.get("items") or []:
             obj = to_kube_object(self.source.resource, item)
             objects[(obj.namespace, obj.name)] = obj
-        self._replace(objects)
+            endpoint = to_pod_endpoint(item, obj) if self._keeps_endpoints else None
+            if endpoint is not None:
+                endpoints[(obj.namespace, obj.name)] = endpoint
+        self._replace(objects, endpoints)
         self.synced.set()
         return str((raw.get("metadata") or {}).get("resourceVersion") or "")
 
@@ -173,7 +222,13 @@ class Reflector:
         key = (obj.namespace, obj.name)
         if event_type == "DELETED":
             self.objects.pop(key, None)
+            self.endpoints.pop(key, None)
         elif event_type in ("ADDED", "MODIFIED"):
+            endpoint = to_pod_endpoint(raw, obj) if self._keeps_endpoints else None
+            if endpoint is None:
+                self.endpoints.pop(key, None)
+            else:
+                self.endpoints[key] = endpoint
             if self.objects.get(key) == obj:  # a status-only update: nothing we keep changed
                 return str((raw.get("metadata") or {}).get("resourceVersion") or "")
             self.objects[key] = obj
@@ -199,7 +254,7 @@ class Reflector:
             except ApiException as exc:
                 resource_version = ""
                 if exc.status == 404 and self.source.optional:
-                    self._replace({})
+                    self._replace({}, {})
                     self.synced.set()
                     await asyncio.sleep(ABSENT_API_RETRY_SECONDS)
                     continue
@@ -239,6 +294,13 @@ class KubeObjectCache:
             return []
         values = list(reflector.objects.values())
         return values if namespace is None else [obj for obj in values if obj.namespace == namespace]
+
+    def pod_targets(self) -> PodTargets | None:
+        """The running pods (IP, named ports) for discovery; None when pods are not watched."""
+        reflector = self._reflectors.get(PODS)
+        if reflector is None:
+            return None
+        return lambda: list(reflector.endpoints.values())
 
     def start(self, supervisor: Supervisor) -> None:
         for resource, reflector in self._reflectors.items():

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from adapter.selectors import Selector
+from collectors.base import PodEndpoint, PodTargets
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +41,30 @@ class ObjectIndex(Protocol):
     def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]: ...
 
 
-class StaticObjectIndex:
-    """A fixed set of objects: the demo's fleet, and unit tests."""
+@runtime_checkable
+class PodDirectory(Protocol):
+    """An index that also knows where the cluster's running pods are, for collectors that find their
+    exporters among them (`collectors.base.DiscoversPods`). Kept beside the index, never in it: a pod's
+    IP and ports matter to scraping only, so their changes neither reach the server nor start a pass."""
 
-    def __init__(self, objects: Iterable[KubeObject]) -> None:
+    def pod_targets(self) -> PodTargets | None:
+        """The running pods, read afresh at every call; None when there is no cluster to look in."""
+        ...
+
+
+class StaticObjectIndex:
+    """A fixed set of objects (the demo's fleet, and unit tests), and optionally of running pods."""
+
+    def __init__(self, objects: Iterable[KubeObject], pods: Sequence[PodEndpoint] | None = None) -> None:
         self._by_scope: dict[tuple[str, str | None], list[KubeObject]] = {}
         for obj in objects:
             self._by_scope.setdefault((obj.resource, obj.namespace), []).append(obj)
             self._by_scope.setdefault((obj.resource, None), []).append(obj)
+        self._pods = pods
+
+    def pod_targets(self) -> PodTargets | None:
+        pods = self._pods
+        return None if pods is None else lambda: pods
 
     def synced(self) -> bool:
         return True

@@ -31,12 +31,12 @@ from prometheus_client.metrics_core import Metric
 
 from adapter.errors import ConfigError
 from adapter.kube_cache import IndexDelta, KubeObjectCache, MirrorIndex
-from adapter.objects import KubeObject, ObjectIndex, StaticObjectIndex, StoreObjectIndex
+from adapter.objects import KubeObject, ObjectIndex, PodDirectory, StaticObjectIndex, StoreObjectIndex
 from adapter.selfmetrics import PipelineMetrics, SelfMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import ColumnEncoder, Columns, Key, Layout, MetricStore, ServedLayout, StoredValue
 from adapter.supervise import Supervisor
-from collectors.base import Collector
+from collectors.base import Collector, DiscoversPods, PodEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,17 @@ class IndexSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StaticIndexSource:
-    """A fixed set of objects, built the same way in both processes (the demo's fleet)."""
+    """A fixed set of objects, built the same way in both processes (the demo's fleet); with `pods`,
+    the running pods the worker's collectors discover their exporters among."""
 
     objects: Callable[[], Iterable[KubeObject]]
+    pods: tuple[PodEndpoint, ...] | None = None
 
     def serving_index(self, store: MetricStore) -> ObjectIndex:
         return StaticObjectIndex(self.objects())
 
     async def open(self, supervisor: Supervisor) -> ObjectIndex:
-        return StaticObjectIndex(self.objects())
+        return StaticObjectIndex(self.objects(), self.pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,17 @@ class NoIndexSource:
 
     async def open(self, supervisor: Supervisor) -> ObjectIndex:
         return StaticObjectIndex([])
+
+
+def offer_pod_targets(collectors: Iterable[Collector], index: ObjectIndex) -> None:
+    """Collectors that can find their exporters among the cluster's pods (used when no URL is
+    configured) read the running pods from the worker's own index, afresh at every poll."""
+    targets = index.pod_targets() if isinstance(index, PodDirectory) else None
+    if targets is None:
+        return
+    for collector in collectors:
+        if isinstance(collector, DiscoversPods):
+            collector.use_pod_targets(targets)
 
 
 def configured_racks(settings: Settings, index: ObjectIndex) -> list[RackSettings]:
@@ -195,6 +208,7 @@ async def _work(spec: WorkerSpec, connection: Connection) -> None:
     outbox.supervisor = supervisor
     index = await spec.index.open(supervisor)
     outbox.index = index
+    offer_pod_targets(collectors, index)
     pipeline = Pipeline(
         collectors,
         index=index,

@@ -13,10 +13,12 @@ from typing import NamedTuple
 
 from collectors.base import PodEndpoint
 
-PORT_ANNOTATION = "prometheus.io/port"
-PATH_ANNOTATION = "prometheus.io/path"
-SCHEME_ANNOTATION = "prometheus.io/scheme"
-SCRAPE_ANNOTATION = "prometheus.io/scrape"
+ANNOTATION_PREFIX = "prometheus.io/"
+"""Every annotation discovery reads starts so; a pod source may drop the others."""
+PORT_ANNOTATION = ANNOTATION_PREFIX + "port"
+PATH_ANNOTATION = ANNOTATION_PREFIX + "path"
+SCHEME_ANNOTATION = ANNOTATION_PREFIX + "scheme"
+SCRAPE_ANNOTATION = ANNOTATION_PREFIX + "scrape"
 
 
 class DiscoveredTarget(NamedTuple):

@@ -20,7 +20,16 @@ import types
 import typing
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -266,6 +275,15 @@ def self_metrics(registry: CollectorRegistry | None = None) -> SelfMetrics:
 # The poll loop
 
 
+class _CollectorLog(logging.LoggerAdapter[logging.Logger]):
+    """The collector's name on every line, beside each call's own `extra` (the target, the error),
+    which Python 3.11's LoggerAdapter would drop."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
 class PolledCollector:
     """Base for collectors: `collect()` runs `_poll()` with retries, backoff, a per-attempt timeout, the
     output bound, self-metrics and state-change logging. Subclasses implement `_poll` and may extend
@@ -293,7 +311,7 @@ class PolledCollector:
         self._metrics = self_metrics(registry)
         self._clock = clock
         self._failing = False
-        self._log = logging.LoggerAdapter(log, {"collector": name, "type": type(self).__name__})
+        self._log = _CollectorLog(log, {"collector": name, "type": type(self).__name__})
 
     async def _poll(self) -> list[Sample]:
         raise NotImplementedError
@@ -453,6 +471,9 @@ class HttpPolledCollector(PolledCollector):
         stops failing, counted as reason "target") unless every target fails: one dead pod or node
         must not make every other one's readings stale."""
         results = await asyncio.gather(*(fetch(target) for target in targets), return_exceptions=True)
+        # Discovered targets come and go with their pods: forget those gone, so a new pod that later
+        # fails at an address a dead one once had is logged as failing, and the set stays small.
+        self._failing_targets.intersection_update(name_of(target) for target in targets)
         found: list[R] = []
         errors: list[CollectorError] = []
         for target, result in zip(targets, results, strict=True):

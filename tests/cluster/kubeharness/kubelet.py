@@ -22,6 +22,9 @@ import kubernetes.client
 import kubernetes.watch
 
 _WATCH_TIMEOUT_SECONDS = 5
+POD_IP_ANNOTATION = "kubelet-stand-in.wattscale.io/pod-ip"
+"""A pod carrying it is given that IP when marked Running (a real kubelet's CNI would pick one): a
+test can point a pod at a server it runs on the host (127.0.0.1). Other pods get no IP."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class KubeletStandIn:
             self._forget(key)
             return
         if status is None or status.phase != "Running":
-            self._mark_running(namespace, name, spec)
+            self._mark_running(namespace, name, spec, (meta.annotations or {}).get(POD_IP_ANNOTATION))
         app = (meta.labels or {}).get("app", "")
         with self._lock:
             known = key in self._pods
@@ -145,7 +148,9 @@ class KubeletStandIn:
         if known:
             self._write_fleet()
 
-    def _mark_running(self, namespace: str, name: str, spec: kubernetes.client.V1PodSpec) -> None:
+    def _mark_running(
+        self, namespace: str, name: str, spec: kubernetes.client.V1PodSpec, pod_ip: str | None = None
+    ) -> None:
         now = _now()
         conditions = [
             {"type": kind, "status": "True", "lastTransitionTime": now}
@@ -169,6 +174,7 @@ class KubeletStandIn:
                 "startTime": now,
                 "conditions": conditions,
                 "containerStatuses": containers,
+                **({"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]} if pod_ip else {}),
             }
         }
         with contextlib.suppress(kubernetes.client.ApiException):  # deleted meanwhile; the watch tells us

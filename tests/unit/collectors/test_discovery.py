@@ -169,3 +169,24 @@ async def test_without_a_url_or_pods_the_poll_fails_and_says_why(registry: Colle
     with pytest.raises(CollectorError, match="no running pod with labels any names port 'metrics'"):
         await collector.collect()
     await collector.aclose()
+
+
+async def test_a_new_pod_failing_at_an_address_a_gone_pod_had_is_logged_as_failing(
+    serve_text: ServeText, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, healthy_url = await serve_text(fixture_text("llm-servers/datadog-vllm-metrics.txt"))
+    broken, broken_url = await serve_text("")
+    broken.status = 500
+    pods = FakePods([_pod("llama-0", healthy_url), _pod("old", broken_url)])
+    collector = make(VllmCollector, registry, retries=0)
+    collector.use_pod_targets(pods)
+    try:
+        await collector.collect()
+        pods.pods = [_pod("llama-0", healthy_url)]  # the failing pod is gone
+        await collector.collect()
+        pods.pods = [_pod("llama-0", healthy_url), _pod("new", broken_url)]  # a new one, same address
+        await collector.collect()
+    finally:
+        await collector.aclose()
+    failing = [r for r in caplog.records if getattr(r, "event", "") == "collector.target_failing"]
+    assert [r.target for r in failing] == [broken_url, broken_url]  # type: ignore[attr-defined]
