@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from adapter.selectors import Selector
+from collectors.label_selectors import Selector
 
 
 @dataclass(frozen=True, slots=True)

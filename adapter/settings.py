@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from adapter.errors import BadQueryError, ConfigError
-from adapter.selectors import Selector, parse_selector
+from adapter.errors import ConfigError
+from collectors.label_selectors import Selector, SelectorError, parse_selector
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +93,7 @@ class Settings:
                 margin = 0.1
             try:
                 selector = parse_selector(entry.get("node_selector") or f"wattscale.io/rack={entry['name']}")
-            except BadQueryError as exc:
+            except SelectorError as exc:
                 problems.append(f"{prefix}node_selector: {exc}")
                 continue
             racks.append(

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from collectors.label_selectors import EVERYTHING, Selector, SelectorError, selector_from_object
 from poweroperator.policy import PRIORITY_BY_CLASS, PolicyConfig
 
 GROUP = "wattscale.io"
@@ -187,8 +188,8 @@ class BudgetSpec:
     name: str
     uid: str
     generation: int
-    node_selector: str
-    """Label selector in the `a=b,c in (d)` form the list API takes."""
+    node_selector: Selector
+    """`str()` of it is the `a=b,c in (d)` form the list API takes."""
     margin_ratio: float
     policy: PolicyConfig
     default_priority: int
@@ -226,27 +227,19 @@ def _number(
     return float(value)
 
 
-def label_selector(raw: object) -> str:
-    """A metav1.LabelSelector as the `labelSelector` query string."""
+def _node_selector(raw: object, problems: list[str]) -> Selector:
+    """The rack's nodes; a budget must name them (an empty selector would take every node)."""
     if not isinstance(raw, Mapping):
-        raise ValueError("nodeSelector: want an object with matchLabels and/or matchExpressions")
-    parts = [f"{key}={value}" for key, value in sorted((raw.get("matchLabels") or {}).items())]
-    for expression in raw.get("matchExpressions") or []:
-        key, operator = expression.get("key"), expression.get("operator")
-        values = ",".join(str(v) for v in expression.get("values") or [])
-        if operator == "In":
-            parts.append(f"{key} in ({values})")
-        elif operator == "NotIn":
-            parts.append(f"{key} notin ({values})")
-        elif operator == "Exists":
-            parts.append(str(key))
-        elif operator == "DoesNotExist":
-            parts.append(f"!{key}")
-        else:
-            raise ValueError(f"nodeSelector.matchExpressions: unknown operator {operator!r}")
-    if not parts:
-        raise ValueError("nodeSelector: empty; a budget must name its nodes")
-    return ",".join(parts)
+        problems.append("nodeSelector: want an object with matchLabels and/or matchExpressions")
+        return EVERYTHING
+    try:
+        selector = selector_from_object(raw)
+    except SelectorError as exc:
+        problems.append(f"nodeSelector.{exc}")
+        return EVERYTHING
+    if selector.empty:
+        problems.append("nodeSelector: empty; a budget must name its nodes")
+    return selector
 
 
 def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyConfig:
@@ -373,11 +366,7 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
     name = str(metadata.get("name") or "")
     spec = raw.get("spec") or {}
     problems: list[str] = []
-    try:
-        selector = label_selector(spec.get("nodeSelector"))
-    except ValueError as exc:
-        problems.append(str(exc))
-        selector = ""
+    selector = _node_selector(spec.get("nodeSelector"), problems)
     cap = _number(spec, "capWatts", 0.0, problems, "spec.")
     if cap <= 0:
         problems.append(f"spec.capWatts: must be > 0, got {cap:g}")
