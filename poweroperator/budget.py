@@ -10,12 +10,12 @@ this parser too: it is the one definition of a valid budget.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from collectors.config_fields import UNBOUNDED, Bounds, check_number
 from collectors.label_selectors import EVERYTHING, Selector, SelectorError, selector_from_object
 from poweroperator.policy import PRIORITY_BY_CLASS, PolicyConfig
 
@@ -42,6 +42,10 @@ class SpecField:
     minimum: float
     maximum: float | None
     description: str
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(minimum=self.minimum, maximum=self.maximum)
 
     @property
     def default(self) -> float:
@@ -128,6 +132,7 @@ POLICY_FIELDS: tuple[SpecField, ...] = (
         "keeps the guard safe.",
     ),
 )
+POSITIVE = Bounds(above=0)
 MARGIN_RATIO_DEFAULT = 0.1
 MARGIN_RATIO_MAX = 0.5
 
@@ -208,23 +213,15 @@ class BudgetError(ValueError):
 
 
 def _number(
-    spec: Mapping[str, Any],
+    raw: Mapping[str, Any],
     key: str,
     default: float,
     problems: list[str],
     path: str,
-    bounds: tuple[float, float | None] = (-math.inf, None),
+    bounds: Bounds = UNBOUNDED,
 ) -> float:
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.append(f"{path}{key}: want a number, got {value!r}")
-        return default
-    low, high = bounds
-    if value < low or (high is not None and value > high):
-        problems.append(
-            f"{path}{key}: want a number in [{low:g}, {high if high is not None else 'inf'}], got {value!r}"
-        )
-    return float(value)
+    value = raw.get(key, default)
+    return float(value) if check_number(value, f"{path}{key}", problems, bounds) else default
 
 
 def _node_selector(raw: object, problems: list[str]) -> Selector:
@@ -247,9 +244,7 @@ def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyC
     for field in POLICY_FIELDS:
         where = spec if field.section is None else (spec.get(field.section) or {})
         path = "spec." if field.section is None else f"spec.{field.section}."
-        values[field.attribute] = _number(
-            where, field.name, field.default, problems, path, (field.minimum, field.maximum)
-        )
+        values[field.attribute] = _number(where, field.name, field.default, problems, path, field.bounds)
     if values["guard_ratio"] <= 0:
         values["guard_ratio"] = None
     return PolicyConfig(cap_watts=cap, **values)
@@ -257,10 +252,11 @@ def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyC
 
 def _int(raw: Mapping[str, Any], key: str, default: int, minimum: int, problems: list[str], path: str) -> int:
     value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        problems.append(f"{path}{key}: want an integer >= {minimum}, got {value!r}")
-        return default
-    return value
+    return (
+        int(value)
+        if check_number(value, f"{path}{key}", problems, Bounds(minimum), integer=True)
+        else default
+    )
 
 
 def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None:
@@ -277,9 +273,7 @@ def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None
     if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
         problems.append(f"{path}.metadata: want a map of strings")
         metadata = {}
-    target = _number(raw, "replicaTarget", SCALING_DEFAULTS.replica_target, problems, f"{path}.")
-    if not target > 0:
-        problems.append(f"{path}.replicaTarget: must be > 0, got {target:g}")
+    target = _number(raw, "replicaTarget", SCALING_DEFAULTS.replica_target, problems, f"{path}.", POSITIVE)
     auth = raw.get("authenticationRef")
     return DemandTrigger(
         name=str(name),
@@ -347,8 +341,7 @@ def _workload(item: Mapping[str, Any], path: str, problems: list[str]) -> Worklo
     if not item.get("namespace") or not item.get("name"):
         problems.append(f"{path}namespace, name: both required")
     peak = item.get("replicaPeakPowerWatts")
-    if peak is not None and (not isinstance(peak, int | float) or peak <= 0):
-        problems.append(f"{path}replicaPeakPowerWatts: must be a number > 0, got {peak!r}")
+    if peak is not None and not check_number(peak, f"{path}replicaPeakPowerWatts", problems, POSITIVE):
         peak = None
     return Workload(
         kind=str(kind),
@@ -367,9 +360,9 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
     spec = raw.get("spec") or {}
     problems: list[str] = []
     selector = _node_selector(spec.get("nodeSelector"), problems)
-    cap = _number(spec, "capWatts", 0.0, problems, "spec.")
-    if cap <= 0:
-        problems.append(f"spec.capWatts: must be > 0, got {cap:g}")
+    if "capWatts" not in spec:
+        problems.append("spec.capWatts: required")
+    cap = _number(spec, "capWatts", 0.0, problems, "spec.", POSITIVE) if "capWatts" in spec else 0.0
     mode = spec.get("mode", "dryRun")
     if mode not in MODES:
         problems.append(f"spec.mode: want one of {', '.join(MODES)}, got {mode!r}")
@@ -381,7 +374,14 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         for index, item in enumerate(spec.get("workloads") or [])
     )
     policy = _policy(spec, cap, problems)
-    margin = _number(spec, "marginRatio", MARGIN_RATIO_DEFAULT, problems, "spec.", (0.0, MARGIN_RATIO_MAX))
+    margin = _number(
+        spec,
+        "marginRatio",
+        MARGIN_RATIO_DEFAULT,
+        problems,
+        "spec.",
+        Bounds(minimum=0, maximum=MARGIN_RATIO_MAX),
+    )
     if cap > 0:
         problems.extend(f"spec.thresholds/{p}" for p in policy.problems())
     if problems:

@@ -394,7 +394,10 @@ def test_an_unmanaged_workload_has_no_scaling() -> None:
             "other than wattscale_budget",
         ),
         ({"maxReplicas": 4, "demand": [{**QUEUE, "name": "queue-depth"}]}, "identifier"),
-        ({"maxReplicas": 4, "demand": [{**QUEUE, "replicaTarget": 0}]}, "replicaTarget: must be > 0"),
+        (
+            {"maxReplicas": 4, "demand": [{**QUEUE, "replicaTarget": 0}]},
+            "replicaTarget: want a positive number, got 0",
+        ),
     ],
 )
 def test_a_managed_workload_breaking_a_cel_rule_is_refused_by_the_parser_too(
