@@ -167,6 +167,12 @@ def _declared(field: dataclasses.Field[Any]) -> Setting:
     return declared if isinstance(declared, Setting) else Setting()
 
 
+def declared_fields(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Setting]]:
+    """Each field of the settings class `cls` by its key in the file, with its declaration (for a
+    schema generated from the same declarations the reader checks)."""
+    return {(_declared(f).key or f.name): (f, _declared(f)) for f in dataclasses.fields(cls)}
+
+
 def _read_one(field: dataclasses.Field[Any], hint: Any, value: object, key: str, problems: list[str]) -> Any:
     declared = _declared(field)
     if declared.parse is not None:
@@ -176,9 +182,15 @@ def _read_one(field: dataclasses.Field[Any], hint: Any, value: object, key: str,
             problems.append(f"{key}: {exc}")
             return field.default if field.default is not dataclasses.MISSING else None
     if declared.bounds != UNBOUNDED:
-        if not check_number(value, key, problems, declared.bounds, integer=hint is int):
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(
+            None
+        ) in typing.get_args(hint)
+        if value is None and optional:
+            return None
+        integer = int in (typing.get_args(hint) if optional else (hint,))
+        if not check_number(value, key, problems, declared.bounds, integer=integer):
             return field.default if field.default is not dataclasses.MISSING else 0
-        return int(value) if hint is int else float(value)
+        return int(value) if integer else float(value)
     return convert(value, hint, key, problems)
 
 
@@ -199,7 +211,7 @@ def read_fields(
     `problems()` for the fields not already reported. `also_known` keys are accepted and left to the
     caller (nested sections it reads itself). None when a required key is missing."""
     hints = typing.get_type_hints(cls)
-    fields = {(_declared(f).key or f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {key: field for key, (field, _) in declared_fields(cls).items()}
     skipped = set(also_known)
     found: list[str] = []
     for key in raw:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collectors.config_fields import UNBOUNDED, Bounds, check_number
+from collectors.config_fields import UNBOUNDED, Bounds, check_number, read_fields, setting
 from collectors.label_selectors import EVERYTHING, Selector, SelectorError, selector_from_object
 from poweroperator.policy import PRIORITY_BY_CLASS, PolicyConfig
 
@@ -137,16 +137,29 @@ MARGIN_RATIO_DEFAULT = 0.1
 MARGIN_RATIO_MAX = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class ScalingDefaults:
-    min_replicas: int = 1
-    polling_interval_seconds: int = 15
-    scale_down_stabilization_seconds: int = 60
-    fallback_failure_threshold: int = 3
-    replica_target: float = 1.0
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingFields:
+    """The numbers of `spec.workloads[].scaling`, declared once: the parser reads them and the CRD's
+    schema (bounds, defaults) is generated from them."""
+
+    min_replicas: int = setting(1, minimum=1, key="minReplicas")
+    max_replicas: int | None = setting(None, minimum=1, key="maxReplicas")
+    polling_interval_seconds: int = setting(15, minimum=1, key="pollingIntervalSeconds")
+    scale_down_stabilization_seconds: int = setting(
+        60, minimum=0, maximum=3600, key="scaleDownStabilizationSeconds"
+    )
+    fallback_failure_threshold: int = setting(3, minimum=1, key="fallbackFailureThreshold")
+
+    def problems(self) -> list[str]:
+        if self.max_replicas is None:
+            return ["maxReplicas: required when managed"]
+        if self.min_replicas > self.max_replicas:
+            return [f"minReplicas: minReplicas {self.min_replicas} > maxReplicas {self.max_replicas}"]
+        return []
 
 
-SCALING_DEFAULTS = ScalingDefaults()
+REPLICA_TARGET_DEFAULT = 1.0
+"""A demand trigger's `replicaTarget` when it names none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,15 +263,6 @@ def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyC
     return PolicyConfig(cap_watts=cap, **values)
 
 
-def _int(raw: Mapping[str, Any], key: str, default: int, minimum: int, problems: list[str], path: str) -> int:
-    value = raw.get(key, default)
-    return (
-        int(value)
-        if check_number(value, f"{path}{key}", problems, Bounds(minimum), integer=True)
-        else default
-    )
-
-
 def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None:
     if not isinstance(raw, Mapping):
         problems.append(f"{path}: want a KEDA trigger object")
@@ -273,7 +277,7 @@ def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None
     if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
         problems.append(f"{path}.metadata: want a map of strings")
         metadata = {}
-    target = _number(raw, "replicaTarget", SCALING_DEFAULTS.replica_target, problems, f"{path}.", POSITIVE)
+    target = _number(raw, "replicaTarget", REPLICA_TARGET_DEFAULT, problems, f"{path}.", POSITIVE)
     auth = raw.get("authenticationRef")
     return DemandTrigger(
         name=str(name),
@@ -296,13 +300,7 @@ def _scaling(raw: object, path: str, problems: list[str]) -> Scaling | None:
         problems.append(f"{path}.mode: want one of {', '.join(SCALING_MODES)}, got {mode!r}")
     if mode != "managed":
         return None
-    at = f"{path}."
-    low = _int(raw, "minReplicas", SCALING_DEFAULTS.min_replicas, 1, problems, at)
-    if "maxReplicas" not in raw:
-        problems.append(f"{path}.maxReplicas: required when managed")
-    high = _int(raw, "maxReplicas", low, 1, problems, at)
-    if low > high:
-        problems.append(f"{path}: minReplicas {low} > maxReplicas {high}")
+    fields = read_fields(ScalingFields, raw, problems, path=f"{path}.", also_known=("mode", "demand"))
     triggers = raw.get("demand") or []
     if not isinstance(triggers, list) or not triggers:
         problems.append(f"{path}.demand: one or more KEDA triggers required when managed")
@@ -311,23 +309,14 @@ def _scaling(raw: object, path: str, problems: list[str]) -> Scaling | None:
     names = [d.name for d in demand]
     if len(set(names)) != len(names):
         problems.append(f"{path}.demand: trigger names must be unique, got {names}")
+    if fields is None or fields.max_replicas is None:
+        return None  # reported: a required key is missing
     return Scaling(
-        min_replicas=low,
-        max_replicas=high,
-        polling_interval_seconds=_int(
-            raw, "pollingIntervalSeconds", SCALING_DEFAULTS.polling_interval_seconds, 1, problems, at
-        ),
-        scale_down_stabilization_seconds=_int(
-            raw,
-            "scaleDownStabilizationSeconds",
-            SCALING_DEFAULTS.scale_down_stabilization_seconds,
-            0,
-            problems,
-            at,
-        ),
-        fallback_failure_threshold=_int(
-            raw, "fallbackFailureThreshold", SCALING_DEFAULTS.fallback_failure_threshold, 1, problems, at
-        ),
+        min_replicas=fields.min_replicas,
+        max_replicas=fields.max_replicas,
+        polling_interval_seconds=fields.polling_interval_seconds,
+        scale_down_stabilization_seconds=fields.scale_down_stabilization_seconds,
+        fallback_failure_threshold=fields.fallback_failure_threshold,
         demand=tuple(demand),
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from collectors.config_fields import declared_fields
 from poweroperator.budget import (
     GROUP,
     KIND,
@@ -20,10 +21,11 @@ from poweroperator.budget import (
     PLURAL,
     POLICY_FIELDS,
     POWER_TRIGGER,
-    SCALING_DEFAULTS,
+    REPLICA_TARGET_DEFAULT,
     SCALING_MODES,
     VERSION,
     WORKLOAD_KINDS,
+    ScalingFields,
     SpecField,
 )
 
@@ -36,6 +38,22 @@ HEADER = """\
 """
 
 Schema = dict[str, Any]
+
+
+def _scaling_integer(key: str, *, description: str | None = None, int32: bool = False) -> Schema:
+    """One of `ScalingFields`' integers, with the bounds and default the parser checks."""
+    field, declared = declared_fields(ScalingFields)[key]
+    schema: Schema = {} if description is None else {"description": description}
+    schema["type"] = "integer"
+    if int32:
+        schema["format"] = "int32"
+    if declared.bounds.minimum is not None:
+        schema["minimum"] = int(declared.bounds.minimum)
+    if declared.bounds.maximum is not None:
+        schema["maximum"] = int(declared.bounds.maximum)
+    if field.default is not None:
+        schema["default"] = field.default
+    return schema
 
 
 def _number(field: SpecField) -> Schema:
@@ -104,7 +122,7 @@ def _demand_trigger() -> Schema:
                 "type": "number",
                 "exclusiveMinimum": True,
                 "minimum": 0,
-                "default": SCALING_DEFAULTS.replica_target,
+                "default": REPLICA_TARGET_DEFAULT,
             },
         },
     }
@@ -137,30 +155,14 @@ def _scaling() -> Schema:
         ],
         "properties": {
             "mode": {"type": "string", "enum": list(SCALING_MODES), "default": "unmanaged"},
-            "minReplicas": {
-                "type": "integer",
-                "format": "int32",
-                "minimum": 1,
-                "default": SCALING_DEFAULTS.min_replicas,
-            },
-            "maxReplicas": {"type": "integer", "format": "int32", "minimum": 1},
-            "pollingIntervalSeconds": {
-                "type": "integer",
-                "minimum": 1,
-                "default": SCALING_DEFAULTS.polling_interval_seconds,
-            },
-            "scaleDownStabilizationSeconds": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 3600,
-                "default": SCALING_DEFAULTS.scale_down_stabilization_seconds,
-            },
-            "fallbackFailureThreshold": {
-                "description": "Failed reads of a trigger after which KEDA holds the current replica count.",
-                "type": "integer",
-                "minimum": 1,
-                "default": SCALING_DEFAULTS.fallback_failure_threshold,
-            },
+            "minReplicas": _scaling_integer("minReplicas", int32=True),
+            "maxReplicas": _scaling_integer("maxReplicas", int32=True),
+            "pollingIntervalSeconds": _scaling_integer("pollingIntervalSeconds"),
+            "scaleDownStabilizationSeconds": _scaling_integer("scaleDownStabilizationSeconds"),
+            "fallbackFailureThreshold": _scaling_integer(
+                "fallbackFailureThreshold",
+                description="Failed reads of a trigger after which KEDA holds the current replica count.",
+            ),
             "demand": {"type": "array", "maxItems": 8, "items": _demand_trigger()},
         },
     }

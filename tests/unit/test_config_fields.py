@@ -5,9 +5,11 @@ words for the same rule."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from adapter.errors import ConfigError
 from adapter.settings import Settings
@@ -110,3 +112,35 @@ def test_a_rack_with_several_problems_lists_them_all() -> None:
         "racks[0].margin_ratio",
         "racks[0].node_selector",
     ]
+
+
+def _scaling_bounds() -> list[tuple[str, int]]:
+    """(key, a value just outside a bound) for each integer of the CRD's scaling schema."""
+    crd = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "apiservice" / "powerbudget-crd.yaml").read_text()
+    )
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    scaling = spec["properties"]["workloads"]["items"]["properties"]["scaling"]["properties"]
+    outside = []
+    for key, schema in scaling.items():
+        if schema.get("type") == "integer":
+            outside += [(key, schema["minimum"] - 1)] if "minimum" in schema else []
+            outside += [(key, schema["maximum"] + 1)] if "maximum" in schema else []
+    return outside
+
+
+@pytest.mark.parametrize(("key", "value"), _scaling_bounds())
+def test_the_budget_parser_rejects_what_the_crd_rejects(key: str, value: int) -> None:
+    # Budgets that never went through the API server (the simulator, tests, a future file source) are
+    # held to the same bounds; the CRD is generated from the declarations the parser reads.
+    scaling = {"mode": "managed", "minReplicas": 1, "maxReplicas": 4, key: value}
+    scaling["demand"] = [
+        {"name": "queue", "type": "prometheus", "metadata": {"query": "q", "threshold": "1"}}
+    ]
+    workload = {"kind": "Deployment", "namespace": "llm", "name": "llama", "scaling": scaling}
+    raw = {"metadata": {"name": "r"}, "spec": {"nodeSelector": {"matchLabels": {"r": "a"}}, "capWatts": 1000}}
+    raw["spec"]["workloads"] = [workload]
+
+    problems = _problems(BudgetError, lambda: parse_budget(raw))
+
+    assert any(p.startswith(f"spec.workloads[0].scaling.{key}: want an integer") for p in problems), problems
