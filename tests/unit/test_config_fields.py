@@ -14,9 +14,9 @@ import yaml
 from adapter.errors import ConfigError
 from adapter.settings import Settings
 from collectors.base import CollectorConfigError
-from collectors.config_fields import read_fields, setting
+from collectors.config_fields import declared_fields, read_fields, setting
 from collectors.simulated import SimulatedCollector
-from poweroperator.budget import BudgetError, parse_budget
+from poweroperator.budget import BudgetError, ScalingFields, parse_budget
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,15 +114,17 @@ def test_a_rack_with_several_problems_lists_them_all() -> None:
     ]
 
 
+def _crd_scaling() -> dict[str, Any]:
+    path = Path(__file__).resolve().parents[2] / "apiservice" / "powerbudget-crd.yaml"
+    spec = yaml.safe_load(path.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    workload = spec["spec"]["properties"]["workloads"]["items"]
+    return dict(workload["properties"]["scaling"]["properties"])
+
+
 def _scaling_bounds() -> list[tuple[str, int]]:
     """(key, a value just outside a bound) for each integer of the CRD's scaling schema."""
-    crd = yaml.safe_load(
-        (Path(__file__).resolve().parents[2] / "apiservice" / "powerbudget-crd.yaml").read_text()
-    )
-    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    scaling = spec["properties"]["workloads"]["items"]["properties"]["scaling"]["properties"]
     outside = []
-    for key, schema in scaling.items():
+    for key, schema in _crd_scaling().items():
         if schema.get("type") == "integer":
             outside += [(key, schema["minimum"] - 1)] if "minimum" in schema else []
             outside += [(key, schema["maximum"] + 1)] if "maximum" in schema else []
@@ -144,3 +146,8 @@ def test_the_budget_parser_rejects_what_the_crd_rejects(key: str, value: int) ->
     problems = _problems(BudgetError, lambda: parse_budget(raw))
 
     assert any(p.startswith(f"spec.workloads[0].scaling.{key}: want an integer") for p in problems), problems
+
+
+def test_every_scaling_field_the_crd_accepts_is_one_the_parser_knows() -> None:
+    # The parser reports unknown keys; a CRD field it did not declare would reject valid objects.
+    assert set(_crd_scaling()) == set(declared_fields(ScalingFields)) | {"mode", "demand"}
