@@ -132,9 +132,13 @@ POLICY_FIELDS: tuple[SpecField, ...] = (
         "keeps the guard safe.",
     ),
 )
-POSITIVE = Bounds(above=0)
 MARGIN_RATIO_DEFAULT = 0.1
 MARGIN_RATIO_MAX = 0.5
+# The bounds of the spec's other numbers, for the parser and the CRD (poweroperator.crd) alike.
+CAP_WATTS = Bounds(minimum=1)
+MARGIN_RATIO = Bounds(minimum=0, maximum=MARGIN_RATIO_MAX)
+REPLICA_PEAK_POWER_WATTS = Bounds(minimum=1)
+REPLICA_TARGET = Bounds(above=0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,7 +281,7 @@ def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None
     if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
         problems.append(f"{path}.metadata: want a map of strings")
         metadata = {}
-    target = _number(raw, "replicaTarget", REPLICA_TARGET_DEFAULT, problems, f"{path}.", POSITIVE)
+    target = _number(raw, "replicaTarget", REPLICA_TARGET_DEFAULT, problems, f"{path}.", REPLICA_TARGET)
     auth = raw.get("authenticationRef")
     return DemandTrigger(
         name=str(name),
@@ -330,7 +334,9 @@ def _workload(item: Mapping[str, Any], path: str, problems: list[str]) -> Worklo
     if not item.get("namespace") or not item.get("name"):
         problems.append(f"{path}namespace, name: both required")
     peak = item.get("replicaPeakPowerWatts")
-    if peak is not None and not check_number(peak, f"{path}replicaPeakPowerWatts", problems, POSITIVE):
+    if peak is not None and not check_number(
+        peak, f"{path}replicaPeakPowerWatts", problems, REPLICA_PEAK_POWER_WATTS
+    ):
         peak = None
     return Workload(
         kind=str(kind),
@@ -351,7 +357,7 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
     selector = _node_selector(spec.get("nodeSelector"), problems)
     if "capWatts" not in spec:
         problems.append("spec.capWatts: required")
-    cap = _number(spec, "capWatts", 0.0, problems, "spec.", POSITIVE) if "capWatts" in spec else 0.0
+    cap = _number(spec, "capWatts", 0.0, problems, "spec.", CAP_WATTS) if "capWatts" in spec else 0.0
     mode = spec.get("mode", "dryRun")
     if mode not in MODES:
         problems.append(f"spec.mode: want one of {', '.join(MODES)}, got {mode!r}")
@@ -369,7 +375,7 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         MARGIN_RATIO_DEFAULT,
         problems,
         "spec.",
-        Bounds(minimum=0, maximum=MARGIN_RATIO_MAX),
+        MARGIN_RATIO,
     )
     if cap > 0:
         problems.extend(f"spec.thresholds/{p}" for p in policy.problems())

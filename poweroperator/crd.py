@@ -11,16 +11,19 @@ from typing import Any
 
 import yaml
 
-from collectors.config_fields import declared_fields
+from collectors.config_fields import Bounds, declared_fields
 from poweroperator.budget import (
+    CAP_WATTS,
     GROUP,
     KIND,
+    MARGIN_RATIO,
     MARGIN_RATIO_DEFAULT,
-    MARGIN_RATIO_MAX,
     MODES,
     PLURAL,
     POLICY_FIELDS,
     POWER_TRIGGER,
+    REPLICA_PEAK_POWER_WATTS,
+    REPLICA_TARGET,
     REPLICA_TARGET_DEFAULT,
     SCALING_MODES,
     VERSION,
@@ -40,6 +43,20 @@ HEADER = """\
 Schema = dict[str, Any]
 
 
+def _bounds(bounds: Bounds) -> Schema:
+    """The parser's bounds as OpenAPI v3.0 keywords (what apiextensions.k8s.io/v1 takes)."""
+    schema: Schema = {}
+    if bounds.above is not None:
+        schema |= {"exclusiveMinimum": True, "minimum": bounds.above}
+    if bounds.minimum is not None:
+        schema["minimum"] = bounds.minimum
+    if bounds.below is not None:
+        schema |= {"exclusiveMaximum": True, "maximum": bounds.below}
+    if bounds.maximum is not None:
+        schema["maximum"] = bounds.maximum
+    return schema
+
+
 def _scaling_integer(key: str, *, description: str | None = None, int32: bool = False) -> Schema:
     """One of `ScalingFields`' integers, with the bounds and default the parser checks."""
     field, declared = declared_fields(ScalingFields)[key]
@@ -47,19 +64,17 @@ def _scaling_integer(key: str, *, description: str | None = None, int32: bool = 
     schema["type"] = "integer"
     if int32:
         schema["format"] = "int32"
-    if declared.bounds.minimum is not None:
-        schema["minimum"] = int(declared.bounds.minimum)
-    if declared.bounds.maximum is not None:
-        schema["maximum"] = int(declared.bounds.maximum)
+    schema |= {
+        key: int(value) if key in ("minimum", "maximum") else value
+        for key, value in _bounds(declared.bounds).items()
+    }
     if field.default is not None:
         schema["default"] = field.default
     return schema
 
 
 def _number(field: SpecField) -> Schema:
-    schema: Schema = {"description": field.description, "type": "number", "minimum": field.minimum}
-    if field.maximum is not None:
-        schema["maximum"] = field.maximum
+    schema: Schema = {"description": field.description, "type": "number", **_bounds(field.bounds)}
     schema["default"] = field.default
     return schema
 
@@ -120,8 +135,7 @@ def _demand_trigger() -> Schema:
             "replicaTarget": {
                 "description": "How much of this metric one replica serves: replicas wanted = value / replicaTarget.",
                 "type": "number",
-                "exclusiveMinimum": True,
-                "minimum": 0,
+                **_bounds(REPLICA_TARGET),
                 "default": REPLICA_TARGET_DEFAULT,
             },
         },
@@ -188,7 +202,7 @@ def _workloads() -> Schema:
                         "ceiling of an unmanaged workload to what the headroom allows."
                     ),
                     "type": "number",
-                    "minimum": 1,
+                    **_bounds(REPLICA_PEAK_POWER_WATTS),
                 },
                 "scaledObject": {
                     "description": (
@@ -221,13 +235,12 @@ def _spec() -> Schema:
             "capWatts": {
                 "description": "The rack's budget in watts (the breaker's continuous rating, or less).",
                 "type": "number",
-                "minimum": 1,
+                **_bounds(CAP_WATTS),
             },
             "marginRatio": {
                 "description": "Headroom served to autoscalers is cap x (1 - marginRatio) minus power.",
                 "type": "number",
-                "minimum": 0,
-                "maximum": MARGIN_RATIO_MAX,
+                **_bounds(MARGIN_RATIO),
                 "default": MARGIN_RATIO_DEFAULT,
             },
             "thresholds": {"type": "object", "default": {}, "properties": thresholds},

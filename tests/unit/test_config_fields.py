@@ -65,6 +65,19 @@ def test_valid_settings_are_read_with_their_defaults() -> None:
     assert pump == _Pump(name="p", pumps=3)
 
 
+def _managed_budget(scaling: dict[str, object], replica_target: float = 1) -> dict[str, Any]:
+    demand = {
+        "name": "queue",
+        "type": "prometheus",
+        "metadata": {"query": "q"},
+        "replicaTarget": replica_target,
+    }
+    managed = {"mode": "managed", "minReplicas": 1, "maxReplicas": 4, "demand": [demand], **scaling}
+    workload = {"kind": "Deployment", "namespace": "llm", "name": "llama", "scaling": managed}
+    spec = {"nodeSelector": {"matchLabels": {"r": "a"}}, "capWatts": 1000, "workloads": [workload]}
+    return {"metadata": {"name": "r"}, "spec": spec}
+
+
 def _problems(error: type[Exception], build: Any) -> list[str]:
     with pytest.raises(error) as caught:
         build()
@@ -76,16 +89,11 @@ def test_the_server_a_collector_and_the_operator_word_the_same_rule_alike() -> N
     collector = _problems(
         CollectorConfigError, lambda: SimulatedCollector.from_settings("sim", {"interval_seconds": 0})
     )
-    operator = _problems(
-        BudgetError,
-        lambda: parse_budget(
-            {"metadata": {"name": "r"}, "spec": {"nodeSelector": {"matchLabels": {"r": "a"}}, "capWatts": 0}}
-        ),
-    )
+    operator = _problems(BudgetError, lambda: parse_budget(_managed_budget({}, replica_target=0)))
 
     assert server == ["window_seconds: want a positive number, got 0"]
     assert collector == ["interval_seconds: want a positive number, got 0"]
-    assert operator == ["spec.capWatts: want a positive number, got 0"]
+    assert operator == ["spec.workloads[0].scaling.demand[0].replicaTarget: want a positive number, got 0"]
 
 
 def test_a_collectors_malformed_value_does_not_hide_the_other_problems() -> None:
@@ -135,13 +143,7 @@ def _scaling_bounds() -> list[tuple[str, int]]:
 def test_the_budget_parser_rejects_what_the_crd_rejects(key: str, value: int) -> None:
     # Budgets that never went through the API server (the simulator, tests, a future file source) are
     # held to the same bounds; the CRD is generated from the declarations the parser reads.
-    scaling = {"mode": "managed", "minReplicas": 1, "maxReplicas": 4, key: value}
-    scaling["demand"] = [
-        {"name": "queue", "type": "prometheus", "metadata": {"query": "q", "threshold": "1"}}
-    ]
-    workload = {"kind": "Deployment", "namespace": "llm", "name": "llama", "scaling": scaling}
-    raw = {"metadata": {"name": "r"}, "spec": {"nodeSelector": {"matchLabels": {"r": "a"}}, "capWatts": 1000}}
-    raw["spec"]["workloads"] = [workload]
+    raw = _managed_budget({key: value})
 
     problems = _problems(BudgetError, lambda: parse_budget(raw))
 
@@ -151,3 +153,27 @@ def test_the_budget_parser_rejects_what_the_crd_rejects(key: str, value: int) ->
 def test_every_scaling_field_the_crd_accepts_is_one_the_parser_knows() -> None:
     # The parser reports unknown keys; a CRD field it did not declare would reject valid objects.
     assert set(_crd_scaling()) == set(declared_fields(ScalingFields)) | {"mode", "demand"}
+
+
+def _crd_spec_numbers() -> list[tuple[str, str, float]]:
+    """(where, key, a value just outside the CRD's bound) for the spec's and a workload's numbers."""
+    path = Path(__file__).resolve().parents[2] / "apiservice" / "powerbudget-crd.yaml"
+    spec = yaml.safe_load(path.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    spec_properties = spec["spec"]["properties"]
+    workload_properties = spec_properties["workloads"]["items"]["properties"]
+    return [
+        ("spec", "capWatts", spec_properties["capWatts"]["minimum"] - 0.5),
+        ("spec", "marginRatio", spec_properties["marginRatio"]["maximum"] + 0.1),
+        ("workload", "replicaPeakPowerWatts", workload_properties["replicaPeakPowerWatts"]["minimum"] - 0.5),
+    ]
+
+
+@pytest.mark.parametrize(("where", "key", "value"), _crd_spec_numbers())
+def test_the_budget_parser_rejects_the_numbers_the_crd_rejects(where: str, key: str, value: float) -> None:
+    raw = _managed_budget({})
+    target = raw["spec"] if where == "spec" else raw["spec"]["workloads"][0]
+    target[key] = value
+
+    problems = _problems(BudgetError, lambda: parse_budget(raw))
+
+    assert any(key in p and "want a number" in p for p in problems), problems
