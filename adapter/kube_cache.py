@@ -35,10 +35,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NODES, PODS, POWER_BUDGET_GROUP, POWER_BUDGETS
 from adapter.objects import KubeObject, ObjectIndex
-from adapter.selectors import selector_from_object
 from adapter.supervise import Supervisor
 from collectors.base import PodEndpoint, PodTargets
 from collectors.discovery import ANNOTATION_PREFIX
+from collectors.label_selectors import selector_from_object
 
 log = logging.getLogger(__name__)
 

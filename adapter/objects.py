@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from adapter.selectors import Selector
 from collectors.base import PodEndpoint, PodTargets
+from collectors.label_selectors import Selector
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,12 +31,12 @@ from adapter.catalogue import (
     POWER_BUDGETS,
 )
 from adapter.objects import KubeObject, ObjectIndex
-from adapter.selectors import Selector
 from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
 from adapter.supervise import Supervisor
 from collectors.base import Collector, Sample
+from collectors.label_selectors import Selector
 from estimators.fleet import (
     LATEST_RACK_COLUMNS,
     FleetEstimate,

@@ -18,7 +18,8 @@ from urllib.parse import unquote
 
 from adapter.catalogue import CLUSTER_SCOPED, NAMESPACES
 from adapter.errors import BadQueryError, MetricNotFoundError
-from adapter.selectors import EVERYTHING, Selector, parse_selector
+from adapter.selectors import parse_selector
+from collectors.label_selectors import EVERYTHING, Selector
 
 ALL_OBJECTS = "*"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")

@@ -73,7 +73,7 @@ def bench_objects(pods: int) -> list[Any]:
     from adapter.catalogue import DEPLOYMENTS as DEPLOYMENT_RESOURCE
     from adapter.catalogue import NODES, PODS
     from adapter.objects import KubeObject
-    from adapter.selectors import selector_from_object
+    from collectors.label_selectors import selector_from_object
 
     fleet = bench_fleet(pods)
     objects = [KubeObject(NODES, "", n.name, {"wattscale.io/rack": n.rack}) for n in fleet.nodes]

@@ -20,10 +20,10 @@ from adapter.catalogue import DEPLOYMENTS, NAMESPACES, NODES, PODS
 from adapter.exposition import power_registry
 from adapter.objects import KubeObject, StaticObjectIndex
 from adapter.pipeline import Pipeline
-from adapter.selectors import parse_selector
 from adapter.selfmetrics import SelfMetrics
 from adapter.settings import Settings
 from adapter.store import MetricStore
+from collectors.label_selectors import parse_selector
 from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
 
 PODS_PER_DEPLOYMENT = 20

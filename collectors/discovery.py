@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from collectors.base import PodEndpoint
+from collectors.label_selectors import selector_from_object
 
 ANNOTATION_PREFIX = "prometheus.io/"
 """Every annotation discovery reads starts so; a pod source may drop the others."""
@@ -46,11 +47,12 @@ def pod_scrape_targets(
     pods: Iterable[PodEndpoint], *, match_labels: Mapping[str, str], port_name: str
 ) -> list[DiscoveredTarget]:
     """The pods among `pods` to scrape, sorted by namespace and name."""
+    selector = selector_from_object({"matchLabels": match_labels})
     found: list[DiscoveredTarget] = []
     for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
         if not pod.ip or pod.annotations.get(SCRAPE_ANNOTATION) == "false":
             continue
-        if any(pod.labels.get(key) != value for key, value in match_labels.items()):
+        if not selector.matches(pod.labels):
             continue
         port = _metrics_port(pod, port_name)
         url = _url(pod, port) if port is not None else None

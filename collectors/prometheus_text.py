@@ -23,6 +23,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.base import CollectorError, PodTargets, Sample
+from collectors.config_fields import setting
 from collectors.discovery import pod_scrape_targets
 from collectors.prometheus_api import PrometheusClient
 from collectors.support import HttpPolledCollector, PollSettings, Series, build_settings, http_get
@@ -66,7 +67,7 @@ class ExporterSettings(PollSettings):
     """Sent as `Authorization: Bearer` to Prometheus or the exporters (re-read at every poll)."""
     tls_ca_file: str | None = None
     tls_insecure_skip_verify: bool = False
-    max_response_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = setting(64 * 1024 * 1024, minimum=1024)
     discover_labels: Mapping[str, str] = field(default_factory=dict)
     """With neither URL setting: scrape the pods whose labels include all of these (see discovery)."""
     discover_port: str = "metrics"
@@ -89,8 +90,6 @@ class ExporterSettings(PollSettings):
             path = getattr(self, key)
             if path is not None and not Path(path).is_file():
                 found.append(f"{key}: no such file {path!r}")
-        if self.max_response_bytes < 1024:
-            found.append("max_response_bytes: must be >= 1024")
         return found
 
 

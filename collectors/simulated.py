@@ -21,7 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Self
 
-from collectors.base import CollectorConfigError, CollectorError, Sample
+from collectors.base import CollectorError, Sample
+from collectors.config_fields import setting
+from collectors.support import build_settings
 
 IDLE_GPU_POWER_WATTS = 74.35
 HOST_POWER_WATTS = 450.0
@@ -184,20 +186,15 @@ def demo_load(pod: SimPod, now_seconds: float) -> float:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimulatedSettings:
-    interval_seconds: float = 1.0
+    interval_seconds: float = setting(1.0, above=0)
     fleet_file: str | None = None
     seed: int = 0
-    noise_ratio: float = 0.01
+    noise_ratio: float = setting(0.01, minimum=0, below=0.5)
 
     def problems(self) -> list[str]:
-        found = []
-        if not self.interval_seconds > 0:
-            found.append(f"interval_seconds: must be > 0, got {self.interval_seconds}")
-        if not 0 <= self.noise_ratio < 0.5:
-            found.append(f"noise_ratio: must be in [0, 0.5), got {self.noise_ratio}")
         if self.fleet_file is not None and not Path(self.fleet_file).is_file():
-            found.append(f"fleet_file: no such file {self.fleet_file!r}")
-        return found
+            return [f"fleet_file: no such file {self.fleet_file!r}"]
+        return []
 
 
 class SimulatedCollector:
@@ -224,21 +221,7 @@ class SimulatedCollector:
 
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
-        known = {"interval_seconds", "fleet_file", "seed", "noise_ratio"}
-        problems = [f"{key}: unknown setting" for key in raw if key not in known]
-        try:
-            settings = SimulatedSettings(
-                interval_seconds=float(raw.get("interval_seconds", 1.0)),  # type: ignore[arg-type]
-                fleet_file=None if raw.get("fleet_file") is None else str(raw["fleet_file"]),
-                seed=int(raw.get("seed", 0)),  # type: ignore[call-overload]
-                noise_ratio=float(raw.get("noise_ratio", 0.01)),  # type: ignore[arg-type]
-            )
-        except (TypeError, ValueError) as exc:
-            raise CollectorConfigError(name, [*problems, f"malformed value: {exc}"]) from exc
-        problems += settings.problems()
-        if problems:
-            raise CollectorConfigError(name, problems)
-        return cls(name, settings)
+        return cls(name, build_settings(SimulatedSettings, name, raw))
 
     def fleet(self) -> Fleet:
         if self._fixed_fleet is not None:

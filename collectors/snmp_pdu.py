@@ -27,6 +27,7 @@ from typing import Any, Literal, Self
 from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
+from collectors.config_fields import setting
 from collectors.support import (
     MonotonicSums,
     PolledCollector,
@@ -98,7 +99,7 @@ _PRIV = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SnmpPduSettings(PollSettings):
     host: str
-    port: int = 161
+    port: int = setting(161, minimum=1, maximum=65535)
     vendor: Literal["apc", "raritan", "sentry4", "eaton"]
     rack: str
     pdu: str = ""
@@ -112,14 +113,12 @@ class SnmpPduSettings(PollSettings):
     priv_key: Secret | None = None
     context_name: str = ""
     include_outlets: bool = False
-    max_repetitions: int = 25
+    max_repetitions: int = setting(25, minimum=1, maximum=200)
 
     def problems(self) -> list[str]:
         found = PollSettings.problems(self)
         if not self.host:
             found.append("host: must not be empty")
-        if not 0 < self.port < 65536:
-            found.append(f"port: want 1..65535, got {self.port}")
         if not self.rack:
             found.append("rack: must not be empty")
         if self.version == "2c" and self.community is None:
@@ -133,8 +132,6 @@ class SnmpPduSettings(PollSettings):
                 found.append("priv_key: required with a priv_protocol, at least 8 characters")
             if self.priv_protocol != "none" and self.auth_protocol == "none":
                 found.append("priv_protocol: privacy needs an auth_protocol too")
-        if not 1 <= self.max_repetitions <= 200:
-            found.append("max_repetitions: want 1..200")
         return found
 
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import ssl
 import time
-import types
-import typing
 import weakref
 from collections import defaultdict
 from collections.abc import (
@@ -37,6 +34,7 @@ import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from collectors.base import CollectorConfigError, CollectorError, Sample
+from collectors.config_fields import read_fields, setting
 
 log = logging.getLogger("wattscale.collectors")
 
@@ -60,6 +58,13 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    @classmethod
+    def from_raw(cls, value: object, key: str, problems: list[str]) -> Secret:
+        if isinstance(value, str):
+            return cls(value)
+        problems.append(f"{key}: want a string")
+        return cls("")
+
     def __repr__(self) -> str:
         return "Secret('***')"
 
@@ -82,89 +87,14 @@ S = TypeVar("S", bound=Settings)
 _PIPELINE_KEYS = frozenset({"name", "type"})
 
 
-def _convert(value: object, hint: Any, key: str, problems: list[str]) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, options[0], key, problems)
-    if origin is typing.Literal:
-        allowed = typing.get_args(hint)
-        if value in allowed:
-            return value
-        problems.append(f"{key}: want one of {', '.join(map(str, allowed))}, got {value!r}")
-        return allowed[0]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append(f"{key}: want true or false, got {value!r}")
-        return False
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        problems.append(f"{key}: want an integer, got {value!r}")
-        return 0
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        problems.append(f"{key}: want a number, got {value!r}")
-        return 0.0
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        problems.append(f"{key}: want a string, got {value!r}")
-        return ""
-    if hint is Secret:
-        if isinstance(value, str):
-            return Secret(value)
-        problems.append(f"{key}: want a string")
-        return Secret("")
-    if origin is tuple:
-        item_hint = typing.get_args(hint)[0]
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            problems.append(f"{key}: want a list, got {value!r}")
-            return ()
-        return tuple(_convert(item, item_hint, f"{key}[{i}]", problems) for i, item in enumerate(value))
-    if origin is Mapping or hint is Mapping:
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            problems.append(f"{key}: want a mapping of strings to strings, got {value!r}")
-            return {}
-        return dict(value)
-    from_raw = getattr(hint, "from_raw", None)
-    if from_raw is not None:
-        return from_raw(value, key, problems)
-    raise TypeError(f"settings field {key} has an unsupported type {hint!r}")  # our bug, not the user's
-
-
-def _problem_key(problem: str) -> str:
-    return problem.split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
-
-
 def build_settings(settings_cls: type[S], collector: str, raw: Mapping[str, object]) -> S:
     """Turn a raw config mapping into `settings_cls`, or raise `CollectorConfigError` with every problem:
-    unknown keys, missing keys, wrong types, then the class's own `problems()`."""
-    hints = typing.get_type_hints(settings_cls)
-    fields = {f.name: f for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
+    unknown keys, missing keys, wrong types, bounds, then the class's own `problems()` (read by
+    `collectors.config_fields`, as every program's settings are)."""
     problems: list[str] = []
-    kwargs: dict[str, Any] = {}
-    for key in raw:
-        if key not in fields and key not in _PIPELINE_KEYS:
-            problems.append(f"{key}: unknown setting (known: {', '.join(sorted(fields))})")
-    for field_name, field in fields.items():
-        if field_name in raw:
-            kwargs[field_name] = _convert(raw[field_name], hints[field_name], field_name, problems)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            problems.append(f"{field_name}: required")
-    if not any(p.endswith(": required") for p in problems):
-        settings = settings_cls(**kwargs)
-        # A field already reported for its type holds a placeholder: do not judge it again.
-        reported = {_problem_key(p) for p in problems}
-        problems.extend(p for p in settings.problems() if _problem_key(p) not in reported)
-        if not problems:
-            return settings
+    settings = read_fields(settings_cls, raw, problems, also_known=_PIPELINE_KEYS)
+    if settings is not None and not problems:
+        return settings
     # One clear line per misconfigured collector, at start-up.
     log.error(
         "collector.config_invalid",
@@ -182,13 +112,13 @@ HANG_GRACE_SECONDS = 1.0
 class PollSettings:
     """Timing and bounds common to every collector."""
 
-    interval_seconds: float = 15.0
-    timeout_seconds: float = 5.0
+    interval_seconds: float = setting(15.0, above=0)
+    timeout_seconds: float = setting(5.0, above=0)
     """Per attempt; retries happen within one interval."""
-    retries: int = 2
-    backoff_seconds: float = 0.25
+    retries: int = setting(2, minimum=0)
+    backoff_seconds: float = setting(0.25, minimum=0)
     """First retry delay; doubled for each later retry, with jitter."""
-    max_samples: int = 200_000
+    max_samples: int = setting(200_000, minimum=1)
     """A poll that would return more fails instead: a runaway source must not flood the pipeline."""
 
     @property
@@ -199,18 +129,10 @@ class PollSettings:
         return (self.retries + 1) * self.timeout_seconds + backoffs + HANG_GRACE_SECONDS
 
     def problems(self) -> list[str]:
-        found: list[str] = []
-        if not self.interval_seconds > 0:
-            found.append("interval_seconds: must be > 0")
-        if not 0 < self.timeout_seconds <= self.interval_seconds:
-            found.append("timeout_seconds: must be > 0 and <= interval_seconds")
-        if self.retries < 0:
-            found.append("retries: must be >= 0")
-        if self.backoff_seconds < 0:
-            found.append("backoff_seconds: must be >= 0")
-        if self.max_samples < 1:
-            found.append("max_samples: must be >= 1")
-        return found
+        """The rule between fields; each field's own bounds are declared above."""
+        if not self.timeout_seconds <= self.interval_seconds:
+            return ["timeout_seconds: must be > 0 and <= interval_seconds"]
+        return []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ this parser too: it is the one definition of a valid budget.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from collectors.config_fields import UNBOUNDED, Bounds, check_number, read_fields, setting
+from collectors.label_selectors import EVERYTHING, Selector, SelectorError, selector_from_object
 from poweroperator.policy import PRIORITY_BY_CLASS, PolicyConfig
 
 GROUP = "wattscale.io"
@@ -41,6 +42,10 @@ class SpecField:
     minimum: float
     maximum: float | None
     description: str
+
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(minimum=self.minimum, maximum=self.maximum)
 
     @property
     def default(self) -> float:
@@ -129,18 +134,36 @@ POLICY_FIELDS: tuple[SpecField, ...] = (
 )
 MARGIN_RATIO_DEFAULT = 0.1
 MARGIN_RATIO_MAX = 0.5
+# The bounds of the spec's other numbers, for the parser and the CRD (poweroperator.crd) alike.
+CAP_WATTS = Bounds(minimum=1)
+MARGIN_RATIO = Bounds(minimum=0, maximum=MARGIN_RATIO_MAX)
+REPLICA_PEAK_POWER_WATTS = Bounds(minimum=1)
+REPLICA_TARGET = Bounds(above=0)
 
 
-@dataclass(frozen=True, slots=True)
-class ScalingDefaults:
-    min_replicas: int = 1
-    polling_interval_seconds: int = 15
-    scale_down_stabilization_seconds: int = 60
-    fallback_failure_threshold: int = 3
-    replica_target: float = 1.0
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalingFields:
+    """The numbers of `spec.workloads[].scaling`, declared once: the parser reads them and the CRD's
+    schema (bounds, defaults) is generated from them."""
+
+    min_replicas: int = setting(1, minimum=1, key="minReplicas")
+    max_replicas: int | None = setting(None, minimum=1, key="maxReplicas")
+    polling_interval_seconds: int = setting(15, minimum=1, key="pollingIntervalSeconds")
+    scale_down_stabilization_seconds: int = setting(
+        60, minimum=0, maximum=3600, key="scaleDownStabilizationSeconds"
+    )
+    fallback_failure_threshold: int = setting(3, minimum=1, key="fallbackFailureThreshold")
+
+    def problems(self) -> list[str]:
+        if self.max_replicas is None:
+            return ["maxReplicas: required when managed"]
+        if self.min_replicas > self.max_replicas:
+            return [f"minReplicas: minReplicas {self.min_replicas} > maxReplicas {self.max_replicas}"]
+        return []
 
 
-SCALING_DEFAULTS = ScalingDefaults()
+REPLICA_TARGET_DEFAULT = 1.0
+"""A demand trigger's `replicaTarget` when it names none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,8 +210,8 @@ class BudgetSpec:
     name: str
     uid: str
     generation: int
-    node_selector: str
-    """Label selector in the `a=b,c in (d)` form the list API takes."""
+    node_selector: Selector
+    """`str()` of it is the `a=b,c in (d)` form the list API takes."""
     margin_ratio: float
     policy: PolicyConfig
     default_priority: int
@@ -207,46 +230,30 @@ class BudgetError(ValueError):
 
 
 def _number(
-    spec: Mapping[str, Any],
+    raw: Mapping[str, Any],
     key: str,
     default: float,
     problems: list[str],
     path: str,
-    bounds: tuple[float, float | None] = (-math.inf, None),
+    bounds: Bounds = UNBOUNDED,
 ) -> float:
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.append(f"{path}{key}: want a number, got {value!r}")
-        return default
-    low, high = bounds
-    if value < low or (high is not None and value > high):
-        problems.append(
-            f"{path}{key}: want a number in [{low:g}, {high if high is not None else 'inf'}], got {value!r}"
-        )
-    return float(value)
+    value = raw.get(key, default)
+    return float(value) if check_number(value, f"{path}{key}", problems, bounds) else default
 
 
-def label_selector(raw: object) -> str:
-    """A metav1.LabelSelector as the `labelSelector` query string."""
+def _node_selector(raw: object, problems: list[str]) -> Selector:
+    """The rack's nodes; a budget must name them (an empty selector would take every node)."""
     if not isinstance(raw, Mapping):
-        raise ValueError("nodeSelector: want an object with matchLabels and/or matchExpressions")
-    parts = [f"{key}={value}" for key, value in sorted((raw.get("matchLabels") or {}).items())]
-    for expression in raw.get("matchExpressions") or []:
-        key, operator = expression.get("key"), expression.get("operator")
-        values = ",".join(str(v) for v in expression.get("values") or [])
-        if operator == "In":
-            parts.append(f"{key} in ({values})")
-        elif operator == "NotIn":
-            parts.append(f"{key} notin ({values})")
-        elif operator == "Exists":
-            parts.append(str(key))
-        elif operator == "DoesNotExist":
-            parts.append(f"!{key}")
-        else:
-            raise ValueError(f"nodeSelector.matchExpressions: unknown operator {operator!r}")
-    if not parts:
-        raise ValueError("nodeSelector: empty; a budget must name its nodes")
-    return ",".join(parts)
+        problems.append("nodeSelector: want an object with matchLabels and/or matchExpressions")
+        return EVERYTHING
+    try:
+        selector = selector_from_object(raw)
+    except SelectorError as exc:
+        problems.append(f"nodeSelector.{exc}")
+        return EVERYTHING
+    if selector.empty:
+        problems.append("nodeSelector: empty; a budget must name its nodes")
+    return selector
 
 
 def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyConfig:
@@ -254,20 +261,10 @@ def _policy(spec: Mapping[str, Any], cap: float, problems: list[str]) -> PolicyC
     for field in POLICY_FIELDS:
         where = spec if field.section is None else (spec.get(field.section) or {})
         path = "spec." if field.section is None else f"spec.{field.section}."
-        values[field.attribute] = _number(
-            where, field.name, field.default, problems, path, (field.minimum, field.maximum)
-        )
+        values[field.attribute] = _number(where, field.name, field.default, problems, path, field.bounds)
     if values["guard_ratio"] <= 0:
         values["guard_ratio"] = None
     return PolicyConfig(cap_watts=cap, **values)
-
-
-def _int(raw: Mapping[str, Any], key: str, default: int, minimum: int, problems: list[str], path: str) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        problems.append(f"{path}{key}: want an integer >= {minimum}, got {value!r}")
-        return default
-    return value
 
 
 def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None:
@@ -284,9 +281,7 @@ def _demand(raw: object, path: str, problems: list[str]) -> DemandTrigger | None
     if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
         problems.append(f"{path}.metadata: want a map of strings")
         metadata = {}
-    target = _number(raw, "replicaTarget", SCALING_DEFAULTS.replica_target, problems, f"{path}.")
-    if not target > 0:
-        problems.append(f"{path}.replicaTarget: must be > 0, got {target:g}")
+    target = _number(raw, "replicaTarget", REPLICA_TARGET_DEFAULT, problems, f"{path}.", REPLICA_TARGET)
     auth = raw.get("authenticationRef")
     return DemandTrigger(
         name=str(name),
@@ -309,13 +304,7 @@ def _scaling(raw: object, path: str, problems: list[str]) -> Scaling | None:
         problems.append(f"{path}.mode: want one of {', '.join(SCALING_MODES)}, got {mode!r}")
     if mode != "managed":
         return None
-    at = f"{path}."
-    low = _int(raw, "minReplicas", SCALING_DEFAULTS.min_replicas, 1, problems, at)
-    if "maxReplicas" not in raw:
-        problems.append(f"{path}.maxReplicas: required when managed")
-    high = _int(raw, "maxReplicas", low, 1, problems, at)
-    if low > high:
-        problems.append(f"{path}: minReplicas {low} > maxReplicas {high}")
+    fields = read_fields(ScalingFields, raw, problems, path=f"{path}.", also_known=("mode", "demand"))
     triggers = raw.get("demand") or []
     if not isinstance(triggers, list) or not triggers:
         problems.append(f"{path}.demand: one or more KEDA triggers required when managed")
@@ -324,23 +313,14 @@ def _scaling(raw: object, path: str, problems: list[str]) -> Scaling | None:
     names = [d.name for d in demand]
     if len(set(names)) != len(names):
         problems.append(f"{path}.demand: trigger names must be unique, got {names}")
+    if fields is None or fields.max_replicas is None:
+        return None  # reported: a required key is missing
     return Scaling(
-        min_replicas=low,
-        max_replicas=high,
-        polling_interval_seconds=_int(
-            raw, "pollingIntervalSeconds", SCALING_DEFAULTS.polling_interval_seconds, 1, problems, at
-        ),
-        scale_down_stabilization_seconds=_int(
-            raw,
-            "scaleDownStabilizationSeconds",
-            SCALING_DEFAULTS.scale_down_stabilization_seconds,
-            0,
-            problems,
-            at,
-        ),
-        fallback_failure_threshold=_int(
-            raw, "fallbackFailureThreshold", SCALING_DEFAULTS.fallback_failure_threshold, 1, problems, at
-        ),
+        min_replicas=fields.min_replicas,
+        max_replicas=fields.max_replicas,
+        polling_interval_seconds=fields.polling_interval_seconds,
+        scale_down_stabilization_seconds=fields.scale_down_stabilization_seconds,
+        fallback_failure_threshold=fields.fallback_failure_threshold,
         demand=tuple(demand),
     )
 
@@ -354,8 +334,9 @@ def _workload(item: Mapping[str, Any], path: str, problems: list[str]) -> Worklo
     if not item.get("namespace") or not item.get("name"):
         problems.append(f"{path}namespace, name: both required")
     peak = item.get("replicaPeakPowerWatts")
-    if peak is not None and (not isinstance(peak, int | float) or peak <= 0):
-        problems.append(f"{path}replicaPeakPowerWatts: must be a number > 0, got {peak!r}")
+    if peak is not None and not check_number(
+        peak, f"{path}replicaPeakPowerWatts", problems, REPLICA_PEAK_POWER_WATTS
+    ):
         peak = None
     return Workload(
         kind=str(kind),
@@ -373,14 +354,10 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
     name = str(metadata.get("name") or "")
     spec = raw.get("spec") or {}
     problems: list[str] = []
-    try:
-        selector = label_selector(spec.get("nodeSelector"))
-    except ValueError as exc:
-        problems.append(str(exc))
-        selector = ""
-    cap = _number(spec, "capWatts", 0.0, problems, "spec.")
-    if cap <= 0:
-        problems.append(f"spec.capWatts: must be > 0, got {cap:g}")
+    selector = _node_selector(spec.get("nodeSelector"), problems)
+    if "capWatts" not in spec:
+        problems.append("spec.capWatts: required")
+    cap = _number(spec, "capWatts", 0.0, problems, "spec.", CAP_WATTS) if "capWatts" in spec else 0.0
     mode = spec.get("mode", "dryRun")
     if mode not in MODES:
         problems.append(f"spec.mode: want one of {', '.join(MODES)}, got {mode!r}")
@@ -392,7 +369,14 @@ def parse_budget(raw: Mapping[str, Any]) -> BudgetSpec:
         for index, item in enumerate(spec.get("workloads") or [])
     )
     policy = _policy(spec, cap, problems)
-    margin = _number(spec, "marginRatio", MARGIN_RATIO_DEFAULT, problems, "spec.", (0.0, MARGIN_RATIO_MAX))
+    margin = _number(
+        spec,
+        "marginRatio",
+        MARGIN_RATIO_DEFAULT,
+        problems,
+        "spec.",
+        MARGIN_RATIO,
+    )
     if cap > 0:
         problems.extend(f"spec.thresholds/{p}" for p in policy.problems())
     if problems:

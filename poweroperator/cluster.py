@@ -22,7 +22,8 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from poweroperator.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload, label_selector
+from collectors.label_selectors import Selector, SelectorError, selector_from_object
+from poweroperator.budget import GROUP, KIND, PLURAL, VERSION, BudgetSpec, Workload
 
 AGENT_URL_ANNOTATION = "wattscale.io/agent-url"
 CONFIGURED_MAX_ANNOTATION = "wattscale.io/configured-max-replicas"
@@ -65,7 +66,7 @@ class ReplicaTarget:
 class Cluster(Protocol):
     async def power_budgets(self) -> list[Mapping[str, Any]]: ...
 
-    async def nodes(self, selector: str) -> list[NodeTarget]: ...
+    async def nodes(self, selector: Selector) -> list[NodeTarget]: ...
 
     async def workload_pods(self, workload: Workload) -> set[tuple[str, str]]: ...
 
@@ -98,6 +99,18 @@ LATEST_RACK_POWER = "rack_power_latest_watts"
 """The PDUs' newest readings: a loop that acts every second must not act on a 60 s average."""
 
 
+def _pod_selector(workload: Workload, deployment: client.V1Deployment) -> str:
+    """The Deployment's own `spec.selector`; none (or a malformed one) would list the wrong pods."""
+    raw = deployment.spec.selector.to_dict() if deployment.spec and deployment.spec.selector else {}
+    try:
+        selector = selector_from_object(raw)  # to_dict() spells match_labels/match_expressions: both read
+    except SelectorError as exc:
+        raise ClusterError(f"pods of {workload.key}: spec.selector.{exc}") from exc
+    if selector.empty:
+        raise ClusterError(f"pods of {workload.key}: the Deployment has no pod selector")
+    return str(selector)
+
+
 class KubeCluster:
     def __init__(
         self,
@@ -120,11 +133,11 @@ class KubeCluster:
             raise ClusterError(f"list {PLURAL}.{GROUP}: HTTP {exc.status}") from exc
         return list(listed.get("items") or [])
 
-    async def nodes(self, selector: str) -> list[NodeTarget]:
+    async def nodes(self, selector: Selector) -> list[NodeTarget]:
         try:
-            listed = await self._core.list_node(label_selector=selector)
+            listed = await self._core.list_node(label_selector=str(selector))
         except ApiException as exc:
-            raise ClusterError(f"list nodes {selector!r}: HTTP {exc.status}") from exc
+            raise ClusterError(f"list nodes {str(selector)!r}: HTTP {exc.status}") from exc
         targets = []
         for node in listed.items:
             annotations = node.metadata.annotations or {}
@@ -137,7 +150,7 @@ class KubeCluster:
             targets.append(NodeTarget(node.metadata.name, url))
         return sorted(targets, key=lambda t: t.name)
 
-    async def rack_nodes(self, selector: str) -> list[str]:
+    async def rack_nodes(self, selector: Selector) -> list[str]:
         return [node.name for node in await self.nodes(selector)]
 
     async def nodes_tainted(self, key: str) -> dict[str, str]:
@@ -176,7 +189,7 @@ class KubeCluster:
                 selector = f"serving.kserve.io/inferenceservice={workload.name}"
             else:
                 deployment = await self._apps.read_namespaced_deployment(workload.name, workload.namespace)
-                selector = label_selector(deployment.spec.selector.to_dict() if deployment.spec else {})
+                selector = _pod_selector(workload, deployment)
             pods = await self._core.list_namespaced_pod(workload.namespace, label_selector=selector)
         except ApiException as exc:
             if exc.status == 404:

@@ -11,19 +11,24 @@ from typing import Any
 
 import yaml
 
+from collectors.config_fields import Bounds, declared_fields
 from poweroperator.budget import (
+    CAP_WATTS,
     GROUP,
     KIND,
+    MARGIN_RATIO,
     MARGIN_RATIO_DEFAULT,
-    MARGIN_RATIO_MAX,
     MODES,
     PLURAL,
     POLICY_FIELDS,
     POWER_TRIGGER,
-    SCALING_DEFAULTS,
+    REPLICA_PEAK_POWER_WATTS,
+    REPLICA_TARGET,
+    REPLICA_TARGET_DEFAULT,
     SCALING_MODES,
     VERSION,
     WORKLOAD_KINDS,
+    ScalingFields,
     SpecField,
 )
 
@@ -38,10 +43,38 @@ HEADER = """\
 Schema = dict[str, Any]
 
 
+def _bounds(bounds: Bounds) -> Schema:
+    """The parser's bounds as OpenAPI v3.0 keywords (what apiextensions.k8s.io/v1 takes)."""
+    schema: Schema = {}
+    if bounds.above is not None:
+        schema |= {"exclusiveMinimum": True, "minimum": bounds.above}
+    if bounds.minimum is not None:
+        schema["minimum"] = bounds.minimum
+    if bounds.below is not None:
+        schema |= {"exclusiveMaximum": True, "maximum": bounds.below}
+    if bounds.maximum is not None:
+        schema["maximum"] = bounds.maximum
+    return schema
+
+
+def _scaling_integer(key: str, *, description: str | None = None, int32: bool = False) -> Schema:
+    """One of `ScalingFields`' integers, with the bounds and default the parser checks."""
+    field, declared = declared_fields(ScalingFields)[key]
+    schema: Schema = {} if description is None else {"description": description}
+    schema["type"] = "integer"
+    if int32:
+        schema["format"] = "int32"
+    schema |= {
+        key: int(value) if key in ("minimum", "maximum") else value
+        for key, value in _bounds(declared.bounds).items()
+    }
+    if field.default is not None:
+        schema["default"] = field.default
+    return schema
+
+
 def _number(field: SpecField) -> Schema:
-    schema: Schema = {"description": field.description, "type": "number", "minimum": field.minimum}
-    if field.maximum is not None:
-        schema["maximum"] = field.maximum
+    schema: Schema = {"description": field.description, "type": "number", **_bounds(field.bounds)}
     schema["default"] = field.default
     return schema
 
@@ -102,9 +135,8 @@ def _demand_trigger() -> Schema:
             "replicaTarget": {
                 "description": "How much of this metric one replica serves: replicas wanted = value / replicaTarget.",
                 "type": "number",
-                "exclusiveMinimum": True,
-                "minimum": 0,
-                "default": SCALING_DEFAULTS.replica_target,
+                **_bounds(REPLICA_TARGET),
+                "default": REPLICA_TARGET_DEFAULT,
             },
         },
     }
@@ -137,30 +169,14 @@ def _scaling() -> Schema:
         ],
         "properties": {
             "mode": {"type": "string", "enum": list(SCALING_MODES), "default": "unmanaged"},
-            "minReplicas": {
-                "type": "integer",
-                "format": "int32",
-                "minimum": 1,
-                "default": SCALING_DEFAULTS.min_replicas,
-            },
-            "maxReplicas": {"type": "integer", "format": "int32", "minimum": 1},
-            "pollingIntervalSeconds": {
-                "type": "integer",
-                "minimum": 1,
-                "default": SCALING_DEFAULTS.polling_interval_seconds,
-            },
-            "scaleDownStabilizationSeconds": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 3600,
-                "default": SCALING_DEFAULTS.scale_down_stabilization_seconds,
-            },
-            "fallbackFailureThreshold": {
-                "description": "Failed reads of a trigger after which KEDA holds the current replica count.",
-                "type": "integer",
-                "minimum": 1,
-                "default": SCALING_DEFAULTS.fallback_failure_threshold,
-            },
+            "minReplicas": _scaling_integer("minReplicas", int32=True),
+            "maxReplicas": _scaling_integer("maxReplicas", int32=True),
+            "pollingIntervalSeconds": _scaling_integer("pollingIntervalSeconds"),
+            "scaleDownStabilizationSeconds": _scaling_integer("scaleDownStabilizationSeconds"),
+            "fallbackFailureThreshold": _scaling_integer(
+                "fallbackFailureThreshold",
+                description="Failed reads of a trigger after which KEDA holds the current replica count.",
+            ),
             "demand": {"type": "array", "maxItems": 8, "items": _demand_trigger()},
         },
     }
@@ -186,7 +202,7 @@ def _workloads() -> Schema:
                         "ceiling of an unmanaged workload to what the headroom allows."
                     ),
                     "type": "number",
-                    "minimum": 1,
+                    **_bounds(REPLICA_PEAK_POWER_WATTS),
                 },
                 "scaledObject": {
                     "description": (
@@ -219,13 +235,12 @@ def _spec() -> Schema:
             "capWatts": {
                 "description": "The rack's budget in watts (the breaker's continuous rating, or less).",
                 "type": "number",
-                "minimum": 1,
+                **_bounds(CAP_WATTS),
             },
             "marginRatio": {
                 "description": "Headroom served to autoscalers is cap x (1 - marginRatio) minus power.",
                 "type": "number",
-                "minimum": 0,
-                "maximum": MARGIN_RATIO_MAX,
+                **_bounds(MARGIN_RATIO),
                 "default": MARGIN_RATIO_DEFAULT,
             },
             "thresholds": {"type": "object", "default": {}, "properties": thresholds},

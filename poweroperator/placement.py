@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from collectors.label_selectors import Selector
 from poweroperator.budget import BudgetSpec
 from poweroperator.cluster import ClusterError, RackReading
 
@@ -28,7 +29,7 @@ TAINT_EFFECT = "PreferNoSchedule"
 
 
 class NodeTaints(Protocol):
-    async def rack_nodes(self, selector: str) -> list[str]: ...
+    async def rack_nodes(self, selector: Selector) -> list[str]: ...
 
     async def nodes_tainted(self, key: str) -> dict[str, str]:
         """Node name -> the taint's value, for every node carrying a taint with this key."""

@@ -69,7 +69,7 @@ def demo_objects() -> list[Any]:
     """The simulated fleet's Kubernetes objects; built alike in the server and its worker."""
     from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NAMESPACES, NODES, PODS, POWER_BUDGETS
     from adapter.objects import KubeObject
-    from adapter.selectors import selector_from_object
+    from collectors.label_selectors import selector_from_object
     from collectors.simulated import demo_fleet
 
     fleet = demo_fleet()

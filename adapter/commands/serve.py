@@ -52,7 +52,6 @@ def power_budget_racks(objects: Sequence[Any]) -> list[Any]:
     """Racks defined by PowerBudget objects, parsed exactly as the operator parses them (the operator
     owns the PowerBudget API: one definition of what a valid budget is); an invalid budget defines no
     rack, and says why once."""
-    from adapter.selectors import parse_selector
     from adapter.settings import RackSettings
     from poweroperator.budget import BudgetError, parse_budget
 
@@ -70,7 +69,7 @@ def power_budget_racks(objects: Sequence[Any]) -> list[Any]:
                 name=budget.name,
                 cap_watts=budget.cap_watts,
                 margin_ratio=budget.margin_ratio,
-                node_selector=parse_selector(budget.node_selector),
+                node_selector=budget.node_selector,
             )
         )
     return racks

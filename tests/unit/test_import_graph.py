@@ -1,7 +1,8 @@
 """The layout shows the programs: which top-level package may import which, read from the source.
 
 collectors and estimators are libraries that import nothing of ours; the metrics server (`adapter`) builds
-on both; the power operator (`poweroperator`) is a client of the metrics API and never imports the server.
+on both (what both programs share, label selectors and settings fields, lives in `collectors`, the lowest
+layer either may import, so no new edge is needed); the power operator (`poweroperator`) is a client of the metrics API and never imports the server.
 The server reads PowerBudgets with the operator's parser, which owns that API (`poweroperator.budget`),
 and the one `wattscale` console script (`adapter.cli`) dispatches to both programs' commands.
 """

@@ -8,9 +8,9 @@ from adapter.api import ApiSettings, create_app
 from adapter.auth import AllowAllAuthenticator
 from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NAMESPACES, NODES, PODS, POWER_BUDGETS
 from adapter.objects import KubeObject, StaticObjectIndex
-from adapter.selectors import parse_selector
 from adapter.selfmetrics import SelfMetrics
 from adapter.store import MetricStore, ObjectRef, StoredValue
+from collectors.label_selectors import parse_selector
 
 NOW = 1748779200.0  # 2025-06-01T12:00:00Z, the reference's example time
 SAMPLE_TIME = NOW - 5.0  # 2025-06-01T11:59:55Z

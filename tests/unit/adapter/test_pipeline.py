@@ -202,9 +202,11 @@ def test_settings_list_every_problem() -> None:
             {"window_seconds": -1, "racks": [{"name": "r", "margin_ratio": 3}, {"cap_watts": 5}], "colour": 1}
         )
     assert caught.value.problems == [
-        "colour: unknown setting",
+        "colour: unknown setting (known: collectors, estimate_interval_seconds, max_age_seconds, racks, "
+        "window_seconds)",
         "window_seconds: want a positive number, got -1",
         "racks[0].cap_watts: required",
+        "racks[0].margin_ratio: want a number in [0, 1), got 3",
         "racks[1].name: required",
     ]
 

@@ -16,7 +16,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from adapter.cli import main
-from poweroperator.budget import BudgetError, label_selector, parse_budget
+from collectors.label_selectors import selector_from_object
+from poweroperator.budget import BudgetError, parse_budget
 from poweroperator.crd import render
 from poweroperator.lease import LeaseElector
 from poweroperator.policy import PRIORITY_HIGH, PRIORITY_LOW, PolicyConfig
@@ -39,7 +40,7 @@ def test_a_minimal_budget_is_dry_run_with_the_default_thresholds() -> None:
     budget = parse_budget(minimal())
 
     assert budget.enforce is False
-    assert budget.node_selector == "wattscale.io/rack=rack-a"
+    assert str(budget.node_selector) == "wattscale.io/rack=rack-a"
     config = budget.policy
     defaults = PolicyConfig(cap_watts=40_800)
     assert (config.soft_ratio, config.hard_ratio, config.guard_ratio, config.rack_watts_per_gpu_watt) == (
@@ -103,7 +104,7 @@ def test_every_problem_of_a_bad_budget_is_listed() -> None:
 
 
 def test_label_selectors_use_the_list_api_syntax() -> None:
-    selector = label_selector(
+    selector = selector_from_object(
         {
             "matchLabels": {"zone": "a"},
             "matchExpressions": [
@@ -114,7 +115,7 @@ def test_label_selectors_use_the_list_api_syntax() -> None:
         }
     )
 
-    assert selector == "zone=a,rack in (r1,r2),gpu,!drain"
+    assert str(selector) == "zone=a,rack in (r1,r2),gpu,!drain"
 
 
 class FakeLeaseApi:
@@ -393,7 +394,10 @@ def test_an_unmanaged_workload_has_no_scaling() -> None:
             "other than wattscale_budget",
         ),
         ({"maxReplicas": 4, "demand": [{**QUEUE, "name": "queue-depth"}]}, "identifier"),
-        ({"maxReplicas": 4, "demand": [{**QUEUE, "replicaTarget": 0}]}, "replicaTarget: must be > 0"),
+        (
+            {"maxReplicas": 4, "demand": [{**QUEUE, "replicaTarget": 0}]},
+            "replicaTarget: want a positive number, got 0",
+        ),
     ],
 )
 def test_a_managed_workload_breaking_a_cel_rule_is_refused_by_the_parser_too(

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from collectors.label_selectors import Selector
 from poweroperator.agents import AgentClient
 from poweroperator.budget import BudgetSpec, Workload
 from poweroperator.cluster import ClusterError, NodeTarget, RackReading, ReplicaTarget
@@ -107,8 +108,8 @@ class FakeCluster:
     async def power_budgets(self) -> list[Mapping[str, Any]]:
         return [self.budget]
 
-    async def nodes(self, selector: str) -> list[NodeTarget]:
-        assert selector == "wattscale.io/rack=rack-a"
+    async def nodes(self, selector: Selector) -> list[NodeTarget]:
+        assert str(selector) == "wattscale.io/rack=rack-a"
         return [NodeTarget(name, url) for name, url in sorted(self.nodes_by_name.items())]
 
     async def workload_pods(self, workload: Workload) -> set[tuple[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from collectors.label_selectors import Selector
 from poweroperator.budget import BudgetSpec, parse_budget
 from poweroperator.cluster import RackReading
 from poweroperator.loop import BudgetRuntime
@@ -78,8 +79,8 @@ class FakeNodeTaints:
             for node in nodes
         }
 
-    async def rack_nodes(self, selector: str) -> list[str]:
-        return self.racks[selector.split("=")[1]]
+    async def rack_nodes(self, selector: Selector) -> list[str]:
+        return self.racks[str(selector).split("=")[1]]
 
     async def nodes_tainted(self, key: str) -> dict[str, str]:
         return {n: t["value"] for n, taints in self.taints.items() for t in taints if t["key"] == key}
