@@ -242,11 +242,19 @@ async def kubeconfig_fetch(kubeconfig: str | None, context: str | None) -> Any:
                     _preload_content=False,
                     _return_http_data_only=True,
                 )
-                document: Mapping[str, Any] = json.loads(await response.read())
-                return document
+                body = await response.read()
             except client.ApiException as exc:
                 message = _status_message(exc.body, str(exc.reason))
                 raise TopError(f"{exc.status}: {message}", exc.status) from exc
+            # Undecoded, the client does not turn an error status into an exception: a refused
+            # request would otherwise read as a list with no items.
+            if response.status >= 400:
+                raise TopError(
+                    f"{response.status}: {_status_message(body, body[:200].decode(errors='replace'))}",
+                    response.status,
+                )
+            document: Mapping[str, Any] = json.loads(body)
+            return document
 
         yield fetch
 
