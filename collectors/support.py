@@ -266,6 +266,17 @@ def self_metrics(registry: CollectorRegistry | None = None) -> SelfMetrics:
 # The poll loop
 
 
+class _CollectorLog(logging.LoggerAdapter[logging.Logger]):
+    """Adds the collector's name and type to each line, keeping the line's own fields: the standard
+    adapter replaces a call's `extra` with its own, which dropped every error and target."""
+
+    def process(
+        self, msg: Any, kwargs: typing.MutableMapping[str, Any]
+    ) -> tuple[Any, typing.MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 class PolledCollector:
     """Base for collectors: `collect()` runs `_poll()` with retries, backoff, a per-attempt timeout, the
     output bound, self-metrics and state-change logging. Subclasses implement `_poll` and may extend
@@ -293,7 +304,7 @@ class PolledCollector:
         self._metrics = self_metrics(registry)
         self._clock = clock
         self._failing = False
-        self._log = logging.LoggerAdapter(log, {"collector": name, "type": type(self).__name__})
+        self._log = _CollectorLog(log, {"collector": name, "type": type(self).__name__})
 
     async def _poll(self) -> list[Sample]:
         raise NotImplementedError
