@@ -9,10 +9,11 @@ polls the API against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,11 @@ from integration_peers import (
     start_replayed_fleet,
     wait_for,
 )
+from kubernetes_asyncio import client as kube_client
 from prometheus_client.parser import text_string_to_metric_families
 from serve_process import Answer, Serve, serve
+
+from poweroperator.cluster import ClusterError, KubeCluster
 
 mockup_module = load_unit_helper("redfish_mockup")
 
@@ -59,6 +63,15 @@ def vllm_scrape(exporter_url: str) -> dict[str, Any]:
         "scrape_urls": [{"url": exporter_url, "labels": {**replay.POD, "node": replay.NODE}}],
         **FAST_POLLS,
     }
+
+
+@contextlib.asynccontextmanager
+async def capper_view(api: Serve) -> AsyncIterator[KubeCluster]:
+    """The operator's client of the custom metrics API, pointed at `serve` (no cluster, no auth)."""
+    configuration = kube_client.Configuration(host=api.url)
+    configuration.verify_ssl = False  # serve's self-signed certificate
+    async with kube_client.ApiClient(configuration) as kube:
+        yield KubeCluster(kube, agent_url_template="http://{node_ip}:9477")
 
 
 def redfish_pdu(mockup_server: TestServer) -> dict[str, Any]:
@@ -346,24 +359,30 @@ async def test_snmpsim_killed_makes_its_rack_stale_and_its_restart_brings_it_bac
     tokens = f"{POD_PATH}/generation_tokens_per_second"
     try:
         await agent.start()
-        async with serve(settings(pdu_settings, vllm_scrape(vllm.url)), tmp_path) as api:
+        async with (
+            serve(settings(pdu_settings, vllm_scrape(vllm.url)), tmp_path) as api,
+            capper_view(api) as cluster,
+        ):
             assert (await api.wait_for_status(latest, 200)).value == 1170.0  # the APC recording's inlet
             await api.wait_for_status(tokens, 200)
+            assert (await cluster.rack_power("rack-a")).power_watts == 1170.0
 
             await agent.kill()
             killed_at = time.time()
             stale = await api.wait_for_status(latest, 503)
-            assert (
-                "rack_power_latest_watts for powerbudgets.wattscale.io rack-a is stale"
-                in stale.body["message"]
-            )
+            message = stale.body["message"]
+            assert "rack_power_latest_watts for powerbudgets.wattscale.io rack-a is stale" in message
             await assert_still_served(api, tokens, replay.GENERATION_TOKENS_PER_SECOND)
             page = await api.self_metrics()
             assert self_metric(page, "wattscale_collector_up", collector="pdu-a") == 0.0
+            # The operator reads the rack as stale, not as the window average that still answers.
+            with pytest.raises(ClusterError, match="rack_power_latest_watts: HTTP 503"):
+                await cluster.rack_power("rack-a")
 
             await agent.start()
             back = await api.wait_for_status(latest, 200)
             assert back.value == 1170.0 and served_at(back) >= int(killed_at)
+            assert (await cluster.rack_power("rack-a")).power_watts == 1170.0
     finally:
         await agent.stop()
 
