@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,14 @@ async def _json(response: Any) -> dict[str, Any]:
     if isinstance(response, dict):
         return response
     try:
-        body: dict[str, Any] = json.loads(await response.read())
+        raw = await response.read()
     finally:
         response.release()
+    # Undecoded, the client does not turn an error status into an exception: do it here, so a
+    # missing CRD (404) and a Gone (410) are handled like those of the typed call.
+    if response.status >= 400:
+        raise ApiException(status=response.status, reason=raw[:200].decode(errors="replace"))
+    body: dict[str, Any] = json.loads(raw)
     return body
 
 
@@ -288,11 +293,23 @@ class MirrorIndex:
             self._lists[key] = found
         return found
 
-    def apply(self, delta: IndexDelta) -> None:
+    @staticmethod
+    def scopes(objects: Iterable[KubeObject]) -> dict[tuple[str, str], dict[str, KubeObject]]:
+        """A whole index, built where it may take a while (the server's receiving thread)."""
+        by_scope: dict[tuple[str, str], dict[str, KubeObject]] = {}
+        for obj in objects:
+            by_scope.setdefault((obj.resource, obj.namespace), {})[obj.name] = obj
+        return by_scope
+
+    def apply(
+        self, delta: IndexDelta, scopes: dict[tuple[str, str], dict[str, KubeObject]] | None = None
+    ) -> None:
+        """Apply `delta`; for a full one, `scopes(delta.upserts)` if already built elsewhere."""
         if delta.full:
-            self._by_scope = {}
-        for obj in delta.upserts:
-            self._by_scope.setdefault((obj.resource, obj.namespace), {})[obj.name] = obj
+            self._by_scope = scopes if scopes is not None else self.scopes(delta.upserts)
+        else:
+            for obj in delta.upserts:
+                self._by_scope.setdefault((obj.resource, obj.namespace), {})[obj.name] = obj
         for resource, namespace, name in delta.deletes:
             self._by_scope.get((resource, namespace), {}).pop(name, None)
         self._lists = {}

@@ -2,8 +2,8 @@
 
 Each collector polls in its own task under its own timeout, so a slow or failing source delays
 nobody: its samples simply age out of the window, its values grow older than `max_age_seconds`, and
-the API stops serving them (marked stale) while everything else carries on. An estimator pass runs
-every `estimate_interval_seconds` in a worker thread and swaps a whole new snapshot into the store.
+the API stops serving them (marked stale) while everything else carries on. The pipeline runs in the
+worker process (`adapter.worker`), which sends each pass's whole snapshot to the serving process.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -312,10 +312,6 @@ def latest_rack_power(samples: pd.DataFrame) -> dict[str, tuple[float, float]]:
     }
 
 
-INDEXED_RESOURCES = (PODS, NODES, DEPLOYMENTS)
-"""What an estimator pass needs of the object index: pod labels, node labels, Deployment selectors."""
-
-
 class Estimator(Protocol):
     """Where the sample history lives and the estimator passes run."""
 
@@ -482,48 +478,3 @@ class Pipeline:
 def history_seconds(settings: Settings, collectors: Sequence[Collector]) -> float:
     """Two windows and a poll: counters need a sample from before the window to measure all of it."""
     return 2 * settings.window_seconds + max((c.interval_seconds for c in collectors), default=0.0)
-
-
-def settings_collectors(settings: Settings) -> list[Collector]:
-    """The collectors the config file lists (`ConfigError` with every problem)."""
-    return load_collectors((c.name, c.type, c.raw) for c in settings.collectors)
-
-
-def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> list[Collector]:
-    """Build collectors from (name, entry-point type, raw settings); every problem is reported at once."""
-    from importlib.metadata import entry_points
-
-    from adapter.errors import ConfigError
-    from collectors.base import CollectorConfigError
-
-    available = {ep.name: ep for ep in entry_points(group="wattscale.collectors")}
-    collectors: list[Collector] = []
-    problems: list[str] = []
-    for name, kind, raw in entries:
-        entry_point = available.get(kind)
-        if entry_point is None:
-            problems.append(
-                f"collectors.{name}.type: unknown collector {kind!r}; installed: {', '.join(sorted(available))}"
-            )
-            continue
-        try:
-            factory = entry_point.load()
-            collector = factory.from_settings(name, raw)
-        except CollectorConfigError as exc:
-            problems.extend(f"collectors.{name}.{problem}" for problem in exc.problems)
-            continue
-        except (ImportError, AttributeError) as exc:
-            problems.append(f"collectors.{name}.type: {kind!r} cannot be loaded: {exc}")
-            continue
-        if isinstance(collector, Collector):
-            collectors.append(collector)
-        else:
-            missing = [
-                a for a in ("name", "interval_seconds", "poll_timeout_seconds") if not hasattr(collector, a)
-            ]
-            problems.append(
-                f"collectors.{name}.type: {kind!r} is not a Collector (missing {', '.join(missing)})"
-            )
-    if problems:
-        raise ConfigError(problems)
-    return collectors

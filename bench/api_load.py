@@ -205,7 +205,7 @@ async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, pids
                         errors[str(response.status)] = errors.get(str(response.status), 0) + 1
                         return
                     sizes.append(len(body))
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:  # a request that waited 5 min counts as failed
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
             latencies.append(time.perf_counter() - scheduled)

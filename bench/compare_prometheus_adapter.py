@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import math
 import os
 import re
 import shutil
@@ -393,8 +394,13 @@ def drive(
     )
     printed = io.StringIO()
     cpu_before, prometheus_before = tree_cpu_seconds(server.process.pid), api_load.cpu_seconds(prometheus_pid)
-    with contextlib.redirect_stdout(printed):
-        asyncio.run(api_load.load(load_args, context, url, server.process.pid))  # type: ignore[arg-type]
+    try:
+        with contextlib.redirect_stdout(printed):
+            asyncio.run(api_load.load(load_args, context, url, server.process.pid))  # type: ignore[arg-type]
+    except TimeoutError:
+        # A request queued past aiohttp's 5-minute total timeout: the server fell that far behind.
+        nan = math.nan
+        return Run(server.name, rate, nan, nan, nan, nan, 0, "client timeout (300 s)", nan, nan)
     cpu = tree_cpu_seconds(server.process.pid) - cpu_before
     prometheus_cpu = api_load.cpu_seconds(prometheus_pid) - prometheus_before
     text = printed.getvalue()
@@ -477,11 +483,11 @@ def print_table(
             )
         pa, ws = by_server["prometheus-adapter"], by_server["wattscale"]
         print(
-            f"| {rate:g} | ratio wattscale / prometheus-adapter | {median(ws, 'p50') / median(pa, 'p50'):.2f} "
-            f"| {median(ws, 'p90') / median(pa, 'p90'):.2f} | {median(ws, 'p99') / median(pa, 'p99'):.2f} "
-            f"| {median(ws, 'max') / median(pa, 'max'):.2f} | | "
-            f"{median(ws, 'cpu_ms_per_request') / median(pa, 'cpu_ms_per_request'):.2f} | "
-            f"{median(ws, 'cpu_ms_per_request') / (median(pa, 'cpu_ms_per_request') + median(pa, 'prometheus_cpu_ms_per_request')):.2f} |"
+            f"| {rate:g} | ratio wattscale / prometheus-adapter | {median(ws, 'p50') / median(pa, 'p50'):.3g} "
+            f"| {median(ws, 'p90') / median(pa, 'p90'):.3g} | {median(ws, 'p99') / median(pa, 'p99'):.3g} "
+            f"| {median(ws, 'max') / median(pa, 'max'):.3g} | | "
+            f"{median(ws, 'cpu_ms_per_request') / median(pa, 'cpu_ms_per_request'):.3g} | "
+            f"{median(ws, 'cpu_ms_per_request') / (median(pa, 'cpu_ms_per_request') + median(pa, 'prometheus_cpu_ms_per_request')):.3g} |"
         )
     print()
     print(

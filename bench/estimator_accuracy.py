@@ -1,6 +1,6 @@
 """Accuracy of the estimators on the project's H100 trace, as reported in the estimators' notes.
 
-    python bench/estimator_accuracy.py [--seeds 20]
+    python bench/estimator_accuracy.py [--seeds 20] [--hour-seeds 10] [--only-hour]
 
 1. Watts per token (`estimators.energy.watts_per_token`, the offline/CLI path) from realistic scrapes
    (15 s polls, +-0.5 s jitter, 5% dropped, optional GPU energy-counter restart) against the dense

@@ -25,7 +25,11 @@ _POD = ["namespace", "pod"]
 def recorded_pods(current: pd.DataFrame, window_seconds: float) -> pd.DataFrame:
     """One row per pod with recorded figures in `current` (the window's samples): namespace, pod, node,
     the power, energy and token columns of `estimators.fleet.POD_COLUMNS`, and the pod's own window."""
-    rows = current.loc[current["metric"].astype(str).isin(list(RECORDED_COLUMNS))].dropna(subset=_POD)
+    # `metric` is categorical in a pass: isin compares the categories, never a string per row.
+    wanted = current["metric"].isin(list(RECORDED_COLUMNS))
+    if not wanted.any():  # the usual pass, without a prometheus_api collector: nothing to copy
+        return pd.DataFrame(columns=[*_POD, "node"])
+    rows = current.loc[wanted].dropna(subset=_POD)
     if rows.empty:
         return pd.DataFrame(columns=[*_POD, "node"])
     rows = rows.assign(metric=rows["metric"].astype(str)).sort_values("timestamp_seconds")

@@ -19,6 +19,7 @@ the number of actions and the last error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -33,7 +34,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from poweroperator.agents import AgentClient, AgentError, GpuState
 from poweroperator.budget import BudgetError, BudgetSpec, parse_budget
 from poweroperator.cluster import Cluster, ClusterError, RackReading
-from poweroperator.policy import Action, Decision, PolicyState, RackObservation, decide
+from poweroperator.policy import (
+    Action,
+    Decision,
+    PolicyState,
+    RackObservation,
+    decide,
+    guard_limit_sum_watts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,12 @@ class CapperMetrics:
         self.limit_sum = Gauge(
             "wattscale_capper_gpu_power_limit_sum_watts",
             "Sum of the GPUs' power limits (planned limits in dryRun).",
+            ["budget"],
+            registry=self.registry,
+        )
+        self.limit_sum_allowed = Gauge(
+            "wattscale_capper_gpu_power_limit_allowed_watts",
+            "The sum of GPU limits the spike guard allows under the cap (absent without a guard).",
             ["budget"],
             registry=self.registry,
         )
@@ -329,6 +343,15 @@ class Capper:
             float((decision.limits_watts <= obs.gpu_min_watts).sum())
         )
         self.metrics.limit_sum.labels(budget.name).set(float(decision.limits_watts.sum()))
+        non_gpu_watts = decision.state.non_gpu_watts
+        allowed_watts = (
+            math.inf if non_gpu_watts is None else guard_limit_sum_watts(budget.policy, non_gpu_watts)
+        )
+        if math.isfinite(allowed_watts):
+            self.metrics.limit_sum_allowed.labels(budget.name).set(allowed_watts)
+        else:  # no guard: no bound to compare with
+            with contextlib.suppress(KeyError):
+                self.metrics.limit_sum_allowed.remove(budget.name)
         return decision
 
     async def _apply(

@@ -220,11 +220,19 @@ def _non_gpu_watts(config: PolicyConfig, state: PolicyState, obs: RackObservatio
     return state.non_gpu_watts + weight * (sample - state.non_gpu_watts), obs.now_seconds
 
 
+def guard_limit_sum_watts(config: PolicyConfig, non_gpu_watts: float) -> float:
+    """The most the GPUs' limits may add up to while the worst case (every GPU at its limit) stays under
+    guard_ratio x cap; infinite without a guard. Device minimums can force the sum above it."""
+    if config.guard_ratio is None:
+        return math.inf
+    return (config.guard_ratio * config.cap_watts - non_gpu_watts) / config.rack_watts_per_gpu_watt
+
+
 def _guard_ceilings(config: PolicyConfig, obs: RackObservation, non_gpu_watts: float) -> FloatArray:
     """Per-GPU limits whose sum keeps the worst case (every GPU at its limit) under guard_ratio x cap."""
     if config.guard_ratio is None:
         return obs.gpu_max_watts.astype(np.float64)
-    budget = (config.guard_ratio * config.cap_watts - non_gpu_watts) / config.rack_watts_per_gpu_watt
+    budget = guard_limit_sum_watts(config, non_gpu_watts)
     offset = config.guard_priority_step_watts * (obs.gpu_priority - obs.gpu_priority.min()).astype(np.float64)
 
     def at(level: float) -> FloatArray:

@@ -103,7 +103,7 @@ async def _serve(args: argparse.Namespace) -> int:
         KubeTokenReviewer,
     )
     from adapter.kube_cache import KubeIndexSource
-    from adapter.pipeline import settings_collectors
+    from adapter.plugins import settings_collectors
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings

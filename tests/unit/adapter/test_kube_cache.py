@@ -84,3 +84,34 @@ async def test_a_killed_watch_is_restarted_and_its_relist_reaches_the_mirror_as_
             assert names(mirror) == endpoint.pods
         finally:
             await supervisor.stop()
+
+
+class FakeUndecodedResponse:
+    """What the client returns for `_preload_content=False`: status and body, nothing raised."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        return None
+
+
+async def test_an_api_that_is_not_installed_counts_as_synced_and_empty() -> None:
+    async def absent_crd(**kwargs: Any) -> Any:
+        return FakeUndecodedResponse(404, b"404 page not found")
+
+    supervisor = Supervisor()
+    async with client.ApiClient() as api:
+        cache = KubeObjectCache(
+            api, [ResourceSource("inferenceservices.serving.kserve.io", lambda _: absent_crd, True)]
+        )
+        cache.start(supervisor)
+        try:
+            await until(cache.synced, "the absent API to count as synced")
+            assert cache.objects("inferenceservices.serving.kserve.io", None) == []
+        finally:
+            await supervisor.stop()

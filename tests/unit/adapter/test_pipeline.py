@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from adapter.catalogue import NODES, PODS, POWER_BUDGETS
 from adapter.errors import ConfigError, StaleMetricError
 from adapter.objects import StaticObjectIndex
-from adapter.pipeline import Pipeline, load_collectors
+from adapter.pipeline import Pipeline
+from adapter.plugins import load_collectors
 from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import Settings
 from adapter.store import MetricStore, ObjectRef
@@ -257,21 +258,28 @@ def test_a_silent_pdu_keeps_its_last_reading_and_its_age() -> None:
     assert latest_rack_power(samples) == {"r1": (3100.0, 12.0)}
 
 
-async def test_a_killed_collector_task_is_restarted_and_polls_go_on(clock: list[float]) -> None:
+@pytest.mark.parametrize(
+    ("component", "counter", "labels"),
+    [
+        ("collector:gpus", "wattscale_collector_runs_total", {"collector": "gpus"}),
+        ("estimator", "wattscale_pipeline_duration_seconds_count", {}),
+    ],
+)
+async def test_a_killed_pipeline_task_is_restarted_and_its_work_goes_on(
+    clock: list[float], component: str, counter: str, labels: dict[str, str]
+) -> None:
     import time
 
     from adapter.supervise import Backoff, Supervisor
 
-    pipeline, _, _, fakes = make_pipeline(clock)
-    gpus = fakes[0]
-    gpus.mode = "hang"  # each poll waits for its timeout: the task is alive but busy, as in a real poll
+    pipeline, _, _, _ = make_pipeline(clock)
     restarts: list[str] = []
     supervisor = Supervisor(on_restart=restarts.append, backoff=Backoff(initial_seconds=0.01))
     pipeline.start(supervisor)
     metrics = pipeline._metrics.registry
 
-    def runs() -> float:
-        return metrics.get_sample_value("wattscale_collector_runs_total", {"collector": "gpus"}) or 0.0
+    def done() -> float:
+        return metrics.get_sample_value(counter, labels) or 0.0
 
     async def until(condition: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 30.0
@@ -280,13 +288,13 @@ async def test_a_killed_collector_task_is_restarted_and_polls_go_on(clock: list[
             await asyncio.sleep(0.01)
 
     try:
-        await until(lambda: runs() >= 1)
-        attempt = supervisor.attempt("collector:gpus")
+        await until(lambda: done() >= 1)
+        attempt = supervisor.attempt(component)
         assert attempt is not None
         attempt.cancel()
-        before = runs()
-        await until(lambda: runs() > before)
-        assert restarts == ["collector:gpus"]
+        before = done()
+        await until(lambda: done() > before)
+        assert restarts == [component]
         assert supervisor.problems() == []
     finally:
         await supervisor.stop()

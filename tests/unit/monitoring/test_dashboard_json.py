@@ -4,7 +4,6 @@ alert that can never fire)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -15,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from adapter.exposition import FAMILIES
 from adapter.selfmetrics import PipelineMetrics, SelfMetrics
+from poweroperator.loop import CapperMetrics
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "apiservice" / "monitoring" / "wattscale-dashboard.json"
@@ -23,13 +23,6 @@ GRID_COLUMNS = 24
 
 EXTERNAL_SERIES = {"aggregator_unavailable_apiservice", "ALERTS"}
 """kube-apiserver's aggregator gauge, and Prometheus' own alert series."""
-PROPOSED_OPERATOR_SERIES = {
-    "wattscale_capper_gpus",
-    "wattscale_capper_gpus_at_min_limit",
-    "wattscale_capper_gpu_power_limit_sum_watts",
-    "wattscale_capper_gpu_power_limit_allowed_watts",
-}
-"""Operator gauges asked of the operator's owner (not exported yet): two alerts and one panel use them."""
 POWER_SERIES_EXTRA = {
     "wattscale_rack_power_latest_age_seconds",
     "wattscale_rack_power_estimated",
@@ -51,14 +44,8 @@ def _panels() -> list[dict[str, Any]]:
 
 
 def _operator_metrics() -> CollectorRegistry:
-    # The operator moves from adapter.capper to its own package poweroperator (branch op); its metric
-    # names stay. Read them from wherever this checkout has them.
-    try:
-        loop = importlib.import_module("poweroperator.loop")
-    except ModuleNotFoundError:
-        loop = importlib.import_module("adapter.capper.loop")
     registry = CollectorRegistry()
-    loop.CapperMetrics(registry)
+    CapperMetrics(registry)
     return registry
 
 
@@ -69,7 +56,7 @@ def _exposed_names() -> set[str]:
         for metric in registry.collect():
             suffixes = ("_total",) if metric.type == "counter" else ("", "_bucket", "_sum", "_count")
             names |= {metric.name + suffix for suffix in suffixes}
-    return names | PROPOSED_OPERATOR_SERIES
+    return names
 
 
 def _series_names(expr: str) -> set[str]:

@@ -232,6 +232,8 @@ async def test_dry_run_plans_low_priority_cuts_reports_them_and_touches_no_gpu()
         assert gauge("wattscale_capper_gpu_power_limit_sum_watts", {"budget": "rack-a"}) == limits < 4 * 700.0
         at_min = sum(1 for watts in h.capper.runtime["rack-a"].planned_limits.values() if watts <= 200.0)
         assert gauge("wattscale_capper_gpus_at_min_limit", {"budget": "rack-a"}) == at_min
+        # This budget has no spike guard, so there is no allowed sum to compare with.
+        assert gauge("wattscale_capper_gpu_power_limit_allowed_watts", {"budget": "rack-a"}) is None
         assert (
             h.counter(
                 "wattscale_capper_gpu_limit_changes_total", budget="rack-a", direction="down", mode="dryRun"
@@ -438,3 +440,48 @@ async def test_the_loop_holds_limits_while_the_adapter_answers_the_pdu_reading_s
         assert max(g.limit_watts for a in agents for g in a.gpus) <= 400.0  # held or lowered, never raised
         assert all(put[1] <= 400.0 for a in agents for put in a.puts)
         assert "rack_power_latest_watts: HTTP 503" in h.cluster.statuses[-1]["lastError"]
+
+
+class FakeReconciler:
+    """Records what the loop hands a reconciler; fails on demand, as a bug would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[list[str], float]] = []
+        self.fail = fail
+
+    async def reconcile_all(self, budgets: Any, runtime: Any, now: float) -> None:
+        self.calls.append(([b.name for b in budgets], now))
+        for name in runtime:
+            runtime[name].workloads = [{"name": "llama", "applied": True}]
+        if self.fail:
+            raise RuntimeError("a bug in a reconciler")
+
+
+async def test_reconcilers_run_every_reconcile_period_and_their_status_is_written() -> None:
+    agents = two_node_agents()
+    async with Harness(agents, budget_object("dryRun"), rack_at(4_000.0)) as h:
+        broken, working = FakeReconciler(fail=True), FakeReconciler()
+        h.capper.reconcilers += [broken, working]
+        h.capper.reconcile_period_seconds = 15.0
+        for _ in range(20):  # 20 s of one-second periods
+            await h.capper.run_once()
+            h.now += 1
+            h.cluster.rack = rack_at(4_000.0, h.now)
+
+        # A failing reconciler neither stops the others nor the GPU-limit loop.
+        assert [now for _, now in working.calls] == [1_000.0, 1_015.0]
+        assert working.calls[0][0] == ["rack-a"] and len(broken.calls) == 2
+        assert h.counter("wattscale_capper_errors_total", budget="", stage="internal") == 2
+        assert h.cluster.statuses[-1]["workloads"] == [{"name": "llama", "applied": True}]
+
+
+async def test_the_allowed_limit_sum_is_what_the_guard_leaves_under_the_cap() -> None:
+    guarded = budget_object("dryRun", thresholds={"softRatio": 0.9, "hardRatio": 0.97, "guardRatio": 0.98})
+    async with Harness(two_node_agents(), guarded, rack_at(4_700.0)) as h:
+        await h.capper.run_once()
+        # 4 GPUs read 650 W at 1 rack W per GPU W: 4,700 - 2,600 = 2,100 W of the rack is not GPUs, so the
+        # limits may add up to 0.98 x 5,000 - 2,100 = 2,800 W.
+        allowed = h.metrics.registry.get_sample_value(
+            "wattscale_capper_gpu_power_limit_allowed_watts", {"budget": "rack-a"}
+        )
+        assert allowed == pytest.approx(2_800.0)
