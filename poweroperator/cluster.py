@@ -38,6 +38,11 @@ class ClusterError(Exception):
     """The API refused or failed a request the capper needs; the message is for the budget's lastError."""
 
 
+class MetricNotServedError(ClusterError):
+    """The custom metrics API has no such value (404): no PDU reports for this rack. A stale value
+    (503) is not this: it says the rack's newest reading is too old to act on."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeTarget:
     name: str
@@ -209,7 +214,8 @@ class KubeCluster:
                 _return_http_data_only=True,
             )
         except ApiException as exc:
-            raise ClusterError(f"GET {path}: HTTP {exc.status}") from exc
+            error = MetricNotServedError if exc.status == 404 else ClusterError
+            raise error(f"GET {path}: HTTP {exc.status}") from exc
         items = body.get("items") or []
         if not items:
             raise ClusterError(f"GET {path}: no value")
@@ -218,7 +224,10 @@ class KubeCluster:
     async def rack_power(self, budget: str) -> RackReading:
         try:
             power, stamp = await self._custom_metric(budget, LATEST_RACK_POWER)
-        except ClusterError:  # no PDU on this rack, or it fell silent: the window average
+        except MetricNotServedError:
+            # No PDU on this rack: the window average. A PDU gone silent answers 503 (stale), which
+            # must not fall back to an average that still holds its older readings, or to the sum of
+            # the nodes, which misses what they do not measure: the loop holds on the aging value.
             power, stamp = await self._custom_metric(budget, "rack_power_watts")
         headroom, _ = await self._custom_metric(budget, "rack_power_headroom_watts")
         return RackReading(power_watts=power, headroom_watts=headroom, timestamp_seconds=stamp)

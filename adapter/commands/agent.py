@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from collectors.durations import duration_seconds
+
 HELP = "run the node agent: serve this node's GPU power, energy, limits and pods over HTTP"
 
 
@@ -20,7 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     parser.add_argument("--port", type=int, default=9477, help="HTTP port (default 9477)")
-    parser.add_argument("--interval-seconds", type=float, default=5.0, help="NVML read interval (default 5)")
+    parser.add_argument(
+        "--interval-seconds", type=duration_seconds, default=5.0, help="NVML read interval (default 5)"
+    )
     parser.add_argument(
         "--pod-resources-socket",
         default=DEFAULT_SOCKET,

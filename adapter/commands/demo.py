@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from collectors.durations import duration_seconds
+
 HELP = "serve the custom metrics API over a simulated fleet of H100 LLM servers (no cluster needed)"
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,12 @@ RACKS = (
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=6443, help="HTTPS port (default 6443)")
-    parser.add_argument("--window-seconds", type=float, default=30.0, help="estimator window (default 30)")
+    parser.add_argument(
+        "--window-seconds", type=duration_seconds, default=30.0, help="estimator window: 30s, 1m (default 30)"
+    )
     parser.add_argument(
         "--exit-after",
-        type=float,
+        type=duration_seconds,
         default=None,
         metavar="SECONDS",
         help="stop after this long (default: run until ^C)",

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from adapter.durations import duration_seconds
 from adapter.samples_csv import read_samples, write_table
+from collectors.durations import duration_seconds
 
 HELP = "Estimate watts per token or fit the power model from a CSV of samples (offline)."
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from adapter.durations import duration_seconds
 from adapter.samples_csv import STDIO, timestamp_seconds, write_table
+from collectors.durations import duration_seconds
 
 if TYPE_CHECKING:
     import pandas as pd

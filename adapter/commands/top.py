@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from collectors.durations import duration_seconds
+
 HELP = "show power, joules per token and rack headroom of racks, nodes, pods or deployments"
 
 API = "/apis/custom.metrics.k8s.io/v1beta2"
@@ -101,7 +103,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-n", "--namespace", default=None, help="namespace (pods, deployments; default: the context's)"
     )
     parser.add_argument("-w", "--watch", action="store_true", help="refresh until Ctrl-C")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    parser.add_argument(
+        "--interval", type=duration_seconds, default=2.0, help="seconds between refreshes with --watch"
+    )
     parser.add_argument(
         "--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
     )

@@ -7,6 +7,8 @@ import os
 import socket
 from pathlib import Path
 
+from collectors.durations import duration_seconds
+
 HELP = (
     "keep racks under their PowerBudget caps: GPU power limits, KEDA-scaled workloads bounded by the "
     "budget, and placement away from overdrawn racks"
@@ -29,10 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--lease-name", default="wattscale-operator", help="Lease name (default: wattscale-operator)"
     )
     parser.add_argument("--lease-seconds", type=int, default=15, help="lease duration (default: 15)")
-    parser.add_argument("--interval-seconds", type=float, default=1.0, help="control period (default: 1)")
+    parser.add_argument(
+        "--interval-seconds", type=duration_seconds, default=1.0, help="control period (default: 1)"
+    )
     parser.add_argument(
         "--replica-period-seconds",
-        type=float,
+        type=duration_seconds,
         default=15.0,
         help="how often replica ceilings are reconsidered (default: 15, one HPA sync)",
     )
@@ -61,14 +65,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--placement-after-seconds",
-        type=float,
+        type=duration_seconds,
         default=30.0,
         help="how long a rack must be without headroom (or back above the hysteresis band) before its "
         "nodes are marked PreferNoSchedule (or cleared) (default: 30)",
     )
     parser.add_argument(
         "--reconcile-period-seconds",
-        type=float,
+        type=duration_seconds,
         default=15.0,
         help="how often KEDA objects and placement marks are reconciled (default: 15)",
     )

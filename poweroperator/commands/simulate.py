@@ -9,6 +9,8 @@ import json
 import math
 import sys
 
+from collectors.durations import duration_seconds, non_negative_duration_seconds
+
 HELP = "simulate a rack of H100 servers under a power cap with a capping policy"
 
 _POLICIES = ("none", "static", "polca", "ours")
@@ -19,13 +21,6 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
     return value
 
 
@@ -44,17 +39,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="random seed; a run is a function of it (default: 0)"
     )
     parser.add_argument(
-        "--duration", type=_positive_float, default=1800.0, help="simulated seconds (default: 1800)"
+        "--duration",
+        type=duration_seconds,
+        default=1800.0,
+        help="simulated time: 30m, 2h, or seconds (default: 1800)",
     )
     parser.add_argument(
         "--actuation-delay",
-        type=_non_negative_float,
+        type=non_negative_duration_seconds,
         default=1.0,
         help="seconds from a limit decision to the GPU enforcing it (default: 1; POLCA's out-of-band path: 40)",
     )
     parser.add_argument(
         "--pdu-delay",
-        type=_non_negative_float,
+        type=non_negative_duration_seconds,
         default=1.0,
         help="seconds the PDU's 1 s average reaches the controller late (default: 1)",
     )

@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +110,84 @@ class StartPrometheus(Protocol):
     when given); returns its base URL once it is ready."""
 
     def __call__(self, targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> Awaitable[str]: ...
+
+
+class PrometheusServers:
+    """Starts Prometheus servers scraping `targets` every second (see StartPrometheus); a test may stop
+    one and start it again on the same address and storage, as a restarted pod would be."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is not installed: run .ci/setup.d/10-prometheus.sh"
+        self._binary = binary
+        self._tmp_path = tmp_path
+        self._args: dict[str, list[str]] = {}
+        self._logs: dict[str, Path] = {}
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+
+    async def __call__(self, targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> str:
+        scrape_configs = []
+        for target in targets:
+            host_port, _, path = target.url.removeprefix("http://").partition("/")
+            scrape_configs.append(
+                {
+                    "job_name": target.job,
+                    "metrics_path": "/" + path,
+                    "static_configs": [{"targets": [host_port], "labels": dict(target.labels)}],
+                }
+            )
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": scrape_configs,
+        }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
+        number = len(self._args)
+        config_file = self._tmp_path / f"prometheus-{number}.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        self._logs[base_url] = self._tmp_path / f"prometheus-{number}.log"
+        self._args[base_url] = [
+            self._binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={self._tmp_path / f'tsdb-{number}'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
+        await self.start_again(base_url)
+        return base_url
+
+    async def start_again(self, base_url: str) -> None:
+        """Start the server at `base_url` (again) and wait until it is ready."""
+        log_file = self._logs[base_url]
+        with log_file.open("ab") as log:
+            process = self._processes[base_url] = await asyncio.create_subprocess_exec(
+                *self._args[base_url], stdout=log, stderr=subprocess.STDOUT
+            )
+
+        async def ready() -> bool:
+            assert process.returncode is None, f"prometheus exited: {log_file.read_text()[-2000:]}"
+            try:
+                async with aiohttp.ClientSession() as session, session.get(f"{base_url}/-/ready") as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(ready, timeout_seconds=60, what="prometheus /-/ready")
+
+    async def stop(self, base_url: str) -> None:
+        process = self._processes.pop(base_url)
+        process.terminate()
+        try:
+            async with asyncio.timeout(20):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def stop_all(self) -> None:
+        for base_url in list(self._processes):
+            await self.stop(base_url)
 
 
 async def prometheus_has(base_url: str, promql: str) -> bool:
@@ -212,3 +295,117 @@ async def poll_for_span(collectors: Sequence[ExporterCollector], span_seconds: f
 
     await wait_for(spans, timeout_seconds=60, what=f"samples spanning {span_seconds} s")
     return samples
+
+
+RECORDINGS = Path(__file__).resolve().parents[1] / "fixtures" / "snmp"
+SNMPSIM = (
+    Path(os.environ.get("WATTSCALE_SNMPSIM_VENV", "/opt/wattscale-snmpsim")) / "bin/snmpsim-command-responder"
+)
+V3 = {"username": "wattscale", "auth_key": "authkey-1234", "priv_key": "privkey-5678"}
+
+
+@dataclass
+class SnmpSimulator:
+    """A real snmpsim agent on loopback serving a copy of the project's recordings
+    (tests/fixtures/snmp/*.snmprec); a test may kill it and start it again on the same port."""
+
+    port: int = field(default_factory=free_udp_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wattscale-snmpsim-")))
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def set_value(self, recording: str, oid: str, value: int) -> None:
+        """Rewrite one OID's value in a recording; snmpsim notices the new file and re-indexes it."""
+        path = self.data_dir / f"{recording}.snmprec"
+        text, count = re.subn(
+            rf"^{re.escape(oid)}\|(\d+)\|.*$", rf"{oid}|\g<1>|{value}", path.read_text(), flags=re.M
+        )
+        assert count == 1, oid
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        # snmpsim re-indexes when the file's mtime moves; two rewrites within a second must differ too.
+        previous = path.stat().st_mtime
+        os.utime(tmp, (previous + 2, previous + 2))
+        tmp.replace(path)
+
+    def _prepare_root(self) -> None:
+        """A world-readable copy of the recordings: snmpsim drops to `nobody`, which cannot enter
+        pytest's private tmp directories."""
+        self.root.chmod(0o755)
+        self.data_dir.mkdir(mode=0o755)
+        (self.root / "cache").mkdir()
+        (self.root / "cache").chmod(0o777)
+        for recording in RECORDINGS.glob("*.snmprec"):
+            shutil.copy(recording, self.data_dir / recording.name)
+            (self.data_dir / recording.name).chmod(0o644)
+
+    async def start(self) -> None:
+        """Start snmpsim (again, after `kill`) and wait until it answers."""
+        from collectors.snmp_pdu import SnmpPduCollector, SnmpPduSettings
+        from collectors.support import TransientCollectorError
+
+        assert SNMPSIM.exists(), "snmpsim is not installed: run .ci/setup.d/20-snmpsim.sh"
+        if not self.data_dir.exists():
+            self._prepare_root()
+        log_file = self.root / "snmpsim.log"
+        with log_file.open("ab") as log:
+            process = self.process = await asyncio.create_subprocess_exec(
+                str(SNMPSIM),
+                f"--data-dir={self.data_dir}",
+                f"--agent-udpv4-endpoint=127.0.0.1:{self.port}",
+                "--process-user=nobody",
+                "--process-group=nogroup",
+                f"--cache-dir={self.root / 'cache'}",
+                f"--v3-user={V3['username']}",
+                f"--v3-auth-key={V3['auth_key']}",
+                "--v3-auth-proto=SHA",
+                f"--v3-priv-key={V3['priv_key']}",
+                "--v3-priv-proto=AES",
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self.root,
+            )
+        raw = {"host": "127.0.0.1", "port": self.port, "vendor": "sentry4", "rack": "probe"}
+        settings = build_settings(
+            SnmpPduSettings,
+            "probe",
+            {**raw, "community": "sentry4", "retries": 0, "timeout_seconds": 0.5, "interval_seconds": 1.0},
+        )
+        probe = SnmpPduCollector("probe", settings, registry=CollectorRegistry())
+
+        async def answers() -> bool:
+            assert process.returncode is None, log_file.read_text()[-2000:]
+            try:
+                await probe.collect()
+            except TransientCollectorError:
+                return False
+            return True
+
+        try:
+            await wait_for(answers, timeout_seconds=60, what="snmpsim to answer")
+        finally:
+            await probe.aclose()
+
+    async def kill(self) -> None:
+        """SIGKILL, as when the agent's host dies: nothing answers on the port until `start`."""
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+        self.process = None
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            await self.process.wait()
+            self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class NodeAgentProcess:
+    url: str
+    process: asyncio.subprocess.Process

@@ -3,14 +3,9 @@ has no readings, refuse power-limit changes, and the node_agent collector must r
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
 import pytest
-from integration_peers import free_port, wait_for
+from integration_peers import NodeAgentProcess
 from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError
@@ -19,42 +14,8 @@ from collectors.support import build_settings
 
 
 @pytest.fixture
-async def agent_url(tmp_path: Path) -> AsyncIterator[str]:
-    port = free_port()
-    token = tmp_path / "token"
-    token.write_text("t0ken\n")
-    log = (tmp_path / "agent.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "adapter.cli",
-        "agent",
-        "--bind-address=127.0.0.1",
-        f"--port={port}",
-        "--node-name=cpu-node-1",
-        "--pod-resources-socket=",
-        f"--control-token-file={token}",
-        "--interval-seconds=0.5",
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    async def listening() -> bool:
-        assert process.returncode is None, (tmp_path / "agent.log").read_text()
-        try:
-            async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as response:
-                return response.status in (200, 503)
-        except aiohttp.ClientConnectionError:
-            return False
-
-    try:
-        await wait_for(listening, timeout_seconds=30, what="the agent to listen")
-        yield url
-    finally:
-        process.terminate()
-        await process.wait()
-        log.close()
+async def agent_url(node_agent: NodeAgentProcess) -> str:
+    return node_agent.url
 
 
 async def test_agent_without_nvml_explains_itself(agent_url: str) -> None:

@@ -4,17 +4,11 @@ by rewriting a recording, which snmpsim re-indexes."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from integration_peers import free_udp_port, run_collect_once, wait_for
+from integration_peers import V3, SnmpSimulator, free_udp_port, run_collect_once, wait_for
 from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
@@ -23,94 +17,18 @@ from collectors.support import TransientCollectorError, build_settings
 
 pytestmark = pytest.mark.snmp
 
-RECORDINGS = Path(__file__).resolve().parents[1] / "fixtures" / "snmp"
-SNMPSIM = (
-    Path(os.environ.get("WATTSCALE_SNMPSIM_VENV", "/opt/wattscale-snmpsim")) / "bin/snmpsim-command-responder"
-)
-V3 = {"username": "wattscale", "auth_key": "authkey-1234", "priv_key": "privkey-5678"}
-
-
-@dataclass
-class Agent:
-    port: int
-    data_dir: Path
-
-    def set_value(self, recording: str, oid: str, value: int) -> None:
-        """Rewrite one OID's value in a recording; snmpsim notices the new file and re-indexes it."""
-        path = self.data_dir / f"{recording}.snmprec"
-        text, count = re.subn(
-            rf"^{re.escape(oid)}\|(\d+)\|.*$", rf"{oid}|\g<1>|{value}", path.read_text(), flags=re.M
-        )
-        assert count == 1, oid
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o644)
-        # snmpsim re-indexes when the file's mtime moves; two rewrites within a second must differ too.
-        previous = path.stat().st_mtime
-        os.utime(tmp, (previous + 2, previous + 2))
-        tmp.replace(path)
-
-
-def _prepare_root() -> Path:
-    """A world-readable copy of the recordings: snmpsim drops to `nobody`, which cannot enter
-    pytest's private tmp directories."""
-    root = Path(tempfile.mkdtemp(prefix="wattscale-snmpsim-"))
-    root.chmod(0o755)
-    (root / "data").mkdir(mode=0o755)
-    (root / "cache").mkdir()
-    (root / "cache").chmod(0o777)
-    for recording in RECORDINGS.glob("*.snmprec"):
-        shutil.copy(recording, root / "data" / recording.name)
-        (root / "data" / recording.name).chmod(0o644)
-    return root
-
 
 @pytest.fixture
-async def agent() -> AsyncIterator[Agent]:
-    assert SNMPSIM.exists(), "snmpsim is not installed: run .ci/setup.d/20-snmpsim.sh"
-    root = _prepare_root()
-    port = free_udp_port()
-    with (root / "snmpsim.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            str(SNMPSIM),
-            f"--data-dir={root / 'data'}",
-            f"--agent-udpv4-endpoint=127.0.0.1:{port}",
-            "--process-user=nobody",
-            "--process-group=nogroup",
-            f"--cache-dir={root / 'cache'}",
-            f"--v3-user={V3['username']}",
-            f"--v3-auth-key={V3['auth_key']}",
-            "--v3-auth-proto=SHA",
-            f"--v3-priv-key={V3['priv_key']}",
-            "--v3-priv-proto=AES",
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=root,
-        )
-    agent = Agent(port, root / "data")
-    probe = _collector(
-        agent, "sentry4", community="sentry4", retries=0, timeout_seconds=0.5, interval_seconds=1.0
-    )
-
-    async def answers() -> bool:
-        assert process.returncode is None, (root / "snmpsim.log").read_text()[-2000:]
-        try:
-            await probe.collect()
-        except TransientCollectorError:
-            return False
-        return True
-
+async def agent() -> AsyncIterator[SnmpSimulator]:
+    simulator = SnmpSimulator()
     try:
-        await wait_for(answers, timeout_seconds=60, what="snmpsim to answer")
-        await probe.aclose()
-        yield agent
+        await simulator.start()
+        yield simulator
     finally:
-        process.terminate()
-        await process.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        await simulator.stop()
 
 
-def _collector(agent: Agent, vendor: str, **raw: object) -> SnmpPduCollector:
+def _collector(agent: SnmpSimulator, vendor: str, **raw: object) -> SnmpPduCollector:
     settings = build_settings(
         SnmpPduSettings,
         f"pdu-{vendor}",
@@ -123,7 +41,7 @@ def _values(samples: list[Sample] | tuple[Sample, ...], metric: str) -> dict[str
     return {s.labels.get("inlet", s.labels.get("outlet", "")): s.value for s in samples if s.metric == metric}
 
 
-async def _read(agent: Agent, vendor: str, **raw: object) -> list[Sample]:
+async def _read(agent: SnmpSimulator, vendor: str, **raw: object) -> list[Sample]:
     collector = _collector(agent, vendor, **raw)
     try:
         return list(await collector.collect())
@@ -141,7 +59,7 @@ async def _read(agent: Agent, vendor: str, **raw: object) -> list[Sample]:
     ],
 )
 async def test_each_vendor_reads_inlet_power_and_energy(
-    agent: Agent, vendor: str, recording: str, watts: float, joules: float
+    agent: SnmpSimulator, vendor: str, recording: str, watts: float, joules: float
 ) -> None:
     samples = await _read(agent, vendor, community=recording, include_outlets=True)
     assert _values(samples, "pdu_power_watts") == {"": pytest.approx(watts)}
@@ -149,7 +67,7 @@ async def test_each_vendor_reads_inlet_power_and_energy(
     assert all(dict(s.labels)["rack"] == "rack-a" and s.labels["pdu"] == vendor for s in samples)
 
 
-async def test_vendor_specific_details(agent: Agent) -> None:
+async def test_vendor_specific_details(agent: SnmpSimulator) -> None:
     raritan = await _read(agent, "raritan", community="raritan-pdu2", include_outlets=True)
     # Only activePower sensors of outlets, scaled by their own decimal digits; rmsCurrent is not power.
     assert _values(raritan, "pdu_outlet_power_watts") == {"1.1": 143.0, "1.2": 207.0, "1.3": 169.0}
@@ -160,7 +78,7 @@ async def test_vendor_specific_details(agent: Agent) -> None:
     assert "0.3" not in _values(eaton, "pdu_outlet_power_watts")  # -1: outlet not metered
 
 
-async def test_values_change_and_energy_resets_are_carried(agent: Agent) -> None:
+async def test_values_change_and_energy_resets_are_carried(agent: SnmpSimulator) -> None:
     collector = _collector(agent, "apc", community="apc-rpdu2")
     power_oid = "1.3.6.1.4.1.318.1.1.26.4.3.1.5.1"
     energy_oid = "1.3.6.1.4.1.318.1.1.26.4.3.1.9.1"
@@ -187,7 +105,7 @@ async def test_values_change_and_energy_resets_are_carried(agent: Agent) -> None
         await collector.aclose()
 
 
-async def test_snmp_v3_with_auth_and_privacy(agent: Agent) -> None:
+async def test_snmp_v3_with_auth_and_privacy(agent: SnmpSimulator) -> None:
     samples = await _read(agent, "sentry4", version="3", context_name="sentry4", **V3)
     assert _values(samples, "pdu_power_watts") == {"": 2966.0}
     wrong = {**V3, "auth_key": "not-the-key"}
@@ -195,7 +113,7 @@ async def test_snmp_v3_with_auth_and_privacy(agent: Agent) -> None:
         await _read(agent, "sentry4", version="3", context_name="sentry4", retries=0, **wrong)
 
 
-async def test_unsupported_readings_and_unreachable_agents(agent: Agent) -> None:
+async def test_unsupported_readings_and_unreachable_agents(agent: SnmpSimulator) -> None:
     with pytest.raises(CollectorError, match="reports no inlet power") as caught:
         await _read(agent, "apc", community="apc-switched-unmetered")  # -1 everywhere
     assert not isinstance(caught.value, TransientCollectorError)
@@ -217,7 +135,7 @@ async def test_unsupported_readings_and_unreachable_agents(agent: Agent) -> None
         await silent.aclose()
 
 
-async def test_wattscale_collect_reads_every_vendor(agent: Agent, tmp_path: Path) -> None:
+async def test_wattscale_collect_reads_every_vendor(agent: SnmpSimulator, tmp_path: Path) -> None:
     recordings = {"apc": "apc-rpdu2", "raritan": "raritan-pdu2", "sentry4": "sentry4", "eaton": "eaton-epdu"}
     config = {
         "collectors": [

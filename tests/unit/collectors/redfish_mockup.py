@@ -37,6 +37,9 @@ class RedfishMockup:
         self.deleted_sessions: list[str] = []
         self.delay_seconds = 0.0
         self.broken_paths: set[str] = set()
+        self.fault: str | None = None
+        """Every GET answers with a fault: "500", "garbage" (200, not JSON) or "truncated" (200, the
+        JSON document cut in half)."""
 
     def document(self, path: str) -> dict[str, Any]:
         return self.documents[path]
@@ -72,6 +75,13 @@ class RedfishMockup:
         if not self._authorised(request):
             return web.json_response({"error": {"code": "Base.1.0.NoValidSession"}}, status=401)
         path = request.path.rstrip("/")
+        if self.fault == "500":
+            return web.json_response({"error": {"code": "Base.1.0.InternalError"}}, status=500)
+        if self.fault == "garbage":
+            return web.Response(body=b"\x00\xffnot json at all", content_type="application/json")
+        if self.fault == "truncated" and path in self.documents:
+            whole = json.dumps(self.documents[path])
+            return web.Response(text=whole[: len(whole) // 2], content_type="application/json")
         if path in self.broken_paths:
             return web.Response(text="<html>500</html>", content_type="text/html")
         if path not in self.documents:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -154,3 +155,13 @@ def test_self_metrics_follow_each_registry_even_when_one_dies() -> None:
         )
         del registry
         gc.collect()
+
+
+async def test_a_failing_collector_logs_its_error_with_its_name(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector = _Flaky([CollectorError("not JSON")], registry)
+    with caplog.at_level(logging.WARNING, logger="wattscale.collectors"), pytest.raises(CollectorError):
+        await collector.collect()
+    (record,) = [r for r in caplog.records if r.getMessage() == "collector.failing"]
+    assert (record.collector, record.error, record.attempts) == ("flaky", "not JSON", 1)  # type: ignore[attr-defined]

@@ -187,7 +187,7 @@ def test_rfc3339_input_and_standard_input_give_the_same_windows(
 
 @pytest.mark.parametrize(("text", "seconds"), [("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("90", 90.0)])
 def test_durations_with_units(text: str, seconds: float) -> None:
-    from adapter.durations import duration_seconds
+    from collectors.durations import duration_seconds
 
     assert duration_seconds(text) == seconds
     args = build_parser().parse_args(["estimate", "watts-per-token", "--input", "-", "--window", text])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -359,9 +360,13 @@ class FakeMetricsApiClient:
 
     def __init__(self, values: dict[str, tuple[str, str]]) -> None:
         self.values = values
+        self.stale: set[str] = set()
+        """Metrics answered 503, as the adapter answers a value older than its max age."""
 
     async def call_api(self, path: str, method: str, **_: Any) -> dict[str, Any]:
         metric = path.rsplit("/", 1)[-1]
+        if metric in self.stale:
+            raise ApiException(status=503)
         if metric not in self.values:
             raise ApiException(status=404)
         value, stamp = self.values[metric]
@@ -388,6 +393,54 @@ async def test_the_operator_acts_on_the_newest_pdu_reading_and_falls_back_to_the
     del api.values["rack_power_watts"]
     with pytest.raises(ClusterError):
         await cluster.rack_power("rack-a")
+
+
+async def test_a_stale_pdu_reading_is_not_replaced_by_the_window_average() -> None:
+    from poweroperator.cluster import KubeCluster
+
+    api = FakeMetricsApiClient(
+        {
+            "rack_power_watts": ("31k", "2026-01-01T00:00:05Z"),
+            "rack_power_headroom_watts": ("5720", "2026-01-01T00:00:05Z"),
+            "rack_power_latest_watts": ("36500", "2026-01-01T00:00:01Z"),
+        }
+    )
+    cluster = KubeCluster(api, agent_url_template="http://{node_ip}:9477")  # type: ignore[arg-type]
+    # The PDU fell silent: its newest reading is stale (503). The window average still holds its older
+    # readings (or, with none left, the sum of the nodes): lighter than the rack may be right now.
+    api.stale.add("rack_power_latest_watts")
+    with pytest.raises(ClusterError, match="rack_power_latest_watts: HTTP 503"):
+        await cluster.rack_power("rack-a")
+
+
+async def test_the_loop_holds_limits_while_the_adapter_answers_the_pdu_reading_stale() -> None:
+    from poweroperator.cluster import KubeCluster
+
+    agents = two_node_agents()
+    for agent in agents:
+        for gpu in agent.gpus:
+            gpu.limit_watts, gpu.power_watts = 400.0, 150.0
+    async with Harness(agents, budget_object("enforce"), rack_at(1_000.0)) as h:
+        api = FakeMetricsApiClient(
+            {
+                "rack_power_watts": ("1000", "1970-01-01T00:16:40Z"),
+                "rack_power_headroom_watts": ("3500", "1970-01-01T00:16:40Z"),
+                "rack_power_latest_watts": ("1000", "1970-01-01T00:16:40Z"),
+            }
+        )
+        kube = KubeCluster(api, agent_url_template="http://{node_ip}:9477")  # type: ignore[arg-type]
+        h.cluster.rack_power = kube.rack_power  # type: ignore[method-assign]
+        await h.capper.run_once()
+        api.stale.add("rack_power_latest_watts")
+        # The window average keeps answering with a fresh time stamp, far below the cap.
+        for _ in range(30):
+            h.now += 1
+            api.values["rack_power_watts"] = ("1000", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.now)))
+            await h.capper.run_once()
+
+        assert max(g.limit_watts for a in agents for g in a.gpus) <= 400.0  # held or lowered, never raised
+        assert all(put[1] <= 400.0 for a in agents for put in a.puts)
+        assert "rack_power_latest_watts: HTTP 503" in h.cluster.statuses[-1]["lastError"]
 
 
 class FakeReconciler:
