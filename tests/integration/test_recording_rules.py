@@ -67,15 +67,21 @@ def _served(samples: Sequence[Sample], window_seconds: float) -> dict[Key, Store
     )
 
 
-async def _newest_evaluation(base_url: str) -> float:
-    """When the token rule last recorded llama-0 (0 before it did)."""
-    query = 'timestamp(wattscale:pod_generation_tokens:increase1m{pod="llama-0"})'
+async def _stamps(base_url: str, query: str, at_seconds: float | None = None) -> list[float]:
+    """The values of an instant query (at `at_seconds`, else now): here `timestamp(...)` of recorded series."""
+    params = {"query": query} if at_seconds is None else {"query": query, "time": repr(at_seconds)}
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{base_url}/api/v1/query", params={"query": query}) as response,
+        session.get(f"{base_url}/api/v1/query", params=params) as response,
     ):
         result = (await response.json())["data"]["result"]
-    return float(result[0]["value"][1]) if result else 0.0
+    return [float(series["value"][1]) for series in result]
+
+
+async def _newest_evaluation(base_url: str) -> float:
+    """When the pod GPU energy rule last recorded llama-0 (0 before it did)."""
+    stamps = await _stamps(base_url, 'timestamp(wattscale:pod_gpu_energy_joules:increase1m{pod="llama-0"})')
+    return stamps[0] if stamps else 0.0
 
 
 async def test_recorded_series_serve_what_the_in_process_estimator_serves(
@@ -105,6 +111,13 @@ async def test_recorded_series_serve_what_the_in_process_estimator_serves(
         return await _newest_evaluation(base_url) >= full_window_at
 
     await wait_for(window_recorded, timeout_seconds=150, what="a rule evaluation over a full window")
+    # The pod rule split GPU energy and tokens of the evaluation it is stamped with, not older ones
+    # (it runs after them in one group, so they are recorded by the time it is).
+    evaluated_at = await _newest_evaluation(base_url)
+    inputs = " or ".join(
+        f"timestamp(wattscale:{name}:increase1m)" for name in ("gpu_energy_joules", "pod_generation_tokens")
+    )
+    assert set(await _stamps(base_url, inputs, evaluated_at)) == {evaluated_at}
     recorded_collector = make_collector(RecordedSeriesCollector, prometheus_url=base_url)
     try:
         recorded_samples = list(await recorded_collector.collect())
