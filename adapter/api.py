@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from adapter import __version__, wire
 from adapter.auth import Authorizer, Credentials, NonResourceAttributes, RequestAuthenticator, UserInfo
+from adapter.connections import REFUSED_LOG, status_response
 from adapter.errors import NotReadyError, WattscaleError
+from adapter.exposition import POWER_METRICS_PATH, PowerExposition
+from adapter.logs import RateLimitedLog
 from adapter.objects import ObjectIndex
+from adapter.openapi import Document, OpenApiDocuments
+from adapter.page import add_page
 from adapter.provider import StoreProvider
 from adapter.query import (
     RouteNotFoundError,
@@ -44,6 +49,8 @@ HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/healthz/ping", "/li
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     enable_external_metrics: bool = False
+    extra_routes: tuple[web.RouteDef, ...] = ()
+    """Routes of one command only (the demo's load knob), behind the same middlewares."""
 
 
 STORE = web.AppKey("store", MetricStore)
@@ -54,6 +61,11 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 """Absent when authorization is off (the demo)."""
 SELF_METRICS = web.AppKey("self_metrics", SelfMetrics)
 SETTINGS = web.AppKey("api_settings", ApiSettings)
+LivenessCheck = Callable[[], Sequence[str]]
+LIVENESS: web.AppKey[LivenessCheck] = web.AppKey("liveness")
+"""Internal tasks and processes that stopped and are not coming back: /livez fails with them."""
+OPENAPI = web.AppKey("openapi", OpenApiDocuments)
+POWER_EXPOSITION = web.AppKey("power_exposition", PowerExposition)
 USER = web.RequestKey("user", UserInfo)
 
 
@@ -63,10 +75,6 @@ def json_response(body: Mapping[str, Any] | str, status: int = 200, *, pretty: b
     else:
         text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
     return web.Response(text=text, status=status, content_type="application/json")
-
-
-def status_response(code: int, message: str, reason: str | None = None) -> web.Response:
-    return json_response(wire.status(code, message, reason), status=code)
 
 
 def _route_name(request: web.Request) -> str:
@@ -94,9 +102,9 @@ async def status_errors(request: web.Request, handler: Handler) -> web.StreamRes
         response = status_response(500, "Internal error occurred: the adapter failed to answer this request")
     route = _route_name(request)
     if response.status >= 400 and request.path not in HEALTH_PATHS:
-        # One line per refused request, so "why did the HPA get a 404" has an answer in the log.
-        # Never headers: they carry tokens.
-        log.info("api.request_failed", extra={"path": request.path, "code": response.status})
+        # One line per refused request, so "why did the HPA get a 404" has an answer in the log,
+        # rate-limited so no client can flood it. Never headers: they carry tokens.
+        request.app[REFUSED_LOG].info(path=request.path, code=response.status)
     self_metrics.requests.labels(route, str(response.status)).inc()
     self_metrics.request_duration.labels(route).observe(time.perf_counter() - started)
     return response
@@ -144,20 +152,27 @@ def _pretty(request: web.Request) -> bool:
     return request.query.get("pretty", "").lower() == "true"
 
 
-async def health(request: web.Request) -> web.Response:
+def _unhealthy(problems: list[str]) -> web.Response:
+    return web.Response(text="not ok: " + "; ".join(problems), status=503)
+
+
+async def ping(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def livez(request: web.Request) -> web.Response:
+    problems = list(request.app[LIVENESS]())
+    return _unhealthy(problems) if problems else web.Response(text="ok")
 
 
 async def readyz(request: web.Request) -> web.Response:
     store, index = request.app[STORE], request.app[INDEX]
-    problems = []
+    problems = list(request.app[LIVENESS]())
     if not index.synced():
         problems.append("object caches not synced")
     if not store.ready:
         problems.append("no metrics estimated yet")
-    if problems:
-        return web.Response(text="not ready: " + "; ".join(problems), status=503)
-    return web.Response(text="ok")
+    return _unhealthy(problems) if problems else web.Response(text="ok")
 
 
 async def version(request: web.Request) -> web.Response:
@@ -172,6 +187,11 @@ async def self_metrics(request: web.Request) -> web.Response:
     # The app's own registry, then the process-wide one: collectors record their per-source metrics
     # there (wattscale_collector_source_*), along with the process and Python runtime metrics.
     body = generate_latest(request.app[SELF_METRICS].registry) + generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def power_metrics(request: web.Request) -> web.Response:
+    body = await request.app[POWER_EXPOSITION].body()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -223,9 +243,33 @@ async def group_version(request: web.Request) -> web.Response:
     return json_response(wire.external_metric_value_list(external.metric, values), pretty=_pretty(request))
 
 
-async def openapi_absent(request: web.Request) -> web.Response:
-    # The aggregator treats 404 as "no spec" and skips it silently (custom-metrics-api.md §6.7).
-    raise RouteNotFoundError()
+def _document_response(request: web.Request, document: Document, cache_control: str) -> web.Response:
+    headers = {"ETag": document.etag, "Cache-Control": cache_control}
+    if document.etag in request.headers.getall("If-None-Match", []):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=document.body, content_type="application/json", headers=headers)
+
+
+async def openapi_v2(request: web.Request) -> web.Response:
+    return _document_response(request, request.app[OPENAPI].v2, "no-cache, private")
+
+
+async def openapi_v3_discovery(request: web.Request) -> web.Response:
+    return _document_response(request, request.app[OPENAPI].v3_discovery, "no-cache, private")
+
+
+async def openapi_v3(request: web.Request) -> web.Response:
+    key = request.match_info["group_version"]
+    document = request.app[OPENAPI].v3.get(key)
+    if document is None:
+        raise RouteNotFoundError()
+    wanted = request.query.get("hash")
+    current = document.etag.strip('"')
+    if wanted is None:
+        return _document_response(request, document, "no-cache, private")
+    if wanted != current:  # an old link: send the client to the document of now, as handler3 does
+        return web.Response(status=301, headers={"Location": f"/openapi/v3/{key}?hash={current}"})
+    return _document_response(request, document, "public, immutable")
 
 
 def create_app(
@@ -237,6 +281,7 @@ def create_app(
     self_metrics_registry: SelfMetrics,
     settings: ApiSettings = ApiSettings(),
     clock: Callable[[], float] = time.time,
+    liveness: LivenessCheck = lambda: (),
 ) -> web.Application:
     app = web.Application(middlewares=[status_errors, authenticate], client_max_size=64 * 1024)
     app[STORE] = store
@@ -246,17 +291,27 @@ def create_app(
         app[AUTHORIZER] = authorizer
     app[SELF_METRICS] = self_metrics_registry
     app[SETTINGS] = settings
+    app[LIVENESS] = liveness
+    app[REFUSED_LOG] = RateLimitedLog(log, "api.request_failed")
+    app[OPENAPI] = OpenApiDocuments.build(_groups(app))
     app[PROVIDER] = StoreProvider(
         store, index, clock=clock, observe_age=self_metrics_registry.metric_freshness.observe
     )
     get = app.router.add_get
-    for path in ("/healthz", "/livez", "/healthz/ping", "/livez/ping", "/readyz/ping"):
-        get(path, health, allow_head=False)
+    for path in ("/healthz", "/livez"):
+        get(path, livez, allow_head=False)
+    for path in ("/healthz/ping", "/livez/ping", "/readyz/ping"):
+        get(path, ping, allow_head=False)
     get("/readyz", readyz, allow_head=False)
     get("/version", version, allow_head=False)
     get("/metrics", self_metrics, allow_head=False)
-    get("/openapi/v2", openapi_absent, allow_head=False)
-    get("/openapi/v3", openapi_absent, allow_head=False)
+    get("/openapi/v2", openapi_v2, allow_head=False)
+    get("/openapi/v3", openapi_v3_discovery, allow_head=False)
+    get("/openapi/v3/{group_version:.+}", openapi_v3, allow_head=False)
+    app[POWER_EXPOSITION] = PowerExposition(store, clock=clock)
+    get(POWER_METRICS_PATH, power_metrics, allow_head=False)
+    add_page(app, store, clock)
+    app.router.add_routes(settings.extra_routes)
     get("/apis", api_groups, allow_head=False)
     get("/apis/{group}", api_group, allow_head=False)
     get("/apis/{group}/{version}{tail:(/.*)?}", group_version, allow_head=False)

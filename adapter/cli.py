@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "estimate": "adapter.commands.estimate",
     "operator": "poweroperator.commands.operator",
     "simulate": "poweroperator.commands.simulate",
+    "top": "adapter.commands.top",
 }
 ALIASES: dict[str, list[str]] = {"operator": ["capper"]}
 """`capper` is the operator's name before it configured KEDA; kept for one release."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio import client, watch
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from adapter.auth import Attributes, AuthenticationConfig, NonResourceAttributes, UserInfo
 from adapter.selfmetrics import SelfMetrics
@@ -18,7 +18,15 @@ log = logging.getLogger(__name__)
 
 AUTH_CONFIGMAP_NAMESPACE = "kube-system"
 AUTH_CONFIGMAP_NAME = "extension-apiserver-authentication"
-RETRY_SECONDS = 5.0
+AUTH_WATCH_TASK = "auth-configmap"
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Retry delays: doubling from `initial_seconds` up to `max_seconds`."""
+
+    initial_seconds: float = 1.0
+    max_seconds: float = 60.0
 
 
 class KubeTokenReviewer:
@@ -73,9 +81,18 @@ class KubeAccessReviewer:
 class ExtensionAuthentication:
     """The current `AuthenticationConfig`, kept in step with the ConfigMap; `on_change` hears of each new one."""
 
-    def __init__(self, api: client.ApiClient, on_change: Callable[[AuthenticationConfig], None]) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        on_change: Callable[[AuthenticationConfig], None],
+        *,
+        self_metrics: SelfMetrics | None = None,
+        retry: Backoff | None = None,
+    ) -> None:
         self._core = client.CoreV1Api(api)
         self._on_change = on_change
+        self._metrics = self_metrics
+        self._retry = retry or Backoff()
         self.current = AuthenticationConfig()
 
     def _update(self, data: dict[str, str] | None) -> None:
@@ -102,29 +119,40 @@ class ExtensionAuthentication:
         return str(configmap.metadata.resource_version or "")
 
     async def follow(self, resource_version: str) -> None:
-        selector = f"metadata.name={AUTH_CONFIGMAP_NAME}"
+        """Follow the ConfigMap until cancelled. Any failure (an API error, a dropped connection, a
+        truncated chunk: aiohttp's are not OSErrors) is logged, counted, and retried with backoff;
+        returning would leave CA rotation unfollowed while the server looked healthy."""
+        delay = self._retry.initial_seconds
         while True:
             try:
                 if not resource_version:
                     resource_version = await self.load()
-                async with watch.Watch() as stream:
-                    async for event in stream.stream(
-                        self._core.list_namespaced_config_map,
-                        AUTH_CONFIGMAP_NAMESPACE,
-                        field_selector=selector,
-                        resource_version=resource_version,
-                        timeout_seconds=300,
-                    ):
-                        if event["type"] == "ERROR":
-                            resource_version = ""
-                            break
-                        configmap = event["object"]
-                        resource_version = configmap.metadata.resource_version or resource_version
-                        if event["type"] in ("ADDED", "MODIFIED"):
-                            self._update(configmap.data)
+                    delay = self._retry.initial_seconds  # the API server answers again
+                resource_version = await self._watch(resource_version)
             except asyncio.CancelledError:
                 raise
-            except (TimeoutError, ApiException, OSError) as exc:
-                log.warning("auth.configmap_watch_failed", extra={"error": repr(exc)})
+            except Exception as exc:
+                log.warning("auth.configmap_watch_failed", extra={"error": repr(exc), "retry_seconds": delay})
+                if self._metrics is not None:
+                    self._metrics.internal_restarts.labels(AUTH_WATCH_TASK).inc()
                 resource_version = ""
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry.max_seconds)
+
+    async def _watch(self, resource_version: str) -> str:
+        """One watch from `resource_version`; the version to resume from, "" to list again."""
+        async with watch.Watch() as stream:
+            async for event in stream.stream(
+                self._core.list_namespaced_config_map,
+                AUTH_CONFIGMAP_NAMESPACE,
+                field_selector=f"metadata.name={AUTH_CONFIGMAP_NAME}",
+                resource_version=resource_version,
+                timeout_seconds=300,
+            ):
+                if event["type"] == "ERROR":
+                    return ""
+                configmap = event["object"]
+                resource_version = configmap.metadata.resource_version or resource_version
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    self._update(configmap.data)
+        return resource_version

@@ -2,18 +2,19 @@
 
 Each collector polls in its own task under its own timeout, so a slow or failing source delays
 nobody: its samples simply age out of the window, its values grow older than `max_age_seconds`, and
-the API stops serving them (marked stale) while everything else carries on. An estimator pass runs
-every `estimate_interval_seconds` in a worker thread and swaps a whole new snapshot into the store.
+the API stops serving them (marked stale) while everything else carries on. The pipeline runs in the
+worker process (`adapter.worker`), which sends each pass's whole snapshot to the serving process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,9 +31,10 @@ from adapter.catalogue import (
     POWER_BUDGETS,
 )
 from adapter.objects import KubeObject, ObjectIndex
-from adapter.selfmetrics import SelfMetrics
+from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import Key, MetricStore, ObjectRef, StoredValue
+from adapter.supervise import Supervisor
 from collectors.base import Collector, Sample
 from estimators.fleet import FleetEstimate, aggregate_pods, estimate_fleet
 from estimators.headroom import ReplicaBudgets
@@ -310,10 +312,6 @@ def latest_rack_power(samples: pd.DataFrame) -> dict[str, tuple[float, float]]:
     }
 
 
-INDEXED_RESOURCES = (PODS, NODES, DEPLOYMENTS)
-"""What an estimator pass needs of the object index: pod labels, node labels, Deployment selectors."""
-
-
 class Estimator(Protocol):
     """Where the sample history lives and the estimator passes run."""
 
@@ -347,36 +345,47 @@ class LocalEstimator:
 
 
 class Pipeline:
+    """Polls every collector on its own schedule and runs an estimator pass whenever something arrived.
+
+    A pass runs at most every `estimate_interval_seconds`, and only when a poll brought samples or the
+    object index changed since the last one: with nothing new it would compute the same values, and
+    an idle adapter should cost next to nothing. Each finished pass goes to `on_pass` (the worker
+    sends it to the server) and, when there is one, into `store`.
+    """
+
     def __init__(
         self,
         collectors: Sequence[Collector],
         *,
-        store: MetricStore,
         index: ObjectIndex,
         settings: Settings,
-        self_metrics: SelfMetrics,
+        metrics: PipelineMetrics,
+        store: MetricStore | None = None,
         racks: Callable[[], Sequence[RackSettings]] | None = None,
         estimator: Estimator | None = None,
+        on_pass: Callable[[Mapping[Key, StoredValue]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.collectors = list(collectors)
         self._store = store
         self._index = index
         self._settings = settings
-        self._metrics = self_metrics
+        self._metrics = metrics
         self._racks = racks or (lambda: settings.racks)
         self._clock = clock
+        self._on_pass = on_pass
         self.estimator = estimator or LocalEstimator(history_seconds(settings, collectors))
         self._failing: set[str] = set()
+        self._arrived = False
+        self._estimated_index_version: int | None = None
+        self._values: dict[Key, StoredValue] = {}
 
     async def poll(self, collector: Collector) -> bool:
         """One poll of one collector; failures are counted and logged once per state change."""
         name = collector.name
-        # The collector's own timeout (with retries) should fire first; this one catches a hang.
-        timeout = 2.0 * float(getattr(collector, "timeout_seconds", None) or collector.interval_seconds)
         self._metrics.collector_runs.labels(name).inc()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(collector.poll_timeout_seconds):
                 samples = await collector.collect()
         except asyncio.CancelledError:
             raise
@@ -389,7 +398,13 @@ class Pipeline:
                 log.warning("collector.stale", extra={"collector": name, "error": error, "detail": str(exc)})
             return False
         now = self._clock()
-        await self.estimator.add(name, samples, now)
+        try:
+            await self.estimator.add(name, samples, now)
+        except Exception:  # samples the estimator cannot take: this batch is lost, the next is not
+            log.exception("estimator.add_failed", extra={"collector": name})
+            self._metrics.collector_errors.labels(name, "EstimatorAddFailed").inc()
+            return False
+        self._arrived = True
         self._metrics.collector_samples.labels(name).set(len(samples))
         self._metrics.collector_last_success.labels(name).set(now)
         self._metrics.collector_up.labels(name).set(1)
@@ -398,10 +413,16 @@ class Pipeline:
             log.info("collector.recovered", extra={"collector": name})
         return True
 
+    def due(self) -> bool:
+        """Whether a pass could give new values: samples arrived, or objects changed."""
+        return self._arrived or self._index.version() != self._estimated_index_version
+
     async def estimate_once(self) -> int:
-        """One estimator pass over the history; returns how many values the store now holds."""
+        """One estimator pass over the history; returns how many values the pass produced."""
         started = time.perf_counter()
         now = self._clock()
+        self._arrived = False
+        index_version = self._index.version()
         values = await self.estimator.estimate(
             now_seconds=now,
             index=self._index,
@@ -411,11 +432,15 @@ class Pipeline:
         # A value whose inputs stopped arriving stays, with its old timestamp, so the API can say
         # "stale" (503) rather than "never heard of it" (404), until it is old enough to forget.
         forget_before = now - FORGET_AFTER_MAX_AGES * self._settings.max_age_seconds
-        if self._store.ready:
-            for key, previous in self._store.snapshot().values.items():
-                if key not in values and previous.timestamp_seconds >= forget_before:
-                    values[key] = previous
-        self._store.put_all(values)
+        for key, previous in self._values.items():
+            if key not in values and previous.timestamp_seconds >= forget_before:
+                values[key] = previous
+        self._values = values
+        self._estimated_index_version = index_version
+        if self._store is not None:
+            self._store.put_all(values)
+        if self._on_pass is not None:
+            self._on_pass(values)
         self._metrics.stored_values.set(len(values))
         self._metrics.pipeline_duration.observe(time.perf_counter() - started)
         return len(values)
@@ -428,17 +453,18 @@ class Pipeline:
 
     async def _estimate_forever(self) -> None:
         while True:
-            try:
-                await self.estimate_once()
-            except Exception:  # a bug in one pass must not stop the next; the old snapshot stays served
-                log.exception("pipeline.estimate_failed")
+            if self.due():
+                try:
+                    await self.estimate_once()
+                except Exception:  # a bug in one pass must not stop the next; the old snapshot stays served
+                    log.exception("pipeline.estimate_failed")
             await asyncio.sleep(self._settings.estimate_interval_seconds)
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            for collector in self.collectors:
-                tasks.create_task(self._poll_forever(collector), name=f"collector:{collector.name}")
-            tasks.create_task(self._estimate_forever(), name="estimator")
+    def start(self, supervisor: Supervisor) -> None:
+        """Each collector's poll loop and the estimator loop, each kept running by `supervisor`."""
+        for collector in self.collectors:
+            supervisor.start(f"collector:{collector.name}", functools.partial(self._poll_forever, collector))
+        supervisor.start("estimator", self._estimate_forever)
 
     async def aclose(self) -> None:
         await self.estimator.aclose()
@@ -452,32 +478,3 @@ class Pipeline:
 def history_seconds(settings: Settings, collectors: Sequence[Collector]) -> float:
     """Two windows and a poll: counters need a sample from before the window to measure all of it."""
     return 2 * settings.window_seconds + max((c.interval_seconds for c in collectors), default=0.0)
-
-
-def load_collectors(entries: Iterable[tuple[str, str, Mapping[str, object]]]) -> list[Collector]:
-    """Build collectors from (name, entry-point type, raw settings); every problem is reported at once."""
-    from importlib.metadata import entry_points
-
-    from adapter.errors import ConfigError
-    from collectors.base import CollectorConfigError
-
-    available = {ep.name: ep for ep in entry_points(group="wattscale.collectors")}
-    collectors: list[Collector] = []
-    problems: list[str] = []
-    for name, kind, raw in entries:
-        entry_point = available.get(kind)
-        if entry_point is None:
-            problems.append(
-                f"collectors.{name}.type: unknown collector {kind!r}; installed: {', '.join(sorted(available))}"
-            )
-            continue
-        try:
-            factory = entry_point.load()
-            collectors.append(factory.from_settings(name, raw))
-        except CollectorConfigError as exc:
-            problems.extend(f"collectors.{name}.{problem}" for problem in exc.problems)
-        except (ImportError, AttributeError) as exc:
-            problems.append(f"collectors.{name}.type: {kind!r} cannot be loaded: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return collectors

@@ -1,4 +1,4 @@
-"""Run the API server and the pipeline together until cancelled: shared by `serve` and `demo`."""
+"""Run the API server and its worker process together until cancelled: shared by `serve` and `demo`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +15,14 @@ from aiohttp import web
 
 from adapter.api import ApiSettings, create_app
 from adapter.auth import Authorizer, RequestAuthenticator
+from adapter.connections import GuardedAppRunner
+from adapter.errors import ConfigError
 from adapter.objects import ObjectIndex
-from adapter.pipeline import Pipeline
 from adapter.selfmetrics import SelfMetrics
 from adapter.store import MetricStore
+from adapter.supervise import Supervisor
 from adapter.tls import ServingTls, default_cert_dir, generate_self_signed
+from adapter.worker import WorkerProcess, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,88 +63,64 @@ async def until_signalled() -> None:
             loop.remove_signal_handler(signum)
 
 
+@dataclass(slots=True)
+class Running:
+    runner: web.AppRunner
+    worker: WorkerProcess
+    supervisor: Supervisor
+
+
 @contextlib.asynccontextmanager
 async def running(
     *,
     serving: ServingSettings,
     tls: ServingTls,
-    pipeline: Pipeline,
+    worker: WorkerSpec,
     store: MetricStore,
     index: ObjectIndex,
     authenticator: RequestAuthenticator,
     authorizer: Authorizer | None,
     self_metrics: SelfMetrics,
     api_settings: ApiSettings,
-) -> AsyncIterator[web.AppRunner]:
-    """The API listening and the pipeline running; both stop when the block exits."""
-    app = create_app(
-        store=store,
-        index=index,
-        authenticator=authenticator,
-        authorizer=authorizer,
-        self_metrics_registry=self_metrics,
-        settings=api_settings,
+    supervisor: Supervisor | None = None,
+) -> AsyncIterator[Running]:
+    """The worker process started (its collectors built) and the API listening; both stop when the
+    block exits. Raises `ConfigError` if the worker cannot build its collectors. `supervisor` (one is
+    made if not given) keeps the worker running; the caller may put its own long-lived tasks under it."""
+    supervisor = supervisor or Supervisor(
+        on_restart=lambda component: self_metrics.internal_restarts.labels(component).inc()
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, serving.bind_address, serving.port, ssl_context=tls.listening_context, backlog=1024
-    )
-    # Everything alive now (modules, the app) lives as long as the process: keep it out of the
-    # collector's full passes, which would otherwise pause requests for tens of milliseconds.
-    gc.freeze()
-    background = PipelineThread(pipeline)
-    background.start()
+    process = WorkerProcess(worker, store=store, index=index, metrics=self_metrics)
+    supervisor.start("worker", process.run)
     try:
-        await site.start()
-        yield runner
+        await _worker_started(process)
+        app = create_app(
+            store=store,
+            index=index,
+            authenticator=authenticator,
+            authorizer=authorizer,
+            self_metrics_registry=self_metrics,
+            settings=api_settings,
+            liveness=lambda: [*supervisor.problems(), *process.problems],
+        )
+        runner = GuardedAppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, serving.bind_address, serving.port, ssl_context=tls.listening_context, backlog=1024
+        )
+        # Everything alive now (modules, the app) lives as long as the process: keep it out of the
+        # collector's full passes, which would otherwise pause requests for tens of milliseconds.
+        gc.freeze()
+        try:
+            await site.start()
+            yield Running(runner, process, supervisor)
+        finally:
+            await runner.cleanup()
     finally:
-        await background.stop()
-        await runner.cleanup()
+        await supervisor.stop()
 
 
-class PipelineThread:
-    """The pipeline on its own event loop in a background thread.
-
-    Collectors parse what they fetch (hundreds of milliseconds for 1,000 pods of vLLM metrics) and
-    the pipeline pickles samples for the estimator process: on the API's loop, every request queued
-    behind that work. Here the API's loop only ever reads the store, which the pipeline replaces with
-    one assignment.
-    """
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self._loop = asyncio.new_event_loop()
-        self._task: asyncio.Task[None] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._task = asyncio.current_task()
-        self._ready.set()
-        try:
-            await self._pipeline.run()
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("pipeline.crashed")
-        finally:
-            await self._pipeline.aclose()  # on this loop: the collectors' sessions belong to it
-
-    def start(self) -> None:
-        # The pipeline thread gives up the GIL after 1 ms rather than 5, so a request waits less.
-        sys.setswitchinterval(0.001)
-        self._thread.start()
-        self._ready.wait()
-
-    async def stop(self) -> None:
-        if self._task is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._task.cancel)
-        await asyncio.to_thread(self._thread.join)
+async def _worker_started(process: WorkerProcess) -> None:
+    problems = await process.started
+    if problems:
+        raise ConfigError(list(problems))

@@ -7,8 +7,9 @@ the capper) always sees one consistent pass and never waits on a lock. Nothing h
 from __future__ import annotations
 
 import time
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,26 +46,205 @@ class StoredValue:
 Key = tuple[ObjectRef, str]
 
 
+GroupKey = tuple[str, str, str]
+"""(resource, namespace, metric): the wildcard queries' unit."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     values: Mapping[Key, StoredValue]
     generation: int
-    by_metric: Mapping[tuple[str, str, str], Mapping[str, StoredValue]]
+    by_metric: Mapping[GroupKey, Mapping[str, StoredValue]]
     """(resource, namespace, metric) -> name -> value: the wildcard queries' index."""
 
+    def lookup(self, ref: ObjectRef, metric: str) -> StoredValue | None:
+        return self.values.get((ref, metric))
 
-def _index(values: Mapping[Key, StoredValue]) -> dict[tuple[str, str, str], dict[str, StoredValue]]:
-    index: dict[tuple[str, str, str], dict[str, StoredValue]] = defaultdict(dict)
+    def group(self, key: GroupKey) -> Mapping[str, StoredValue]:
+        return self.by_metric.get(key, {})
+
+    def groups(self) -> Iterable[tuple[GroupKey, Mapping[str, StoredValue]]]:
+        return self.by_metric.items()
+
+    def names(self, resource: str, namespace: str | None) -> set[str]:
+        return {
+            ref.name
+            for ref, _ in self.values
+            if ref.resource == resource and (namespace is None or ref.namespace == namespace)
+        }
+
+
+def _index(values: Mapping[Key, StoredValue]) -> dict[GroupKey, dict[str, StoredValue]]:
+    index: dict[GroupKey, dict[str, StoredValue]] = defaultdict(dict)
     for (ref, metric), value in values.items():
         index[(ref.resource, ref.namespace, metric)][ref.name] = value
     return dict(index)
+
+
+# --------------------------------------------------------------------------------------------------
+# Columns: how a whole pass travels from the worker process to the server.
+#
+# Pickling a dict of 40,000 `StoredValue`s takes about a second each way; the server would hold the
+# GIL that long on every pass. Instead the worker sends the object names once (a `Layout`, again only
+# when the set of objects changes) and each pass as four flat arrays in the layout's order, which
+# unpickle as a memory copy. The server builds a `StoredValue` only when a request reads one.
+
+
+LabelSet = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    layout_id: int
+    groups: tuple[tuple[GroupKey, tuple[str, ...]], ...]
+    labels: tuple[LabelSet, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    layout_id: int
+    values: bytes
+    """float64 each, in the layout's order; likewise `timestamps` and `windows`."""
+    timestamps: bytes
+    windows: bytes
+    labels: bytes
+    """uint32 index into the layout's label sets, one per value."""
+
+
+class ColumnEncoder:
+    """The worker's side: a store's values as columns, with a new layout only when objects change."""
+
+    def __init__(self) -> None:
+        self._layout: Layout | None = None
+        self._label_ids: dict[LabelSet, int] = {}
+
+    def _label_id(self, labels: Mapping[str, str]) -> int:
+        key = tuple(labels.items())
+        found = self._label_ids.get(key)
+        if found is None:
+            found = self._label_ids[key] = len(self._label_ids)
+        return found
+
+    def encode(self, values: Mapping[Key, StoredValue]) -> tuple[Layout | None, Columns]:
+        """The columns of `values`, and the layout to send first when it is new (else None)."""
+        grouped: dict[GroupKey, dict[str, StoredValue]] = defaultdict(dict)
+        for (ref, metric), value in values.items():
+            grouped[(ref.resource, ref.namespace, metric)][ref.name] = value
+        label_count = len(self._label_ids)
+        previous = self._layout
+        if previous is not None and _fits(previous, grouped):
+            groups, groups_changed = previous.groups, False
+        else:
+            groups, groups_changed = tuple((key, tuple(members)) for key, members in grouped.items()), True
+        numbers, timestamps, windows, labels = array("d"), array("d"), array("d"), array("I")
+        for key, names in groups:
+            members = grouped[key]
+            for name in names:
+                value = members[name]
+                numbers.append(value.value)
+                timestamps.append(value.timestamp_seconds)
+                windows.append(value.window_seconds)
+                labels.append(self._label_id(value.labels))
+        new_layout = None
+        if groups_changed or len(self._label_ids) != label_count:
+            new_layout = Layout((previous.layout_id + 1) if previous else 1, groups, tuple(self._label_ids))
+            self._layout = new_layout
+        assert self._layout is not None
+        columns = Columns(
+            self._layout.layout_id,
+            numbers.tobytes(),
+            timestamps.tobytes(),
+            windows.tobytes(),
+            labels.tobytes(),
+        )
+        return new_layout, columns
+
+
+def _fits(layout: Layout, grouped: Mapping[GroupKey, Mapping[str, StoredValue]]) -> bool:
+    if len(layout.groups) != len(grouped):
+        return False
+    for key, names in layout.groups:
+        members = grouped.get(key)
+        if members is None or len(members) != len(names) or not all(name in members for name in names):
+            return False
+    return True
+
+
+class ServedLayout:
+    """The server's side of a layout: where each object's value sits in the columns."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout_id = layout.layout_id
+        self.labels: tuple[Mapping[str, str], ...] = tuple(dict(pairs) for pairs in layout.labels)
+        self.groups: dict[GroupKey, tuple[int, dict[str, int]]] = {}
+        offset = 0
+        for key, names in layout.groups:
+            self.groups[key] = (offset, {name: offset + i for i, name in enumerate(names)})
+            offset += len(names)
+
+
+class _Group(Mapping[str, StoredValue]):
+    __slots__ = ("_columns", "_positions")
+
+    def __init__(self, columns: ColumnSnapshot, positions: Mapping[str, int]) -> None:
+        self._columns = columns
+        self._positions = positions
+
+    def __getitem__(self, name: str) -> StoredValue:
+        return self._columns.at(self._positions[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._positions)
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+
+class ColumnSnapshot:
+    """A pass received as columns: looked up in place, a `StoredValue` built per read."""
+
+    def __init__(self, layout: ServedLayout, columns: Columns, generation: int) -> None:
+        if columns.layout_id != layout.layout_id:
+            raise ValueError(f"columns of layout {columns.layout_id}, expected {layout.layout_id}")
+        self.generation = generation
+        self._layout = layout
+        self._values = memoryview(columns.values).cast("d")
+        self._timestamps = memoryview(columns.timestamps).cast("d")
+        self._windows = memoryview(columns.windows).cast("d")
+        self._labels = memoryview(columns.labels).cast("I")
+
+    def at(self, i: int) -> StoredValue:
+        return StoredValue(
+            self._values[i], self._timestamps[i], self._windows[i], self._layout.labels[self._labels[i]]
+        )
+
+    def lookup(self, ref: ObjectRef, metric: str) -> StoredValue | None:
+        group = self._layout.groups.get((ref.resource, ref.namespace, metric))
+        if group is None:
+            return None
+        i = group[1].get(ref.name)
+        return None if i is None else self.at(i)
+
+    def group(self, key: GroupKey) -> Mapping[str, StoredValue]:
+        group = self._layout.groups.get(key)
+        return {} if group is None else _Group(self, group[1])
+
+    def groups(self) -> Iterable[tuple[GroupKey, Mapping[str, StoredValue]]]:
+        return ((key, _Group(self, positions)) for key, (_, positions) in self._layout.groups.items())
+
+    def names(self, resource: str, namespace: str | None) -> set[str]:
+        found: set[str] = set()
+        for (group_resource, group_namespace, _), (_, positions) in self._layout.groups.items():
+            if group_resource == resource and (namespace is None or group_namespace == namespace):
+                found.update(positions)
+        return found
 
 
 class MetricStore:
     def __init__(self, *, max_age_seconds: float, clock: Callable[[], float] = time.time) -> None:
         self.max_age_seconds = max_age_seconds
         self._clock = clock
-        self._snapshot: Snapshot | None = None
+        self._snapshot: Snapshot | ColumnSnapshot | None = None
 
     @property
     def ready(self) -> bool:
@@ -79,7 +259,11 @@ class MetricStore:
         frozen = dict(values)
         self._snapshot = Snapshot(frozen, self.generation + 1, _index(frozen))
 
-    def snapshot(self) -> Snapshot:
+    def put_columns(self, layout: ServedLayout, columns: Columns) -> None:
+        """Replace everything with one pass received from the worker process."""
+        self._snapshot = ColumnSnapshot(layout, columns, self.generation + 1)
+
+    def snapshot(self) -> Snapshot | ColumnSnapshot:
         if self._snapshot is None:
             raise NotReadyError("no metrics estimated yet: the first pipeline pass has not finished")
         return self._snapshot
@@ -89,7 +273,7 @@ class MetricStore:
         return now - value.timestamp_seconds <= self.max_age_seconds
 
     def get(self, ref: ObjectRef, metric: str, *, now_seconds: float | None = None) -> StoredValue:
-        value = self.snapshot().values.get((ref, metric))
+        value = self.snapshot().lookup(ref, metric)
         if value is None:
             raise MetricNotFoundError.for_object(ref.resource, metric, ref.name)
         if not self.is_fresh(value, now_seconds):
@@ -102,13 +286,9 @@ class MetricStore:
 
     def values_of(self, resource: str, namespace: str, metric: str) -> Mapping[str, StoredValue]:
         """Every object's value of one metric (fresh or not) in one namespace, by object name."""
-        return self.snapshot().by_metric.get((resource, namespace, metric), {})
+        return self.snapshot().group((resource, namespace, metric))
 
     def objects(self, resource: str, namespace: str | None) -> Iterable[str]:
         if self._snapshot is None:
             return []
-        return {
-            ref.name
-            for ref, _ in self._snapshot.values
-            if ref.resource == resource and (namespace is None or ref.namespace == namespace)
-        }
+        return self._snapshot.names(resource, namespace)

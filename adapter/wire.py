@@ -29,7 +29,9 @@ _REASON_FOR_CODE = {
     406: "NotAcceptable",
     413: "RequestEntityTooLarge",
     414: "RequestURITooLong",
+    417: "ExpectationFailed",
     429: "TooManyRequests",
+    431: "RequestHeaderFieldsTooLarge",
     500: "InternalError",
     503: "ServiceUnavailable",
 }
@@ -49,6 +51,10 @@ def status(code: int, message: str, reason: str | None = None) -> dict[str, Any]
         "reason": reason or reason_for(code),
         "code": code,
     }
+
+
+def status_json(code: int, message: str, reason: str | None = None) -> str:
+    return json.dumps(status(code, message, reason), separators=(",", ":"))
 
 
 def described_object(ref: ObjectRef) -> dict[str, str]:

@@ -1,21 +1,26 @@
-"""Latency and throughput of the HPA's Pods query through TLS, with front-proxy authentication.
+"""Latency and throughput of the HPA's Pods query through TLS, with front-proxy authentication, while
+the real pipeline runs: `serve`'s server and its worker process (collectors, object index, estimator
+passes) over a simulated fleet.
 
-The adapter runs in a child process pinned to CPU 0 (one core); this process, pinned to CPU 1, sends
-requests at a fixed arrival rate (open loop: latency counts from the scheduled send time, so a slow
-server cannot hide its queue) and prints percentiles.
+The server (and so its worker) runs pinned to CPU 0; this process, pinned to CPU 1, sends requests at
+a fixed arrival rate (open loop: latency counts from the scheduled send time, so a slow server cannot
+hide its queue) and prints percentiles, the maximum, errors, CPU and each process's RSS.
 
-    python bench/api_load.py --pods 1000 --rate 500 --seconds 20
+    python bench/api_load.py --pods 1000 --rate 500 --seconds 20 --poll-interval 1
 
-The store holds `--pods` pods in 10 Deployments; `--match all` asks for every pod in one request
-(1,000 items), `--match deployment` for one Deployment's pods (100 items), as an HPA does.
+The fleet has `--pods` pods in 10 Deployments on 8-GPU nodes, 16 nodes a rack, polled every
+`--poll-interval` seconds and estimated after each poll. `--match deployment` asks for one
+Deployment's pods (a tenth of them), as an HPA does; `--match all` for every pod in one request.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -23,49 +28,112 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from adapter.server import PipelineThread
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "unit" / "adapter"))  # pki helpers
+sys.path.insert(0, str(HERE.parent))
+
+DEPLOYMENTS = 10
+PODS_PER_NODE = 8
+NODES_PER_RACK = 16
+NAMESPACE = "llm"
+READY_TIMEOUT_SECONDS = 300.0
 
 
-def pod_values(pods: int, now: float) -> dict[object, object]:
-    from adapter.catalogue import PODS
-    from adapter.store import ObjectRef, StoredValue
-
-    return {
-        (ObjectRef(PODS, "llm", f"llm-{i % 10}-7d9f5c6b4-{i:05d}"), "watts_per_token"): StoredValue(
-            0.2 + (i % 97) / 100, now, 60.0, {"method": "energy_counter"}
-        )
-        for i in range(pods)
-    }
+def pod_name(i: int) -> str:
+    return f"llm-{i % DEPLOYMENTS}-7d9f5c6b4-{i:05d}"
 
 
-def build_store(pods: int) -> tuple[object, object]:
-    from adapter.catalogue import PODS
-    from adapter.objects import KubeObject, StaticObjectIndex
-    from adapter.store import MetricStore
+def bench_fleet(pods: int) -> Any:
+    from collectors.simulated import Fleet, SimNode, SimPod
 
-    store = MetricStore(max_age_seconds=3600.0)
-    objects = [
-        KubeObject(
-            PODS, "llm", f"llm-{i % 10}-7d9f5c6b4-{i:05d}", {"app": f"llm-{i % 10}", "tier": "interactive"}
-        )
-        for i in range(pods)
+    nodes = tuple(
+        SimNode(f"node-{i}", f"rack-{i // NODES_PER_RACK}", PODS_PER_NODE)
+        for i in range(pods // PODS_PER_NODE + 1)
+    )
+    return Fleet(
+        nodes,
+        tuple(
+            SimPod(
+                NAMESPACE,
+                pod_name(i),
+                f"node-{i // PODS_PER_NODE}",
+                1,
+                0.5,
+                {"app": f"llm-{i % DEPLOYMENTS}"},
+            )
+            for i in range(pods)
+        ),
+    )
+
+
+def bench_objects(pods: int) -> list[Any]:
+    """What the object index holds: the pods with labels, their nodes in racks, the Deployments."""
+    from adapter.catalogue import DEPLOYMENTS as DEPLOYMENT_RESOURCE
+    from adapter.catalogue import NODES, PODS
+    from adapter.objects import KubeObject
+    from adapter.selectors import selector_from_object
+
+    fleet = bench_fleet(pods)
+    objects = [KubeObject(NODES, "", n.name, {"wattscale.io/rack": n.rack}) for n in fleet.nodes]
+    objects += [
+        KubeObject(PODS, NAMESPACE, p.name, {**p.labels, "tier": "interactive"}, node=p.node)
+        for p in fleet.pods
     ]
-    store.put_all(pod_values(pods, time.time()))  # type: ignore[arg-type]
-    return store, StaticObjectIndex(objects)
+    objects += [
+        KubeObject(
+            DEPLOYMENT_RESOURCE,
+            NAMESPACE,
+            f"llm-{d}",
+            {},
+            pod_selector=selector_from_object({"matchLabels": {"app": f"llm-{d}"}}),
+            replicas=pods // DEPLOYMENTS,
+        )
+        for d in range(DEPLOYMENTS)
+    ]
+    return objects
+
+
+def bench_collectors(pods: int, poll_interval_seconds: float) -> list[Any]:
+    from collectors.simulated import SimulatedCollector, SimulatedSettings
+
+    settings = SimulatedSettings(interval_seconds=poll_interval_seconds)
+    return [SimulatedCollector("simulated", settings, fleet=bench_fleet(pods))]
+
+
+def worker_spec(pods: int, poll_interval_seconds: float, estimate_interval_seconds: float) -> Any:
+    from adapter.settings import Settings
+    from adapter.worker import StaticIndexSource, WorkerSpec
+
+    racks = [
+        {"name": f"rack-{r}", "cap_watts": 60000} for r in range(pods // PODS_PER_NODE // NODES_PER_RACK + 1)
+    ]
+    settings = Settings.from_mapping(
+        {
+            "window_seconds": 60,
+            "max_age_seconds": 120,
+            "estimate_interval_seconds": estimate_interval_seconds,
+            "racks": racks,
+        }
+    )
+    return WorkerSpec(
+        settings=settings,
+        collectors=functools.partial(bench_collectors, pods, poll_interval_seconds),
+        index=StaticIndexSource(functools.partial(bench_objects, pods)),
+        log_level="warning",
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from aiohttp import web
+    from cryptography import x509
 
-    from adapter.api import ApiSettings, create_app
+    from adapter.api import ApiSettings
     from adapter.auth import AuthenticationConfig, Authenticator, Authorizer, UserInfo
+    from adapter.catalogue import PODS
     from adapter.selfmetrics import SelfMetrics
+    from adapter.server import ServingSettings, running
+    from adapter.store import MetricStore
     from adapter.tls import ServingTls
 
     class AllowingReviewer:
@@ -74,82 +142,34 @@ async def serve(args: argparse.Namespace) -> None:
         async def review(self, user: UserInfo, attributes: object) -> tuple[bool, str]:
             return True, ""
 
-    from cryptography import x509
-
     front_proxy_ca = x509.load_pem_x509_certificate(args.ca_pem)
     config = AuthenticationConfig(requestheader_cas=(front_proxy_ca,), allowed_names=("front-proxy-client",))
-    store, index = build_store(args.pods)
     tls = ServingTls(
         Path(args.cert), Path(args.key), request_client_certificates=True, client_ca_pem=config.ca_pem()
     )
-    app = create_app(
-        store=store,  # type: ignore[arg-type]
-        index=index,  # type: ignore[arg-type]
-        authenticator=Authenticator(lambda: config, None),
-        authorizer=Authorizer(AllowingReviewer()),
-        self_metrics_registry=SelfMetrics(),
-        settings=ApiSettings(),
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=tls.listening_context, backlog=2048).start()
-    import gc
-
-    gc.freeze()  # as `serve` does once it is up
-    print("ready", flush=True)
+    spec = worker_spec(args.pods, args.poll_interval, args.estimate_interval)
+    store = MetricStore(max_age_seconds=spec.settings.max_age_seconds)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-
-    async def refresh() -> None:
-        # As the pipeline does: a whole new snapshot every pass, which invalidates cached answers.
-        while True:
-            await asyncio.sleep(args.refresh_seconds)
-            store.put_all(pod_values(args.pods, time.time()))  # type: ignore[attr-defined]
-
-    refresher = asyncio.create_task(refresh())
-    background = None
-    if args.pipeline_pods:
-        background = build_pipeline(args.pipeline_pods, args.estimate_interval, args.poll_interval)
-    if background is not None:
-        background.start()
-    await stop.wait()
-    refresher.cancel()
-    if background is not None:
-        await background.stop()
-    await runner.cleanup()
-
-
-def build_pipeline(
-    pods: int, estimate_interval_seconds: float, poll_interval_seconds: float
-) -> PipelineThread:
-    """A real pipeline over a simulated fleet of `pods` pods in the same process, run as `serve` runs it."""
-    from adapter.estimator_process import ProcessEstimator
-    from adapter.objects import StaticObjectIndex
-    from adapter.pipeline import Pipeline, history_seconds
-    from adapter.selfmetrics import SelfMetrics
-    from adapter.server import PipelineThread
-    from adapter.settings import Settings
-    from adapter.store import MetricStore
-    from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
-
-    nodes = tuple(SimNode(f"node-{i}", f"rack-{i // 16}", 8) for i in range(pods // 8 + 1))
-    fleet = Fleet(nodes, tuple(SimPod("sim", f"pod-{i}", f"node-{i // 8}", 1, 0.5) for i in range(pods)))
-    collector = SimulatedCollector(
-        "simulated", SimulatedSettings(interval_seconds=poll_interval_seconds), fleet=fleet
-    )
-    racks = [{"name": f"rack-{r}", "cap_watts": 60000} for r in range(len(nodes) // 16 + 1)]
-    settings = Settings.from_mapping(
-        {"window_seconds": 60, "estimate_interval_seconds": estimate_interval_seconds, "racks": racks}
-    )
-    pipeline = Pipeline(
-        [collector],
-        store=MetricStore(max_age_seconds=120),
-        index=StaticObjectIndex([]),
-        settings=settings,
+    async with running(
+        serving=ServingSettings(bind_address="127.0.0.1", port=args.port),
+        tls=tls,
+        worker=spec,
+        store=store,
+        index=spec.index.serving_index(store),
+        authenticator=Authenticator(lambda: config, None),
+        authorizer=Authorizer(AllowingReviewer()),
         self_metrics=SelfMetrics(),
-        estimator=ProcessEstimator(history_seconds(settings, [collector])),
-    )
-    return PipelineThread(pipeline)
+        api_settings=ApiSettings(),
+    ) as state:
+        # Ready once a pass has rates for every pod (two polls).
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while store.generation == 0 or len(store.values_of(PODS, NAMESPACE, "watts_per_token")) < args.pods:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no rates for {args.pods} pods after {READY_TIMEOUT_SECONDS:.0f} s")
+            await asyncio.sleep(0.1)
+        print(f"ready {state.worker.pid}", flush=True)
+        await stop.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -157,7 +177,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, server_pid: int) -> None:
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, pids: dict[str, int]) -> None:
     import aiohttp
 
     headers = {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
@@ -178,13 +205,13 @@ async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, serv
                         errors[str(response.status)] = errors.get(str(response.status), 0) + 1
                         return
                     sizes.append(len(body))
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:  # a request that waited 5 min counts as failed
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
             latencies.append(time.perf_counter() - scheduled)
 
         total = int(args.rate * args.seconds)
-        cpu_before = cpu_seconds(server_pid)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         in_flight: set[asyncio.Task[None]] = set()
         for i in range(total):
@@ -198,7 +225,7 @@ async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, serv
             task.add_done_callback(in_flight.discard)
         await asyncio.gather(*in_flight)
         elapsed = time.perf_counter() - started
-        server_cpu = cpu_seconds(server_pid) - cpu_before
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     latencies.sort()
 
     def percentile(p: float) -> float:
@@ -206,51 +233,31 @@ async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, serv
 
     print(f"query: {url.split('/apis/')[1]}")
     print(
-        f"pods in store: {args.pods}; items per response: {args.items}; response bytes: {statistics.mean(sizes):.0f}"
+        f"pods: {args.pods}, polled every {args.poll_interval:g} s; items per response: {args.items}; "
+        f"response bytes: {statistics.mean(sizes) if sizes else 0:.0f}"
     )
     print(f"offered {args.rate:.0f} req/s for {args.seconds:.0f} s over {args.connections} TLS connections")
     print(
         f"completed {len(latencies)} in {elapsed:.1f} s = {len(latencies) / elapsed:.0f} req/s; errors: {errors or 'none'}"
     )
+    if latencies:
+        print(
+            f"latency ms: p50 {percentile(50):.2f}  p90 {percentile(90):.2f}  p99 {percentile(99):.2f}  "
+            f"max {latencies[-1] * 1000:.2f}"
+        )
     print(
-        f"latency ms: p50 {percentile(50):.2f}  p90 {percentile(90):.2f}  p99 {percentile(99):.2f}  "
-        f"max {latencies[-1] * 1000:.2f}"
+        f"server CPU: {cpu['server'] / elapsed * 100:.0f}% of one core "
+        f"({cpu['server'] * 1000 / max(len(latencies), 1):.2f} ms per request); "
+        f"worker CPU: {cpu['worker'] / elapsed * 100:.0f}% of one core"
     )
-    print(
-        f"server CPU: {server_cpu / elapsed * 100:.0f}% of one core ({server_cpu * 1000 / max(len(latencies), 1):.2f} ms per request)"
-    )
+    print("RSS MiB: " + ", ".join(f"{name} {rss_mib(pid):.0f}" for name, pid in pids.items()))
+    print(f"load average: {os.getloadavg()[0]:.2f}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--pods", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--match", choices=["all", "deployment"], default="deployment")
-    parser.add_argument("--refresh-seconds", type=float, default=1.0, help="new store snapshot this often")
-    parser.add_argument(
-        "--pipeline-pods", type=int, default=0, help="also run a real pipeline over this many simulated pods"
-    )
-    parser.add_argument(
-        "--estimate-interval", type=float, default=1.0, help="with --pipeline-pods: seconds between passes"
-    )
-    parser.add_argument(
-        "--poll-interval", type=float, default=1.0, help="with --pipeline-pods: seconds between polls"
-    )
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=18443, help=argparse.SUPPRESS)
-    parser.add_argument("--cert", help=argparse.SUPPRESS)
-    parser.add_argument("--key", help=argparse.SUPPRESS)
-    parser.add_argument("--ca", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        args.ca_pem = Path(args.ca).read_bytes()
-        asyncio.run(serve(args))
-        return 0
-
+def start_server(
+    args: argparse.Namespace,
+) -> tuple[subprocess.Popen[str], dict[str, int], ssl.SSLContext, str]:
+    """The server (with its worker) pinned to CPU 0, this process to CPU 1; the HPA query's URL."""
     from pki import issue, make_ca
 
     workdir = Path(tempfile.mkdtemp(prefix="wattscale-bench-"))
@@ -259,21 +266,21 @@ def main() -> int:
     (workdir / "front-proxy-ca.crt").write_text(front_proxy_ca.cert_pem)
     client = issue(front_proxy_ca, "front-proxy-client")
     context = client.client_context(workdir, "front-proxy-client", serving_ca.cert_pem)
-    pin = ["taskset", "-c", "0"] if os.cpu_count() and os.cpu_count() > 1 else []  # type: ignore[operator]
+    if not args.port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            args.port = sock.getsockname()[1]
+    pin = ["taskset", "-c", "0"] if (os.cpu_count() or 1) > 1 else []
     server = subprocess.Popen(
         [
             *pin,
             sys.executable,
-            __file__,
+            str(HERE / "api_load.py"),
             "--serve",
             "--pods",
             str(args.pods),
             "--port",
             str(args.port),
-            "--refresh-seconds",
-            str(args.refresh_seconds),
-            "--pipeline-pods",
-            str(args.pipeline_pods),
             "--estimate-interval",
             str(args.estimate_interval),
             "--poll-interval",
@@ -288,23 +295,61 @@ def main() -> int:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert server.stdout is not None
+    ready = server.stdout.readline().split()
+    if not ready or ready[0] != "ready":
+        server.kill()
+        raise SystemExit("server did not start")
+    if pin:
+        os.sched_setaffinity(0, {1})
+    selector = "app%3Dllm-3" if args.match == "deployment" else "tier%3Dinteractive"
+    args.items = args.pods // DEPLOYMENTS if args.match == "deployment" else args.pods
+    url = (
+        f"https://127.0.0.1:{args.port}/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NAMESPACE}/pods/%2A/"
+        f"watts_per_token?labelSelector={selector}"
+    )
+    return server, {"server": server.pid, "worker": int(ready[1])}, context, url
+
+
+def stop_server(server: subprocess.Popen[str]) -> None:
+    server.send_signal(signal.SIGTERM)
     try:
-        assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
-            print("server did not start", file=sys.stderr)
-            return 1
-        if pin:
-            os.sched_setaffinity(0, {1})
-        selector = "app%3Dllm-3" if args.match == "deployment" else "tier%3Dinteractive"
-        args.items = args.pods // 10 if args.match == "deployment" else args.pods
-        url = (
-            f"https://127.0.0.1:{args.port}/apis/custom.metrics.k8s.io/v1beta2/namespaces/llm/pods/%2A/"
-            f"watts_per_token?labelSelector={selector}"
-        )
-        asyncio.run(load(args, context, url, server.pid))
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--match", choices=["all", "deployment"], default="deployment")
+    parser.add_argument("--estimate-interval", type=float, default=1.0, help="at most one pass this often")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls of the fleet")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--cert", help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--ca", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> int:
+    args = parser().parse_args()
+    if args.serve:
+        args.ca_pem = Path(args.ca).read_bytes()
+        asyncio.run(serve(args))
+        return 0
+    server, pids, context, url = start_server(args)
+    try:
+        asyncio.run(load(args, context, url, pids))
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+        stop_server(server)
     return 0
 
 

@@ -235,15 +235,7 @@ async def put_power_limit(request: web.Request) -> web.Response:
         "agent.power_limit",
         extra={"event": "agent.power_limit", **{k: v for k, v in asdict(change).items()}},
     )
-    return web.json_response(
-        {
-            "uuid": change.uuid,
-            "previous_watts": change.previous_watts,
-            "applied_watts": change.applied_watts,
-            "clamped": change.clamped,
-            "dry_run": change.dry_run,
-        }
-    )
+    return web.json_response(asdict(change))  # collectors.node_agent.change_from_json reads it back
 
 
 class AgentMetrics:

@@ -28,6 +28,10 @@ understand (anything else is kept and passed through, never dropped):
     kv_cache_usage_ratio             gauge    namespace, pod
     pdu_power_watts                  gauge    rack, pdu
     pdu_energy_joules_total          counter  rack, pdu
+    pod_gpu_power_watts              gauge    namespace, pod, node    window averages that recording
+    pod_cpu_power_watts              gauge    namespace, pod          rules computed (prometheus_api);
+    pod_generation_tokens_per_second gauge    namespace, pod          the estimator takes them as they
+    pod_prompt_tokens_per_second     gauge    namespace, pod          are, newest first
 """
 
 from __future__ import annotations
@@ -75,10 +79,42 @@ class Collector(Protocol):
 
     name: str
     interval_seconds: float
+    poll_timeout_seconds: float
+    """The longest one `collect()` may take, retries included. The collector's own timeouts should
+    end a poll first (so it can count why); the pipeline cancels a poll that outlives this, as a hang."""
 
     async def collect(self) -> Sequence[Sample]: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodEndpoint:
+    """A running pod as target discovery needs it: where it is and which ports it names."""
+
+    namespace: str
+    name: str
+    ip: str
+    """Empty until the pod has one."""
+    node: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    ports: Mapping[str, int] = field(default_factory=dict)
+    """Named container ports (`ports[].name` -> `containerPort`) of all its containers."""
+
+
+class PodTargets(Protocol):
+    """The pods the cluster runs now, read afresh at every poll (pod IPs change). The adapter passes
+    one, backed by the object cache it already keeps, to every collector that `use_pod_targets`."""
+
+    def __call__(self) -> Sequence[PodEndpoint]: ...
+
+
+@runtime_checkable
+class DiscoversPods(Protocol):
+    """A collector that finds its exporters among the cluster's pods when no URL is configured."""
+
+    def use_pod_targets(self, pods: PodTargets) -> None: ...
 
 
 class CollectorFactory(Protocol):

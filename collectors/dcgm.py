@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.base import Sample
@@ -39,6 +39,10 @@ class DcgmSettings(ExporterSettings):
     """The first present names the node; Prometheus relabelling often provides `node`."""
     ignore_pods_matching: str = "dcgm-exporter"
     """A pod name that matches is the exporter itself (a target label), not a GPU holder."""
+    discover_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "dcgm-exporter"}
+    )
+    """dcgm-exporter's DaemonSet pods (its Helm chart's label), on their port `metrics`."""
 
     def problems(self) -> list[str]:
         found = ExporterSettings.problems(self)

@@ -17,7 +17,8 @@ energy go backwards.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.base import Sample
@@ -43,6 +44,9 @@ class KeplerSettings(ExporterSettings):
     include_idle: bool = True
     """Legacy only: add `mode="idle"` CPU energy (exported on bare metal) to `mode="dynamic"`."""
     node_labels: tuple[str, ...] = ("node_name", "node", "instance")
+    discover_labels: Mapping[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "kepler"})
+    """Kepler's DaemonSet pods (its Helm chart's and manifests' label), scraped on their port `http`."""
+    discover_port: str = "http"
 
     def problems(self) -> list[str]:
         found = ExporterSettings.problems(self)

@@ -22,7 +22,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
-from collectors.nvml import GpuReading, reading_samples
+from collectors.nvml import GpuReading, PowerLimitChange, reading_samples
 from collectors.prometheus_text import parse_exposition
 from collectors.support import (
     HttpPolledCollector,
@@ -93,6 +93,20 @@ def answer_from_gpus_json(document: Any) -> AgentAnswer:
     except (KeyError, TypeError, ValueError) as exc:
         raise CollectorError(f"malformed /v1/gpus answer: {type(exc).__name__}: {exc}") from exc
     return AgentAnswer(node, readings, pods)
+
+
+def change_from_json(document: Any) -> PowerLimitChange:
+    """Parse the answer to `PUT /v1/gpus/{uuid}/power-limit`; raises `CollectorError` when malformed."""
+    try:
+        return PowerLimitChange(
+            uuid=str(document["uuid"]),
+            previous_watts=float(document["previous_watts"]),
+            applied_watts=float(document["applied_watts"]),
+            clamped=bool(document.get("clamped", False)),
+            dry_run=bool(document.get("dry_run", False)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CollectorError(f"malformed power-limit answer: {type(exc).__name__}: {exc}") from exc
 
 
 def answer_from_metrics(text: str) -> AgentAnswer:

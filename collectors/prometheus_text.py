@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Self
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import CollectorError, Sample
+from collectors.base import CollectorError, PodTargets, Sample
+from collectors.discovery import pod_scrape_targets
 from collectors.prometheus_api import PrometheusClient
 from collectors.support import HttpPolledCollector, PollSettings, Series, build_settings, http_get
 
@@ -66,11 +67,17 @@ class ExporterSettings(PollSettings):
     tls_ca_file: str | None = None
     tls_insecure_skip_verify: bool = False
     max_response_bytes: int = 64 * 1024 * 1024
+    discover_labels: Mapping[str, str] = field(default_factory=dict)
+    """With neither URL setting: scrape the pods whose labels include all of these (see discovery)."""
+    discover_port: str = "metrics"
+    """With neither URL setting: the container port name to scrape, else `prometheus.io/port`."""
 
     def problems(self) -> list[str]:
         found = PollSettings.problems(self)
-        if (self.prometheus_url is None) == (not self.scrape_urls):
-            found.append("prometheus_url, scrape_urls: set exactly one of them")
+        if self.prometheus_url is not None and self.scrape_urls:
+            found.append("prometheus_url, scrape_urls: set at most one of them (neither: discover pods)")
+        if not self.discover_port:
+            found.append("discover_port: must not be empty")
         if self.prometheus_url is not None and not _URL.match(self.prometheus_url):
             found.append(f"prometheus_url: want http(s)://host[:port], got {self.prometheus_url!r}")
         if self.query is not None and self.prometheus_url is None:
@@ -146,9 +153,15 @@ class ExporterCollector(HttpPolledCollector):
     source_metrics: ClassVar[frozenset[str]] = frozenset()
     """Sample names (as in the exposition, `_total` included) this source reads; empty = all."""
 
+    _pod_targets: PodTargets | None = None
+
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
         return cls(name, build_settings(cls.settings_cls, name, raw))
+
+    def use_pod_targets(self, pods: PodTargets) -> None:
+        """Where to find the exporters when neither `prometheus_url` nor `scrape_urls` is set."""
+        self._pod_targets = pods
 
     def _headers(self) -> dict[str, str]:
         if self.settings.bearer_token_file is None:
@@ -176,7 +189,24 @@ class ExporterCollector(HttpPolledCollector):
                 # A custom query's series are stamped with the evaluation time (see PrometheusClient).
                 return await client.query(settings.query)
             return await client.latest_samples(self.query_names(), at_seconds=self._clock())
-        return await self._scrape_all(settings.scrape_urls)
+        return await self._scrape_all(settings.scrape_urls or self._discovered_targets())
+
+    def _discovered_targets(self) -> list[ScrapeTarget]:
+        settings = self.settings
+        if self._pod_targets is None:
+            raise CollectorError(
+                f"{self.name}: no prometheus_url or scrape_urls, and no cluster to discover pods in"
+            )
+        found = pod_scrape_targets(
+            self._pod_targets(), match_labels=settings.discover_labels, port_name=settings.discover_port
+        )
+        if not found:
+            wanted = ",".join(f"{k}={v}" for k, v in sorted(settings.discover_labels.items())) or "any"
+            raise CollectorError(
+                f"{self.name}: no running pod with labels {wanted} names port {settings.discover_port!r} "
+                f"or has a prometheus.io/port annotation"
+            )
+        return [ScrapeTarget(url=target.url, labels=target.labels) for target in found]
 
     async def _scrape_all(self, targets: Sequence[ScrapeTarget]) -> list[Series]:
         session, headers = self._get_session(), self._headers()

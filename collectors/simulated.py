@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +32,8 @@ PEAK_BATCH = 256
 PROMPT_TOKENS_PER_GENERATED = 2.5
 DIURNAL_PERIOD_SECONDS = 600.0
 """The demo compresses a day of load into ten minutes, so its metrics visibly move."""
+SURGE_GPU_POWER_WATTS = 700.0
+"""An H100 SXM at its board limit: what a rack in `surge_racks` draws on every GPU (the demo's knob)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,7 @@ class SimulatedCollector:
     ) -> None:
         self.name = name
         self.interval_seconds = settings.interval_seconds
+        self.poll_timeout_seconds = settings.interval_seconds  # no I/O: only a bug could make it hang
         self._settings = settings
         self._fixed_fleet = fleet
         self._clock = clock
@@ -216,6 +219,8 @@ class SimulatedCollector:
         self._rng = random.Random(settings.seed)
         self._last_poll_seconds: float | None = None
         self._counters: dict[tuple[str, ...], float] = {}
+        self.surge_racks: Container[str] = set()
+        """Racks whose GPUs all draw SURGE_GPU_POWER_WATTS (a synchronised burst), until removed."""
 
     @classmethod
     def from_settings(cls, name: str, raw: Mapping[str, object]) -> Self:
@@ -283,7 +288,7 @@ class SimulatedCollector:
             )
             for gpu_index, (owner, power, _tokens) in enumerate(assigned[: node.gpus]):
                 uuid = f"GPU-{node.name}-{gpu_index:02d}"
-                power_watts = self._noisy(power)
+                power_watts = self._noisy(SURGE_GPU_POWER_WATTS if node.rack in self.surge_racks else power)
                 node_gpu_power += power_watts
                 emit("gpu_power_watts", power_watts, node=node.name, gpu_uuid=uuid)
                 energy = self._count(("gpu", uuid), power_watts * elapsed)

@@ -164,6 +164,11 @@ def build_settings(settings_cls: type[S], collector: str, raw: Mapping[str, obje
     raise CollectorConfigError(collector, problems)
 
 
+MAX_JITTER = 1.5
+"""A retry waits backoff x 2^attempt x a random factor in [0.5, MAX_JITTER)."""
+HANG_GRACE_SECONDS = 1.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PollSettings:
     """Timing and bounds common to every collector."""
@@ -176,6 +181,13 @@ class PollSettings:
     """First retry delay; doubled for each later retry, with jitter."""
     max_samples: int = 200_000
     """A poll that would return more fails instead: a runaway source must not flood the pipeline."""
+
+    @property
+    def poll_timeout_seconds(self) -> float:
+        """Every attempt timing out and every backoff at its jittered maximum, plus a grace, so the
+        poll loop's own timeout and error metrics always come before the pipeline's hang guard."""
+        backoffs = sum(self.backoff_seconds * 2.0**attempt * MAX_JITTER for attempt in range(self.retries))
+        return (self.retries + 1) * self.timeout_seconds + backoffs + HANG_GRACE_SECONDS
 
     def problems(self) -> list[str]:
         found: list[str] = []
@@ -261,6 +273,7 @@ class PolledCollector:
 
     name: str
     interval_seconds: float
+    poll_timeout_seconds: float
     settings: PollSettings
 
     def __init__(
@@ -273,6 +286,7 @@ class PolledCollector:
     ) -> None:
         self.name = name
         self.interval_seconds = poll.interval_seconds
+        self.poll_timeout_seconds = poll.poll_timeout_seconds
         self.settings = poll
         """Subclasses narrow its type (`settings: RedfishPduSettings`)."""
         self._poll_settings = poll
@@ -303,7 +317,7 @@ class PolledCollector:
                     error = exc
                 if attempt >= settings.retries:
                     raise error
-                delay = settings.backoff_seconds * (2**attempt) * (0.5 + random.random())
+                delay = settings.backoff_seconds * (2**attempt) * random.uniform(0.5, MAX_JITTER)
                 attempt += 1
                 await asyncio.sleep(delay)
             if len(samples) > settings.max_samples:
@@ -502,12 +516,22 @@ class MonotonicSums:
     container restarts, its counter drops to zero; when it disappears, its share would vanish from the
     sum. Either way a plain sum falls, and a rate over it goes wrong. Here a series that resets or
     vanishes leaves its last value behind in its key's carried total, which is what Prometheus's
-    `increase()` does across resets. A key that vanishes entirely is forgotten.
+    `increase()` does across resets. A series that comes back after skipping polls takes its carried
+    value back (it still counts it itself), unless it came back lower: then it reset while unseen and
+    the carried value stays. A key that vanishes entirely is forgotten, with its unseen series.
     """
 
     def __init__(self) -> None:
         self._last: dict[Hashable, tuple[Any, float]] = {}
+        """Series in the latest poll: series -> (key, value)."""
+        self._unseen: dict[Hashable, tuple[Any, float]] = {}
+        """Series missing from the latest poll whose key is alive: their last value is carried."""
         self._carried: dict[Any, float] = defaultdict(float)
+
+    def _returned(self, key: Hashable, series: Hashable, value: float) -> None:
+        gone = self._unseen.pop(series, None)
+        if gone is not None and gone[0] == key and value >= gone[1]:
+            self._carried[key] -= gone[1]
 
     def update(self, readings: Iterable[tuple[K, Hashable, float]]) -> dict[K, float]:
         """`readings` are (output key, source series key, counter value); returns the sum per key."""
@@ -515,7 +539,9 @@ class MonotonicSums:
         seen: set[Hashable] = set()
         for key, series, value in readings:
             previous = self._last.get(series)
-            if previous is not None and value < previous[1]:
+            if previous is None:
+                self._returned(key, series, value)
+            elif value < previous[1]:
                 self._carried[key] += previous[1]
             self._last[series] = (key, value)
             seen.add(series)
@@ -524,6 +550,9 @@ class MonotonicSums:
             key, value = self._last.pop(series)
             if key in sums:
                 self._carried[key] += value
+                self._unseen[series] = (key, value)
+        for series in [s for s, (key, _) in self._unseen.items() if key not in sums]:
+            del self._unseen[series]
         for key in [k for k in self._carried if k not in sums]:
             del self._carried[key]
         return {key: total + self._carried.get(key, 0.0) for key, total in sums.items()}

@@ -42,6 +42,8 @@ Rules, in the order they are applied:
    `headroom_watts = max(0, cap - margin - power)`, `overdraw_watts = max(0, power - (cap - margin))`:
    both are measured against the usable budget (cap minus margin), so at most one is non-zero
    (`estimators.headroom`).
+8. A pod whose figures recording rules already computed in Prometheus (`pod_*` averages from the
+   `prometheus_api` collector) takes those instead of rules 3-5 (`estimators.recorded`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from estimators.headroom import (
     replicas_within_budget,
 )
 from estimators.rates import ResetRule, counters_at, series_rates
+from estimators.recorded import recorded_pods
 
 POD_COLUMNS = [
     "namespace",
@@ -396,6 +399,19 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power_watts: pd.Series)
     return pods.sort_values(_POD, ignore_index=True)[POD_COLUMNS]
 
 
+def _with_recorded(pods: pd.DataFrame, window: _Window) -> pd.DataFrame:
+    """Pods whose figures recording rules computed take those (`estimators.recorded`) instead."""
+    recorded = recorded_pods(window.current, window.seconds)
+    if recorded.empty:
+        return pods
+    recorded = recorded.reindex(columns=POD_COLUMNS)
+    others = pods.merge(recorded[_POD], on=_POD, how="left", indicator=True)["_merge"] == "left_only"
+    if not others.any():
+        return recorded.sort_values(_POD, ignore_index=True)
+    both = pd.concat([pods.loc[others.to_numpy()], recorded], ignore_index=True)
+    return both.sort_values(_POD, ignore_index=True)
+
+
 def _sum_by(frame: pd.DataFrame, key: str, column: str) -> pd.Series:
     """Sum of `column` per `key` as an object-indexed float Series (empty-safe)."""
     sums = frame.groupby(key)[column].sum(min_count=1)
@@ -487,7 +503,7 @@ def estimate_fleet(
     # Each GPU's and node's power once per pass: the pod and node frames both start from them.
     gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     measured = _measured_node_power(window)
-    pods = _pod_frame(window, gpus, measured)
+    pods = _with_recorded(_pod_frame(window, gpus, measured), window)
     nodes = _node_frame(window, gpus, measured, pods, node_racks)
     rack_frame = _rack_frame(window, nodes, node_racks, racks)
     return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame)

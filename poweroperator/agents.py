@@ -1,18 +1,23 @@
 """Client of the node agent's HTTP API (`wattscale agent`): read GPUs, set one GPU's power limit.
 
+The agent's answers are parsed by the agent's own client code (`collectors.node_agent`), the one reader
+of that contract; this module adds the operator's view of a GPU (what the policy needs) and the calls.
 The agent applies a limit with NVML within the device's constraints, refuses a PUT without the control
 token, and changes nothing unless it was started with --allow-power-limit-changes (it answers with
-dry_run true). The capper trusts the agent's answer, not its own request, for what was applied.
+dry_run true). The operator trusts the agent's answer, not its own request, for what was applied.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
+
+from collectors.base import CollectorError
+from collectors.node_agent import AgentAnswer, answer_from_gpus_json, change_from_json
+from collectors.nvml import GpuReading, PowerLimitChange
 
 
 class AgentError(Exception):
@@ -20,7 +25,9 @@ class AgentError(Exception):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GpuReading:
+class GpuState:
+    """One GPU as the capping policy sees it."""
+
     node: str
     uuid: str
     index: int
@@ -32,46 +39,35 @@ class GpuReading:
     pods: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LimitChange:
-    uuid: str
-    previous_watts: float
-    applied_watts: float
-    clamped: bool
-    dry_run: bool
+def _known(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
-def _float(raw: Mapping[str, Any], key: str) -> float:
-    value = raw.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+def _state(node: str, gpu: GpuReading, pods: Sequence[tuple[str, str]]) -> GpuState | None:
+    limit, low, high = (
+        _known(gpu.power_limit_watts),
+        _known(gpu.power_limit_min_watts),
+        _known(gpu.power_limit_max_watts),
+    )
+    if math.isnan(limit) or math.isnan(low) or math.isnan(high) or not low <= high:
+        # Without the device's range the operator cannot keep a limit inside it: leave this GPU alone.
+        return None
+    power = gpu.power_average_watts if gpu.power_average_watts is not None else gpu.power_watts
+    return GpuState(
+        node=node,
+        uuid=gpu.uuid,
+        index=gpu.index,
+        power_watts=_known(power),
+        limit_watts=limit,
+        limit_min_watts=low,
+        limit_max_watts=high,
+        pods=tuple(pods),
+    )
 
 
-def parse_gpus(body: Mapping[str, Any]) -> list[GpuReading]:
-    node = str(body.get("node") or "")
-    readings = []
-    for gpu in body.get("gpus") or []:
-        power = _float(gpu, "power_average_watts")
-        if math.isnan(power):
-            power = _float(gpu, "power_watts")
-        limit = _float(gpu, "power_limit_watts")
-        low, high = _float(gpu, "power_limit_min_watts"), _float(gpu, "power_limit_max_watts")
-        if math.isnan(limit) or math.isnan(low) or math.isnan(high) or not low <= high:
-            # Without the device's range the capper cannot keep a limit inside it: leave this GPU alone.
-            continue
-        pods = tuple((str(p.get("namespace", "")), str(p.get("pod", ""))) for p in gpu.get("pods") or [])
-        readings.append(
-            GpuReading(
-                node=node,
-                uuid=str(gpu["uuid"]),
-                index=int(gpu.get("index", 0)),
-                power_watts=power,
-                limit_watts=limit,
-                limit_min_watts=low,
-                limit_max_watts=high,
-                pods=pods,
-            )
-        )
-    return readings
+def gpu_states(answer: AgentAnswer) -> list[GpuState]:
+    states = (_state(answer.node, gpu, answer.pods.get(gpu.uuid, [])) for gpu in answer.readings)
+    return [state for state in states if state is not None]
 
 
 class AgentClient:
@@ -82,7 +78,7 @@ class AgentClient:
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
 
-    async def gpus(self, base_url: str) -> list[GpuReading]:
+    async def gpus(self, base_url: str) -> list[GpuState]:
         url = f"{base_url.rstrip('/')}/v1/gpus"
         try:
             async with self._session.get(url, timeout=self._timeout) as response:
@@ -92,11 +88,11 @@ class AgentClient:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AgentError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
         try:
-            return parse_gpus(body)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise AgentError(f"GET {url}: unexpected body: {exc}") from exc
+            return gpu_states(answer_from_gpus_json(body))
+        except CollectorError as exc:
+            raise AgentError(f"GET {url}: {exc}") from exc
 
-    async def set_power_limit(self, base_url: str, uuid: str, watts: float) -> LimitChange:
+    async def set_power_limit(self, base_url: str, uuid: str, watts: float) -> PowerLimitChange:
         url = f"{base_url.rstrip('/')}/v1/gpus/{uuid}/power-limit"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
@@ -110,12 +106,6 @@ class AgentClient:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise AgentError(f"PUT {url}: {type(exc).__name__}: {exc}") from exc
         try:
-            return LimitChange(
-                uuid=str(body["uuid"]),
-                previous_watts=float(body["previous_watts"]),
-                applied_watts=float(body["applied_watts"]),
-                clamped=bool(body.get("clamped", False)),
-                dry_run=bool(body.get("dry_run", False)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AgentError(f"PUT {url}: unexpected body: {exc}") from exc
+            return change_from_json(body)
+        except CollectorError as exc:
+            raise AgentError(f"PUT {url}: {exc}") from exc

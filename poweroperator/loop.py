@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from poweroperator.agents import AgentClient, AgentError, GpuReading
+from poweroperator.agents import AgentClient, AgentError, GpuState
 from poweroperator.budget import BudgetError, BudgetSpec, parse_budget
 from poweroperator.cluster import Cluster, ClusterError, RackReading
 from poweroperator.policy import Action, Decision, PolicyState, RackObservation, decide
@@ -88,6 +88,21 @@ class CapperMetrics:
             ["budget"],
             registry=self.registry,
         )
+        self.gpus = Gauge(
+            "wattscale_capper_gpus", "GPUs the budget covers.", ["budget"], registry=self.registry
+        )
+        self.gpus_at_min_limit = Gauge(
+            "wattscale_capper_gpus_at_min_limit",
+            "GPUs whose limit is at the device minimum (planned limits in dryRun): nothing left to cut.",
+            ["budget"],
+            registry=self.registry,
+        )
+        self.limit_sum = Gauge(
+            "wattscale_capper_gpu_power_limit_sum_watts",
+            "Sum of the GPUs' power limits (planned limits in dryRun).",
+            ["budget"],
+            registry=self.registry,
+        )
 
 
 @dataclass(slots=True)
@@ -95,7 +110,7 @@ class BudgetRuntime:
     """What the loop remembers about one budget between periods."""
 
     policy_state: PolicyState = field(default_factory=PolicyState)
-    gpus: dict[str, GpuReading] = field(default_factory=dict)
+    gpus: dict[str, GpuState] = field(default_factory=dict)
     """Last reading per GPU uuid (kept while its agent is unreachable)."""
     planned_limits: dict[str, float] = field(default_factory=dict)
     """dryRun: the limits the loop would have set."""
@@ -309,6 +324,11 @@ class Capper:
         self.metrics.limited_gpus.labels(budget.name).set(
             float((decision.limits_watts < obs.gpu_max_watts).sum())
         )
+        self.metrics.gpus.labels(budget.name).set(float(len(gpus)))
+        self.metrics.gpus_at_min_limit.labels(budget.name).set(
+            float((decision.limits_watts <= obs.gpu_min_watts).sum())
+        )
+        self.metrics.limit_sum.labels(budget.name).set(float(decision.limits_watts.sum()))
         return decision
 
     async def _apply(
@@ -464,19 +484,19 @@ def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _unknown(gpu: GpuReading) -> GpuReading:
+def _unknown(gpu: GpuState) -> GpuState:
     return _replace(gpu, power_watts=math.nan)
 
 
-def _on_node(gpu: GpuReading, node: str) -> GpuReading:
+def _on_node(gpu: GpuState, node: str) -> GpuState:
     return _replace(gpu, node=node)
 
 
-def _with_limit(gpu: GpuReading, watts: float) -> GpuReading:
+def _with_limit(gpu: GpuState, watts: float) -> GpuState:
     return _replace(gpu, limit_watts=watts)
 
 
-def _replace(gpu: GpuReading, **changes: Any) -> GpuReading:
+def _replace(gpu: GpuState, **changes: Any) -> GpuState:
     import dataclasses
 
     return dataclasses.replace(gpu, **changes)

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def _collect(args: argparse.Namespace) -> int:
-    from adapter.pipeline import load_collectors
+    from adapter.plugins import load_collectors
     from adapter.settings import Settings
 
     settings = Settings.from_file(args.config)

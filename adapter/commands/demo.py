@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
+import multiprocessing
 import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 HELP = "serve the custom metrics API over a simulated fleet of H100 LLM servers (no cluster needed)"
 
 log = logging.getLogger(__name__)
+FIRST_RATES_TIMEOUT_SECONDS = 60.0
+RACKS = (
+    {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
+    {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +33,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after this long (default: run until ^C)",
     )
+    parser.add_argument(
+        "--surge-rack",
+        action="append",
+        default=[],
+        metavar="RACK",
+        help="start with every GPU of RACK at 700 W, driving it over its cap (repeatable); "
+        "at run time: POST or DELETE /demo/surge/RACK",
+    )
     parser.add_argument("--log-level", default="warning")
 
 
-def demo_index() -> object:
+class SurgeSwitch:
+    """Which racks surge: flags in memory shared with the worker process, where the simulated
+    collector runs, so the demo's HTTP knob reaches it without a restart."""
+
+    def __init__(self, racks: Sequence[str], surging: Iterable[str] = ()) -> None:
+        self.racks = tuple(racks)
+        # The worker is spawned; shared memory from the same context travels with its arguments.
+        self._flags = multiprocessing.get_context("spawn").Array("b", len(self.racks))
+        for rack in surging:
+            self.set(rack, surging=True)
+
+    def set(self, rack: str, *, surging: bool) -> None:
+        self._flags[self.racks.index(rack)] = surging
+
+    def __contains__(self, rack: object) -> bool:
+        return rack in self.racks and bool(self._flags[self.racks.index(str(rack))])
+
+    def surging(self) -> list[str]:
+        return [rack for rack in self.racks if rack in self]
+
+
+def demo_objects() -> list[Any]:
+    """The simulated fleet's Kubernetes objects; built alike in the server and its worker."""
     from adapter.catalogue import DEPLOYMENTS, INFERENCE_SERVICES, NAMESPACES, NODES, PODS, POWER_BUDGETS
-    from adapter.objects import KubeObject, StaticObjectIndex
+    from adapter.objects import KubeObject
     from adapter.selectors import selector_from_object
     from collectors.simulated import demo_fleet
 
@@ -52,7 +91,36 @@ def demo_index() -> object:
         KubeObject(NAMESPACES, "", namespace, {}) for namespace in sorted({p.namespace for p in fleet.pods})
     ]
     objects += [KubeObject(POWER_BUDGETS, "", rack, {}) for rack in sorted({n.rack for n in fleet.nodes})]
-    return StaticObjectIndex(objects)
+    return objects
+
+
+def demo_collectors(surge: SurgeSwitch | None = None) -> list[Any]:
+    from collectors.simulated import SimulatedCollector, SimulatedSettings
+
+    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
+    if surge is not None:
+        collector.surge_racks = surge
+    return [collector]
+
+
+def surge_routes(surge: SurgeSwitch) -> tuple[Any, ...]:
+    """`POST /demo/surge/{rack}` puts every GPU of the rack at 700 W, `DELETE` ends it: a rack over its
+    cap on demand, for trying the alert rules and the page."""
+    from aiohttp import web
+
+    from adapter.api import json_response
+    from adapter.connections import status_response
+
+    async def change(request: web.Request) -> web.Response:
+        rack = request.match_info["rack"]
+        if rack not in surge.racks:
+            return status_response(
+                404, f"no rack {rack!r} in the demo fleet; racks: {', '.join(surge.racks)}"
+            )
+        surge.set(rack, surging=request.method == "POST")
+        return json_response({"surging": surge.surging()})
+
+    return (web.post("/demo/surge/{rack}", change), web.delete("/demo/surge/{rack}", change))
 
 
 def curl_examples(base_url: str) -> list[str]:
@@ -67,54 +135,50 @@ def curl_examples(base_url: str) -> list[str]:
 async def _demo(args: argparse.Namespace) -> int:
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator
-    from adapter.estimator_process import ProcessEstimator
-    from adapter.pipeline import Pipeline, history_seconds
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings
     from adapter.store import MetricStore
-    from collectors.simulated import SimulatedCollector, SimulatedSettings
+    from adapter.worker import StaticIndexSource, WorkerSpec
 
     settings = Settings.from_mapping(
         {
             "window_seconds": args.window_seconds,
             "max_age_seconds": max(4 * args.window_seconds, 60.0),
-            "racks": [
-                {"name": "rack-a", "cap_watts": 17000, "margin_ratio": 0.05},
-                {"name": "rack-b", "cap_watts": 17000, "margin_ratio": 0.05},
-            ],
+            "racks": RACKS,
         }
     )
+    racks = [str(rack["name"]) for rack in RACKS]
+    unknown = sorted(set(args.surge_rack) - set(racks))
+    if unknown:
+        print(
+            f"wattscale demo: --surge-rack: no rack {', '.join(unknown)}; racks: {', '.join(racks)}",
+            file=sys.stderr,
+        )
+        return 2
+    surge = SurgeSwitch(racks, args.surge_rack)
     store = MetricStore(max_age_seconds=settings.max_age_seconds)
-    index = demo_index()
-    self_metrics = SelfMetrics()
-    collector = SimulatedCollector("simulated", SimulatedSettings(interval_seconds=1.0))
-    pipeline = Pipeline(
-        [collector],
-        store=store,
-        index=index,  # type: ignore[arg-type]
+    worker = WorkerSpec(
         settings=settings,
-        self_metrics=self_metrics,
-        estimator=ProcessEstimator(history_seconds(settings, [collector])),
+        collectors=functools.partial(demo_collectors, surge),
+        index=StaticIndexSource(demo_objects),
+        log_level=args.log_level,
     )
+    index = worker.index.serving_index(store)
     serving = ServingSettings(bind_address=args.host, port=args.port)
     tls = serving_tls(serving, request_client_certificates=False)
-    # Two polls make a counter rate: estimate once before serving so the first request has values.
-    await pipeline.poll(collector)
-    await asyncio.sleep(1.0)
-    await pipeline.poll(collector)
-    await pipeline.estimate_once()
     async with running(
         serving=serving,
         tls=tls,
-        pipeline=pipeline,
+        worker=worker,
         store=store,
-        index=index,  # type: ignore[arg-type]
+        index=index,
         authenticator=AllowAllAuthenticator(),
         authorizer=None,
-        self_metrics=self_metrics,
-        api_settings=ApiSettings(enable_external_metrics=True),
+        self_metrics=SelfMetrics(),
+        api_settings=ApiSettings(enable_external_metrics=True, extra_routes=surge_routes(surge)),
     ):
+        await _first_rates(store)
         host = f"[{args.host}]" if ":" in args.host else args.host
         base_url = f"https://{host}:{args.port}"
         print(
@@ -127,6 +191,8 @@ async def _demo(args: argparse.Namespace) -> int:
         print("racks rack-a (nodes h100-a1..a4) and rack-b (h100-b1..b4), 17 kW caps. Try:")
         for command in curl_examples(base_url):
             print(f"  {command}")
+        print(f"Live page: {base_url}/ui/   Prometheus series: {base_url}/metrics/power")
+        print(f"Drive rack-a over its cap: curl -sk -X POST {base_url}/demo/surge/rack-a  (DELETE ends it)")
         print("Stop with Ctrl-C.", flush=True)
         if args.exit_after is not None:
             with contextlib.suppress(TimeoutError):
@@ -134,6 +200,18 @@ async def _demo(args: argparse.Namespace) -> int:
         else:
             await until_signalled()
     return 0
+
+
+async def _first_rates(store: Any) -> None:
+    """Two polls make a counter rate: print the commands once they would answer with one."""
+    from adapter.catalogue import PODS
+
+    deadline = asyncio.get_running_loop().time() + FIRST_RATES_TIMEOUT_SECONDS
+    while store.generation == 0 or not store.values_of(PODS, "llm", "watts_per_token"):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("demo.no_rates_yet", extra={"waited_seconds": FIRST_RATES_TIMEOUT_SECONDS})
+            return
+        await asyncio.sleep(0.1)
 
 
 def run(args: argparse.Namespace) -> int:

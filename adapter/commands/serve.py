@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import functools
 import logging
 import os
 import sys
@@ -84,24 +84,34 @@ def merge_racks(configured: Sequence[Any], from_budgets: Sequence[Any]) -> list[
     return [*(rack for rack in configured if rack.name not in budget_names), *from_budgets]
 
 
+def cluster_racks(settings: Any, index: Any) -> list[Any]:
+    """Config racks and the PowerBudgets' racks, from the worker's object index."""
+    from adapter.catalogue import POWER_BUDGETS
+
+    return merge_racks(settings.racks, power_budget_racks(index.objects(POWER_BUDGETS, None)))
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from kubernetes_asyncio import client, config
 
     from adapter.api import ApiSettings
     from adapter.auth import AllowAllAuthenticator, Authenticator, Authorizer
-    from adapter.catalogue import POWER_BUDGETS
-    from adapter.estimator_process import ProcessEstimator
-    from adapter.kube_auth import ExtensionAuthentication, KubeAccessReviewer, KubeTokenReviewer
-    from adapter.kube_cache import KubeObjectCache
-    from adapter.objects import ObjectIndex, StoreObjectIndex
-    from adapter.pipeline import Pipeline, history_seconds, load_collectors
+    from adapter.kube_auth import (
+        AUTH_WATCH_TASK,
+        ExtensionAuthentication,
+        KubeAccessReviewer,
+        KubeTokenReviewer,
+    )
+    from adapter.kube_cache import KubeIndexSource
+    from adapter.plugins import settings_collectors
     from adapter.selfmetrics import SelfMetrics
     from adapter.server import ServingSettings, running, serving_tls, until_signalled
     from adapter.settings import Settings
     from adapter.store import MetricStore
+    from adapter.worker import NoIndexSource, WorkerSpec
 
     settings = Settings.from_file(args.config) if args.config else Settings()
-    collectors = load_collectors((c.name, c.type, c.raw) for c in settings.collectors)
+    collectors = functools.partial(settings_collectors, settings)
     store = MetricStore(max_age_seconds=settings.max_age_seconds)
     self_metrics = SelfMetrics()
     serving = ServingSettings(
@@ -121,21 +131,15 @@ async def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("auth.disabled", extra={"reason": "--insecure-disable-auth"})
-        index: ObjectIndex = StoreObjectIndex(store)
-        pipeline = Pipeline(
-            collectors,
-            store=store,
-            index=index,
-            settings=settings,
-            self_metrics=self_metrics,
-            estimator=ProcessEstimator(history_seconds(settings, collectors)),
+        worker = WorkerSpec(
+            settings=settings, collectors=collectors, index=NoIndexSource(), log_level=args.log_level
         )
         async with running(
             serving=serving,
             tls=serving_tls(serving, request_client_certificates=False),
-            pipeline=pipeline,
+            worker=worker,
             store=store,
-            index=index,
+            index=worker.index.serving_index(store),
             authenticator=AllowAllAuthenticator(),
             authorizer=None,
             self_metrics=self_metrics,
@@ -155,45 +159,35 @@ async def _serve(args: argparse.Namespace) -> int:
             if tls_holder:
                 tls_holder[0].update_client_cas(auth_config.ca_pem())
 
-        extension = ExtensionAuthentication(api, on_auth_change)
+        extension = ExtensionAuthentication(api, on_auth_change, self_metrics=self_metrics)
         resource_version = await extension.load()
         tls = serving_tls(serving, request_client_certificates=True, client_ca_pem=extension.current.ca_pem())
         tls_holder.append(tls)
-        cache = KubeObjectCache(api)
-        cache.start()
-        follow = asyncio.create_task(extension.follow(resource_version), name="auth-configmap")
-
-        def racks() -> list[Any]:
-            return merge_racks(settings.racks, power_budget_racks(cache.objects(POWER_BUDGETS, None)))
-
-        pipeline = Pipeline(
-            collectors,
-            store=store,
-            index=cache,
+        # The object cache runs in the worker, which needs the objects for estimation; the server
+        # mirrors it from the worker's reports.
+        worker = WorkerSpec(
             settings=settings,
-            self_metrics=self_metrics,
-            racks=racks,
-            estimator=ProcessEstimator(history_seconds(settings, collectors)),
+            collectors=collectors,
+            index=KubeIndexSource(args.kubeconfig),
+            racks=cluster_racks,
+            log_level=args.log_level,
         )
-        try:
-            async with running(
-                serving=serving,
-                tls=tls,
-                pipeline=pipeline,
-                store=store,
-                index=cache,
-                authenticator=Authenticator(lambda: extension.current, KubeTokenReviewer(api, self_metrics)),
-                authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
-                self_metrics=self_metrics,
-                api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
-            ):
-                log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
-                await until_signalled()
-        finally:
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow
-            await cache.stop()
+        async with running(
+            serving=serving,
+            tls=tls,
+            worker=worker,
+            store=store,
+            index=worker.index.serving_index(store),
+            authenticator=Authenticator(lambda: extension.current, KubeTokenReviewer(api, self_metrics)),
+            authorizer=Authorizer(KubeAccessReviewer(api, self_metrics)),
+            self_metrics=self_metrics,
+            api_settings=ApiSettings(enable_external_metrics=args.enable_external_metrics),
+        ) as serving_now:
+            # The first watch resumes from the version just loaded; a restarted one lists again.
+            resume_from = iter([resource_version])
+            serving_now.supervisor.start(AUTH_WATCH_TASK, lambda: extension.follow(next(resume_from, "")))
+            log.info("serve.listening", extra={"address": args.bind_address, "port": args.secure_port})
+            await until_signalled()
     return 0
 
 

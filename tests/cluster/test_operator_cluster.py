@@ -300,3 +300,135 @@ def test_capper_clamps_and_restores_an_inference_service_replica_ceiling(
     finally:
         control_plane.kubectl("delete", "powerbudget", "rack-a", "--ignore-not-found")
         control_plane.kubectl("delete", "inferenceservice", "chat", "-n", "llm", "--ignore-not-found")
+
+
+def _managed_budget(name: str, **scaling: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "wattscale.io/v1alpha1",
+        "kind": "PowerBudget",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"wattscale.io/rack": "nowhere"}},
+            "capWatts": 10_000,
+            "workloads": [
+                {
+                    "kind": "Deployment",
+                    "namespace": "llm",
+                    "name": "llama",
+                    "scaling": {"mode": "managed", **scaling},
+                }
+            ],
+        },
+    }
+
+
+QUEUE_TRIGGER = {"name": "queue", "type": "prometheus", "metadata": {"query": "q", "threshold": "4"}}
+
+
+@pytest.mark.parametrize(
+    ("scaling", "message"),
+    [
+        (
+            {"minReplicas": 5, "maxReplicas": 4, "demand": [QUEUE_TRIGGER]},
+            "minReplicas must not exceed maxReplicas",
+        ),
+        ({"maxReplicas": 4}, "needs maxReplicas and at least one demand trigger"),
+        ({"maxReplicas": 4, "demand": [QUEUE_TRIGGER, QUEUE_TRIGGER]}, "demand trigger names must be unique"),
+        (
+            {"maxReplicas": 4, "demand": [{**QUEUE_TRIGGER, "name": "wattscale_budget"}]},
+            "wattscale_budget is the operator's own trigger",
+        ),
+    ],
+)
+def test_the_api_server_refuses_a_managed_workload_that_breaks_a_cel_rule(
+    control_plane: ControlPlane, power_budget_crd: None, scaling: dict[str, Any], message: str
+) -> None:
+    refused = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=json.dumps(_managed_budget("cel-check", **scaling)),
+        check=False,
+    )
+    assert refused.returncode != 0 and message in refused.stderr
+
+
+def test_the_api_server_fills_the_scaling_defaults(
+    control_plane: ControlPlane, power_budget_crd: None
+) -> None:
+    applied = control_plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-o",
+        "json",
+        "-f",
+        "-",
+        stdin=json.dumps(_managed_budget("defaults-check", maxReplicas=4, demand=[QUEUE_TRIGGER])),
+    )
+    spec = json.loads(applied.stdout)["spec"]
+    scaling = spec["workloads"][0]["scaling"]
+    assert (
+        scaling["minReplicas"],
+        scaling["pollingIntervalSeconds"],
+        scaling["fallbackFailureThreshold"],
+    ) == (1, 15, 3)
+    assert scaling["demand"][0]["replicaTarget"] == 1
+    assert spec["mode"] == "dryRun" and spec["thresholds"]["softRatio"] == 0.97
+
+
+def test_placement_taints_an_overdrawn_racks_nodes_on_the_real_api_server_and_clears_them(
+    control_plane: ControlPlane, power_budget_crd: None, kubelet: object
+) -> None:
+    """The operator's placement writes through the real API: PreferNoSchedule on every node of the rack,
+    every other taint kept (the stand-in kubelet's not-ready taint), all of it gone when headroom returns."""
+    import asyncio
+    import time
+
+    from kubernetes_asyncio import client as async_client
+    from kubernetes_asyncio import config as async_config
+
+    from poweroperator.budget import parse_budget
+    from poweroperator.cluster import KubeCluster, RackReading
+    from poweroperator.loop import BudgetRuntime
+    from poweroperator.placement import TAINT_KEY, PlacementReconciler, RackMark
+
+    budget = parse_budget(_budget("enforce"))
+    events: list[str] = []
+
+    def taints(node: str) -> list[dict[str, str]]:
+        done = control_plane.kubectl("get", "node", node, "-o", "json")
+        found: list[dict[str, str]] = json.loads(done.stdout)["spec"].get("taints") or []
+        return found
+
+    others = {node: [t for t in taints(node) if t["key"] != TAINT_KEY] for node in NODES}
+
+    async def run(headroom_watts: float) -> dict[str, Any]:
+        await async_config.load_kube_config(config_file=str(control_plane.admin_kubeconfig))
+        async with async_client.ApiClient() as api:
+
+            async def event(_: Any, reason: str, message: str, warning: bool) -> None:
+                events.append(f"{reason}: {message}")
+
+            placement = PlacementReconciler(
+                KubeCluster(api, agent_url_template="http://{node_ip}:9477"), event, after_seconds=0
+            )
+            runtime = {budget.name: BudgetRuntime(rack=RackReading(9_000.0, headroom_watts, time.time()))}
+            if headroom_watts > 0:  # start from the marked state, as the operator would have left it
+                placement.marks[budget.name] = RackMark(overdrawn=True)
+            await placement.reconcile_all([budget], runtime, time.time())
+            status = runtime[budget.name].placement
+            assert status is not None
+            return status
+
+    status = asyncio.run(run(0.0))
+    assert status["overdrawn"] is True and status["taintedNodes"] == list(NODES)
+    for node in NODES:
+        assert {"key": TAINT_KEY, "value": budget.name, "effect": "PreferNoSchedule"} in taints(node)
+        assert all(t in taints(node) for t in others[node])
+    assert events and events[-1].startswith("RackOverdrawnNodesTainted") and "node-1, node-2" in events[-1]
+
+    status = asyncio.run(run(5_000.0))
+    assert status["overdrawn"] is False and status["taintedNodes"] == []
+    for node in NODES:
+        assert [t for t in taints(node) if t["key"] == TAINT_KEY] == [] and taints(node) == others[node]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 from integration_peers import ReplayExporter, StartPrometheus, Target, free_port, wait_for
+from monitoring_stack import Stack, monitoring_stack
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ async def start_prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
     processes: list[asyncio.subprocess.Process] = []
     logs: list[Path] = []
 
-    async def start(targets: Sequence[Target]) -> str:
+    async def start(targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> str:
         scrape_configs = []
         for target in targets:
             host_port, _, path = target.url.removeprefix("http://").partition("/")
@@ -51,6 +52,8 @@ async def start_prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": scrape_configs,
         }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
         config_file = tmp_path / f"prometheus-{len(processes)}.yml"
         config_file.write_text(yaml.safe_dump(config))
         port = free_port()
@@ -89,3 +92,11 @@ async def start_prometheus(tmp_path: Path) -> AsyncIterator[StartPrometheus]:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture(scope="session")
+def monitoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`wattscale demo`, Prometheus with the shipped rules, Alertmanager and a webhook receiver, shared
+    by the alerting and dashboard tests (see monitoring_stack)."""
+    with monitoring_stack(tmp_path_factory.mktemp("monitoring")) as stack:
+        yield stack

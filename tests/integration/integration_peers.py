@@ -17,11 +17,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
+import replay_fixtures as replay
 import yaml
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from collectors.base import Sample
+from collectors.prometheus_text import ExporterCollector
+from collectors.support import build_settings
 
 
 @dataclass
@@ -94,7 +100,11 @@ class Target:
     job: str
 
 
-StartPrometheus = Callable[[Sequence[Target]], Awaitable[str]]
+class StartPrometheus(Protocol):
+    """Starts a Prometheus scraping `targets` every second (and evaluating `rule_files` every second,
+    when given); returns its base URL once it is ready."""
+
+    def __call__(self, targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> Awaitable[str]: ...
 
 
 async def prometheus_has(base_url: str, promql: str) -> bool:
@@ -142,3 +152,63 @@ def load_unit_helper(name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+StartExporter = Callable[[Callable[[float], str]], Awaitable[ReplayExporter]]
+
+
+def make_collector(cls: type[ExporterCollector], **raw: object) -> ExporterCollector:
+    """A collector of `cls` with its own registry and short retries."""
+    settings = build_settings(cls.settings_cls, cls.__name__, {"backoff_seconds": 0.05, **raw})
+    return cls(cls.__name__, settings, registry=CollectorRegistry())
+
+
+async def start_replayed_fleet(
+    replay_exporter: StartExporter, start_prometheus: StartPrometheus, rule_files: Sequence[Path] = ()
+) -> tuple[dict[str, ReplayExporter], str, float]:
+    """The replayed DCGM, vLLM (two pods sharing one GPU) and Kepler exporters behind a real Prometheus,
+    each scraped at least twice; returns the exporters, Prometheus's URL and the replay's start."""
+    start = time.time()
+    exporters = {
+        "dcgm": await replay_exporter(lambda now: replay.render_dcgm(now, start)),
+        "vllm": await replay_exporter(lambda now: replay.render_vllm(now, start)),
+        "vllm-sharing": await replay_exporter(
+            lambda now: replay.render_vllm(now, start, replay.SHARING_POD_TOKENS_PER_SECOND)
+        ),
+        "kepler": await replay_exporter(lambda now: replay.render_kepler_legacy(now, start)),
+    }
+    targets = [
+        Target(exporters["dcgm"].url, {}, "dcgm"),
+        Target(exporters["vllm"].url, {**replay.POD, "node": replay.NODE}, "vllm"),
+        Target(exporters["vllm-sharing"].url, {**replay.SHARING_POD, "node": replay.NODE}, "vllm-sharing"),
+        Target(exporters["kepler"].url, {"node": replay.NODE}, "kepler"),
+    ]
+    base_url = await start_prometheus(targets, rule_files)
+
+    async def scraped_twice() -> bool:
+        return all(
+            [
+                await prometheus_has(base_url, "count_over_time(DCGM_FI_DEV_POWER_USAGE[1m]) > 1"),
+                await prometheus_has(base_url, "count_over_time(vllm:generation_tokens_total[1m]) > 1"),
+                await prometheus_has(
+                    base_url, "count_over_time(kepler_container_package_joules_total[1m]) > 1"
+                ),
+            ]
+        )
+
+    await wait_for(scraped_twice, timeout_seconds=60, what="two scrapes of every exporter")
+    return exporters, base_url, start
+
+
+async def poll_for_span(collectors: Sequence[ExporterCollector], span_seconds: float) -> list[Sample]:
+    """Poll every collector until their generation-token samples span `span_seconds`."""
+    samples: list[Sample] = []
+
+    async def spans() -> bool:
+        for collector in collectors:
+            samples.extend(await collector.collect())
+        stamps = [s.timestamp_seconds for s in samples if s.metric == "generation_tokens_total"]
+        return bool(stamps) and max(stamps) - min(stamps) >= span_seconds
+
+    await wait_for(spans, timeout_seconds=60, what=f"samples spanning {span_seconds} s")
+    return samples

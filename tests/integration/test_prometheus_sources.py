@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,30 +14,24 @@ import pytest
 import replay_fixtures as replay
 from integration_peers import (
     ReplayExporter,
+    StartExporter,
     StartPrometheus,
     Target,
-    prometheus_has,
+    make_collector,
+    poll_for_span,
     run_collect_once,
+    start_replayed_fleet,
     wait_for,
 )
-from prometheus_client import CollectorRegistry
 
 from collectors.base import CollectorError, Sample
 from collectors.dcgm import DcgmCollector
 from collectors.kepler import KeplerCollector
-from collectors.prometheus_text import ExporterCollector
-from collectors.support import TransientCollectorError, build_settings
+from collectors.support import TransientCollectorError
 from collectors.vllm import VllmCollector
 from estimators.fleet import estimate_fleet
 
 pytestmark = pytest.mark.prometheus
-
-StartExporter = Callable[[Callable[[float], str]], Awaitable[ReplayExporter]]
-
-
-def _make(cls: type[ExporterCollector], **raw: object) -> ExporterCollector:
-    settings = build_settings(cls.settings_cls, cls.__name__, {"backoff_seconds": 0.05, **raw})
-    return cls(cls.__name__, settings, registry=CollectorRegistry())
 
 
 def _frame(samples: Sequence[Sample]) -> pd.DataFrame:
@@ -59,64 +53,16 @@ def _served(exporter: ReplayExporter, pattern: str) -> dict[float, float]:
     return found
 
 
-async def _start_fleet(
-    replay_exporter: StartExporter, start_prometheus: StartPrometheus
-) -> tuple[dict[str, ReplayExporter], str, float]:
-    start = time.time()
-    exporters = {
-        "dcgm": await replay_exporter(lambda now: replay.render_dcgm(now, start)),
-        "vllm": await replay_exporter(lambda now: replay.render_vllm(now, start)),
-        "vllm-sharing": await replay_exporter(
-            lambda now: replay.render_vllm(now, start, replay.SHARING_POD_TOKENS_PER_SECOND)
-        ),
-        "kepler": await replay_exporter(lambda now: replay.render_kepler_legacy(now, start)),
-    }
-    targets = [
-        Target(exporters["dcgm"].url, {}, "dcgm"),
-        Target(exporters["vllm"].url, {**replay.POD, "node": replay.NODE}, "vllm"),
-        Target(exporters["vllm-sharing"].url, {**replay.SHARING_POD, "node": replay.NODE}, "vllm-sharing"),
-        Target(exporters["kepler"].url, {"node": replay.NODE}, "kepler"),
-    ]
-    base_url = await start_prometheus(targets)
-
-    async def scraped_twice() -> bool:
-        return all(
-            [
-                await prometheus_has(base_url, "count_over_time(DCGM_FI_DEV_POWER_USAGE[1m]) > 1"),
-                await prometheus_has(base_url, "count_over_time(vllm:generation_tokens_total[1m]) > 1"),
-                await prometheus_has(
-                    base_url, "count_over_time(kepler_container_package_joules_total[1m]) > 1"
-                ),
-            ]
-        )
-
-    await wait_for(scraped_twice, timeout_seconds=60, what="two scrapes of every exporter")
-    return exporters, base_url, start
-
-
-async def _poll_for(collectors: Sequence[ExporterCollector], span_seconds: float) -> list[Sample]:
-    """Poll every collector until their generation-token samples span `span_seconds`."""
-    samples: list[Sample] = []
-
-    async def spans() -> bool:
-        for collector in collectors:
-            samples.extend(await collector.collect())
-        stamps = [s.timestamp_seconds for s in samples if s.metric == "generation_tokens_total"]
-        return bool(stamps) and max(stamps) - min(stamps) >= span_seconds
-
-    await wait_for(spans, timeout_seconds=60, what=f"samples spanning {span_seconds} s")
-    return samples
-
-
 async def test_collectors_read_back_what_the_exporters_served_and_the_estimate_matches(
     replay_exporter: StartExporter, start_prometheus: StartPrometheus
 ) -> None:
-    exporters, base_url, _ = await _start_fleet(replay_exporter, start_prometheus)
+    exporters, base_url, _ = await start_replayed_fleet(replay_exporter, start_prometheus)
     collectors = [
-        _make(cls, prometheus_url=base_url) for cls in (DcgmCollector, VllmCollector, KeplerCollector)
+        make_collector(cls, prometheus_url=base_url)
+        for cls in (DcgmCollector, VllmCollector, KeplerCollector)
     ]
     try:
-        samples = await _poll_for(collectors, span_seconds=5.0)
+        samples = await poll_for_span(collectors, span_seconds=5.0)
     finally:
         for collector in collectors:
             await collector.aclose()
@@ -142,7 +88,7 @@ async def test_collectors_read_back_what_the_exporters_served_and_the_estimate_m
         if sample.metric == "gpu_power_watts" and dict(sample.labels) == gpu_labels:
             assert sample.value == replay.GPU_POWER_WATTS
     # dcgm-exporter serves the shared GPU twice; one poll reads it once and names both holders.
-    dcgm = _make(DcgmCollector, prometheus_url=base_url)
+    dcgm = make_collector(DcgmCollector, prometheus_url=base_url)
     try:
         one_poll = list(await dcgm.collect())
     finally:
@@ -194,8 +140,8 @@ async def test_scrape_mode_reads_the_same_exporters_without_prometheus(
     start = time.time()
     vllm = await replay_exporter(lambda now: replay.render_vllm(now, start))
     kepler = await replay_exporter(lambda now: replay.render_kepler_legacy(now, start))
-    vllm_collector = _make(VllmCollector, scrape_urls=[{"url": vllm.url, "labels": replay.POD}])
-    kepler_collector = _make(
+    vllm_collector = make_collector(VllmCollector, scrape_urls=[{"url": vllm.url, "labels": replay.POD}])
+    kepler_collector = make_collector(
         KeplerCollector, scrape_urls=[{"url": kepler.url, "labels": {"node": replay.NODE}}]
     )
     try:
@@ -220,14 +166,16 @@ async def test_faults_against_the_real_server(
     vllm = await replay_exporter(lambda now: replay.render_vllm(now, start))
     base_url = await start_prometheus([Target(vllm.url, replay.POD, "vllm")])
 
-    bad_query = _make(VllmCollector, prometheus_url=base_url, query="sum(vllm:generation_tokens_total")
+    bad_query = make_collector(
+        VllmCollector, prometheus_url=base_url, query="sum(vllm:generation_tokens_total"
+    )
     with pytest.raises(CollectorError, match="bad_data") as caught:
         await bad_query.collect()
     assert not isinstance(caught.value, TransientCollectorError)
     await bad_query.aclose()
 
     # The server restarts its counters (a vLLM pod restart): what we report never goes back.
-    collector = _make(VllmCollector, prometheus_url=base_url)
+    collector = make_collector(VllmCollector, prometheus_url=base_url)
     readings: list[float] = []
 
     async def tokens_seen(minimum: int) -> bool:
@@ -248,14 +196,14 @@ async def test_faults_against_the_real_server(
 
     # A hanging exporter behind a timeout, and a refused connection.
     vllm.hang = True
-    hanging = _make(
+    hanging = make_collector(
         VllmCollector, scrape_urls=[vllm.url], timeout_seconds=0.3, interval_seconds=1.0, retries=0
     )
     with pytest.raises(TransientCollectorError, match=r"no answer within 0\.3 s"):
         await hanging.collect()
     await hanging.aclose()
     vllm.stop_hanging()
-    refused = _make(VllmCollector, prometheus_url="http://127.0.0.1:9", retries=1)
+    refused = make_collector(VllmCollector, prometheus_url="http://127.0.0.1:9", retries=1)
     with pytest.raises(TransientCollectorError, match="ClientConnectorError"):
         await refused.collect()
     await refused.aclose()
@@ -264,7 +212,7 @@ async def test_faults_against_the_real_server(
 async def test_wattscale_collect_prints_the_normalised_samples(
     replay_exporter: StartExporter, start_prometheus: StartPrometheus, tmp_path: Path
 ) -> None:
-    exporters, base_url, _ = await _start_fleet(replay_exporter, start_prometheus)
+    exporters, base_url, _ = await start_replayed_fleet(replay_exporter, start_prometheus)
     config = {
         "collectors": [
             {"name": "dcgm", "type": "dcgm", "prometheus_url": base_url},

@@ -84,7 +84,7 @@ CASES = [
         "unknown_metric",
     ),
     ("/nothing/here", 404, "NotFound", "requested resource"),
-    ("/openapi/v2", 404, "NotFound", "requested resource"),
+    ("/openapi/v3/apis/nothing.example.com/v1", 404, "NotFound", "requested resource"),
     # Stale: the value exists but is older than max age. Served as 503, never as a fresh number.
     (
         f"{CUSTOM}/namespaces/inference/pods/chat-5c8b-klmno/gpu_power_watts",

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from adapter.catalogue import NODES, PODS, POWER_BUDGETS
 from adapter.errors import ConfigError, StaleMetricError
 from adapter.objects import StaticObjectIndex
-from adapter.pipeline import Pipeline, load_collectors
-from adapter.selfmetrics import SelfMetrics
+from adapter.pipeline import Pipeline
+from adapter.plugins import load_collectors
+from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import Settings
 from adapter.store import MetricStore, ObjectRef
 from collectors.base import CollectorError, Sample
 from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
+from collectors.support import PolledCollector, PollSettings
 
 POD = ObjectRef(PODS, "llm", "llama-0")
 TOKEN_METRICS = {"generation_tokens_total", "prompt_tokens_total"}
@@ -29,7 +32,7 @@ class FakeSplitCollector:
     ) -> None:
         self.name = name
         self.interval_seconds = 1.0
-        self.timeout_seconds = 0.05
+        self.poll_timeout_seconds = 0.05
         self._source = source
         self._metrics = metrics
         self._exclude = exclude
@@ -84,7 +87,7 @@ def make_pipeline(
         store=store,
         index=StaticObjectIndex([]),
         settings=settings,
-        self_metrics=SelfMetrics(),
+        metrics=PipelineMetrics(),
         clock=lambda: clock[0],
     )
     return pipeline, store, simulated, [gpus, tokens, pdu]
@@ -154,6 +157,34 @@ async def test_a_failing_source_goes_stale_and_the_rest_is_still_served(clock: l
     assert store.get(POD, "watts_per_token").timestamp_seconds == clock[0]
 
 
+class FakeSlowStartCollector(PolledCollector):
+    """A source that answers only on its last retry: the first attempts hang until they time out."""
+
+    def __init__(self, poll: PollSettings) -> None:
+        super().__init__("slow-start", poll, registry=CollectorRegistry())
+        self.attempts = 0
+
+    async def _poll(self) -> list[Sample]:
+        self.attempts += 1
+        if self.attempts <= self.settings.retries:
+            await asyncio.Event().wait()
+        return [Sample(metric="gpu_power_watts", value=300.0, timestamp_seconds=1.0)]
+
+
+async def test_a_poll_gets_the_whole_retry_budget_its_collector_declares(clock: list[float]) -> None:
+    pipeline, _, _, _ = make_pipeline(clock)
+    # Three attempts time out (0.9 s), the fourth answers: longer than two intervals (0.6 s).
+    collector = FakeSlowStartCollector(
+        PollSettings(interval_seconds=0.3, timeout_seconds=0.3, retries=3, backoff_seconds=0.0)
+    )
+    assert await pipeline.poll(collector)
+    assert collector.attempts == 4
+    assert (
+        pipeline._metrics.registry.get_sample_value("wattscale_collector_up", {"collector": "slow-start"})
+        == 1
+    )
+
+
 def test_unknown_collector_types_and_bad_settings_are_all_reported() -> None:
     with pytest.raises(ConfigError) as caught:
         load_collectors(
@@ -176,34 +207,6 @@ def test_settings_list_every_problem() -> None:
         "racks[0].cap_watts: required",
         "racks[1].name: required",
     ]
-
-
-async def test_the_estimator_child_process_gives_the_same_values_as_an_inline_pass(
-    clock: list[float],
-) -> None:
-    from adapter.estimator_process import ProcessEstimator
-    from adapter.pipeline import LocalEstimator
-
-    pipeline, _, simulated, fakes = make_pipeline(clock)
-    child = ProcessEstimator(keep_seconds=70.0)
-    local = pipeline.estimator
-    assert isinstance(local, LocalEstimator)
-    try:
-        for _ in range(4):
-            clock[0] += 5.0
-            batch = await simulated.collect()
-            for fake in fakes:
-                fake.latest = batch
-                await pipeline.poll(fake)
-                await child.add(fake.name, await fake.collect(), clock[0])
-        settings = {"now_seconds": clock[0], "index": StaticObjectIndex([]), "window_seconds": 30.0}
-        racks = list(pipeline._racks())
-        inline = await local.estimate(racks=racks, **settings)  # type: ignore[arg-type]
-        remote = await child.estimate(racks=racks, **settings)  # type: ignore[arg-type]
-        assert remote == inline
-        assert len(remote) > 20
-    finally:
-        await child.aclose()
 
 
 async def test_token_figures_carry_the_time_of_the_token_counter_read(clock: list[float]) -> None:
@@ -253,3 +256,55 @@ def test_a_silent_pdu_keeps_its_last_reading_and_its_age() -> None:
     )
     # a's newest is 1100 at t=20; b went silent after 2000 at t=12 (9999 at t=11 is older).
     assert latest_rack_power(samples) == {"r1": (3100.0, 12.0)}
+
+
+@pytest.mark.parametrize(
+    ("component", "counter", "labels"),
+    [
+        ("collector:gpus", "wattscale_collector_runs_total", {"collector": "gpus"}),
+        ("estimator", "wattscale_pipeline_duration_seconds_count", {}),
+    ],
+)
+async def test_a_killed_pipeline_task_is_restarted_and_its_work_goes_on(
+    clock: list[float], component: str, counter: str, labels: dict[str, str]
+) -> None:
+    import time
+
+    from adapter.supervise import Backoff, Supervisor
+
+    pipeline, _, _, _ = make_pipeline(clock)
+    restarts: list[str] = []
+    supervisor = Supervisor(on_restart=restarts.append, backoff=Backoff(initial_seconds=0.01))
+    pipeline.start(supervisor)
+    metrics = pipeline._metrics.registry
+
+    def done() -> float:
+        return metrics.get_sample_value(counter, labels) or 0.0
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30.0
+        while not condition():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    try:
+        await until(lambda: done() >= 1)
+        attempt = supervisor.attempt(component)
+        assert attempt is not None
+        attempt.cancel()
+        before = done()
+        await until(lambda: done() > before)
+        assert restarts == [component]
+        assert supervisor.problems() == []
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_pass_runs_only_when_samples_arrived_or_objects_changed(clock: list[float]) -> None:
+    pipeline, _, simulated, fakes = make_pipeline(clock)
+    await advance(pipeline, simulated, fakes, clock, 5.0)
+    assert not pipeline.due()  # an idle adapter computes nothing
+    await pipeline.poll(fakes[0])
+    assert pipeline.due()
+    await pipeline.estimate_once()
+    assert not pipeline.due()

@@ -22,7 +22,7 @@ def test_readme_table_lists_every_served_metric_with_its_unit_and_resources() ->
 def test_readme_configuration_example_is_accepted_by_serve() -> None:
     import yaml
 
-    from adapter.pipeline import load_collectors
+    from adapter.plugins import load_collectors
     from adapter.settings import Settings
 
     block = re.search(r"`wattscale serve --config FILE`:\n\n```yaml\n(.*?)```", README.read_text(), re.S)

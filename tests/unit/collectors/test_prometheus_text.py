@@ -27,16 +27,13 @@ def test_malformed_text_is_a_collector_error() -> None:
         parse_exposition('gpu_power_watts{node="a" 12\n')
 
 
-def test_settings_need_exactly_one_mode() -> None:
-    with pytest.raises(CollectorConfigError) as caught:
-        PrometheusTextCollector.from_settings("text", {"metrics": ["a"]})
-    assert "prometheus_url, scrape_urls: set exactly one of them" in caught.value.problems
+def test_settings_take_at_most_one_mode() -> None:
     with pytest.raises(CollectorConfigError) as caught:
         PrometheusTextCollector.from_settings(
             "text", {"prometheus_url": "prometheus:9090", "scrape_urls": [{"url": "x", "port": 1}]}
         )
     assert set(caught.value.problems) >= {
-        "prometheus_url, scrape_urls: set exactly one of them",
+        "prometheus_url, scrape_urls: set at most one of them (neither: discover pods)",
         "prometheus_url: want http(s)://host[:port], got 'prometheus:9090'",
         "scrape_urls[0]: unknown keys ['port'] (want url, labels)",
     }

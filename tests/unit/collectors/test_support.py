@@ -68,6 +68,18 @@ def test_monotonic_sums_carry_resets_and_vanished_series() -> None:
     assert sums.update([("pod-a", "c9", 1.0)]) == {"pod-a": 1.0}
 
 
+def test_monotonic_sums_count_a_series_that_skips_one_poll_once() -> None:
+    # Two containers of one pod at 100 J each; c2's series is missing from one scrape, then is back
+    # having advanced to 115 J: the pod has used 225 J, not 325 J (its 100 J counted twice).
+    sums = MonotonicSums()
+    assert sums.update([("pod-a", "c1", 100.0), ("pod-a", "c2", 100.0)]) == {"pod-a": 200.0}
+    assert sums.update([("pod-a", "c1", 110.0)]) == {"pod-a": 210.0}
+    assert sums.update([("pod-a", "c1", 110.0), ("pod-a", "c2", 115.0)]) == {"pod-a": 225.0}
+    # Back after a gap having reset (restarted while unseen): what it had counted stays counted.
+    assert sums.update([("pod-a", "c1", 120.0)]) == {"pod-a": 235.0}
+    assert sums.update([("pod-a", "c1", 120.0), ("pod-a", "c2", 4.0)]) == {"pod-a": 239.0}
+
+
 class _Flaky(PolledCollector):
     def __init__(self, failures: list[BaseException], registry: CollectorRegistry, **poll: float) -> None:
         super().__init__("flaky", PollSettings(backoff_seconds=0.0, **poll), registry=registry)  # type: ignore[arg-type]

@@ -224,6 +224,13 @@ async def test_dry_run_plans_low_priority_cuts_reports_them_and_touches_no_gpu()
         assert message.startswith("dryRun: would set 2 GPU limit(s) lower and 0 higher")
         status = h.cluster.statuses[-1]
         assert status["actions"] == 1 and status["limitedGpus"] == 2 and status["powerWatts"] == 4_700.0
+        # The gauges the alert rules read (apiservice/monitoring): planned limits in dryRun.
+        gauge = h.capper.metrics.registry.get_sample_value
+        assert gauge("wattscale_capper_gpus", {"budget": "rack-a"}) == 4
+        limits = sum(h.capper.runtime["rack-a"].planned_limits.values()) + 700.0 * 2
+        assert gauge("wattscale_capper_gpu_power_limit_sum_watts", {"budget": "rack-a"}) == limits < 4 * 700.0
+        at_min = sum(1 for watts in h.capper.runtime["rack-a"].planned_limits.values() if watts <= 200.0)
+        assert gauge("wattscale_capper_gpus_at_min_limit", {"budget": "rack-a"}) == at_min
         assert (
             h.counter(
                 "wattscale_capper_gpu_limit_changes_total", budget="rack-a", direction="down", mode="dryRun"
@@ -378,3 +385,36 @@ async def test_the_operator_acts_on_the_newest_pdu_reading_and_falls_back_to_the
     del api.values["rack_power_watts"]
     with pytest.raises(ClusterError):
         await cluster.rack_power("rack-a")
+
+
+class FakeReconciler:
+    """Records what the loop hands a reconciler; fails on demand, as a bug would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[list[str], float]] = []
+        self.fail = fail
+
+    async def reconcile_all(self, budgets: Any, runtime: Any, now: float) -> None:
+        self.calls.append(([b.name for b in budgets], now))
+        for name in runtime:
+            runtime[name].workloads = [{"name": "llama", "applied": True}]
+        if self.fail:
+            raise RuntimeError("a bug in a reconciler")
+
+
+async def test_reconcilers_run_every_reconcile_period_and_their_status_is_written() -> None:
+    agents = two_node_agents()
+    async with Harness(agents, budget_object("dryRun"), rack_at(4_000.0)) as h:
+        broken, working = FakeReconciler(fail=True), FakeReconciler()
+        h.capper.reconcilers += [broken, working]
+        h.capper.reconcile_period_seconds = 15.0
+        for _ in range(20):  # 20 s of one-second periods
+            await h.capper.run_once()
+            h.now += 1
+            h.cluster.rack = rack_at(4_000.0, h.now)
+
+        # A failing reconciler neither stops the others nor the GPU-limit loop.
+        assert [now for _, now in working.calls] == [1_000.0, 1_015.0]
+        assert working.calls[0][0] == ["rack-a"] and len(broken.calls) == 2
+        assert h.counter("wattscale_capper_errors_total", budget="", stage="internal") == 2
+        assert h.cluster.statuses[-1]["workloads"] == [{"name": "llama", "applied": True}]

@@ -1,0 +1,115 @@
+"""Where the worker's time goes in one poll-and-pass over a simulated fleet, and what the server pays
+to take the pass: cProfile of the worker's side, wall time of the server's.
+
+    python bench/worker_profile.py --pods 1000
+    python bench/worker_profile.py --pods 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pickle
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from api_load import bench_collectors, bench_objects, worker_spec
+
+from adapter.objects import StaticObjectIndex
+from adapter.pipeline import Pipeline
+from adapter.selfmetrics import PipelineMetrics
+from adapter.store import ColumnEncoder, MetricStore, ServedLayout
+from adapter.worker import Report
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    spec = worker_spec(args.pods, 1.0, 1.0)
+    (collector,) = bench_collectors(args.pods, 1.0)
+    index = StaticObjectIndex(bench_objects(args.pods))
+    encoder = ColumnEncoder()
+    sent: list[bytes] = []
+    send_seconds: list[float] = []
+
+    def send(values: object) -> None:
+        started = time.process_time()
+        layout, columns = encoder.encode(values)  # type: ignore[arg-type]
+        sent.append(pickle.dumps(Report(time.time(), layout, columns), protocol=pickle.HIGHEST_PROTOCOL))
+        send_seconds.append(time.process_time() - started)
+
+    pipeline = Pipeline(
+        [collector],
+        index=index,
+        settings=spec.settings,
+        metrics=PipelineMetrics(),
+        racks=lambda: list(spec.settings.racks),
+        on_pass=send,
+    )
+    for _ in range(args.warmup_passes):  # fill the window: passes cost most once it is full
+        await pipeline.poll(collector)
+        await pipeline.estimate_once()
+    polls, passes = [], []
+    send_seconds.clear()
+    for _ in range(args.passes):
+        started = time.process_time()
+        await pipeline.poll(collector)
+        polls.append(time.process_time() - started)
+        started = time.process_time()
+        await pipeline.estimate_once()
+        passes.append(time.process_time() - started)
+    mean = lambda seconds: sum(seconds) / len(seconds) * 1000  # noqa: E731
+    print(
+        f"worker over {args.pods} pods (CPU time, mean of {args.passes}, not profiled): poll {mean(polls):.0f} ms "
+        f"(simulated collector + adding its samples to the history); pass {mean(passes):.0f} ms, "
+        f"of which encoding and pickling the report {mean(send_seconds):.1f} ms"
+    )
+    profile = cProfile.Profile()
+    started = time.process_time()
+    profile.enable()
+    for _ in range(args.passes):
+        await pipeline.poll(collector)
+        await pipeline.estimate_once()
+    profile.disable()
+    per_pass = (time.process_time() - started) / args.passes * 1000
+    print(
+        f"worker: one poll + pass + report over {args.pods} pods: {per_pass:.0f} ms CPU (mean of {args.passes}, profiled)"
+    )
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(args.top)
+
+    store = MetricStore(max_age_seconds=120)
+    reports: list[Report] = [pickle.loads(blob) for blob in sent]
+    newest_layout = next(r.layout for r in reversed(reports) if r.layout is not None)
+    assert newest_layout is not None
+    layout = ServedLayout(newest_layout)
+    started = time.process_time()
+    report: Report = pickle.loads(sent[-1])
+    assert report.columns is not None
+    store.put_columns(layout, report.columns)
+    taken = (time.process_time() - started) * 1000
+    print(f"server: unpickle and take one pass of {len(sent[-1]) / 1e6:.2f} MB: {taken:.2f} ms")
+    started = time.process_time()
+    ServedLayout(newest_layout)
+    print(
+        f"server: index a new layout (when objects change): {(time.process_time() - started) * 1000:.1f} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--warmup-passes", type=int, default=3)
+    parser.add_argument("--top", type=int, default=25)
+    asyncio.run(main_async(parser.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
