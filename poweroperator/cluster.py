@@ -176,7 +176,13 @@ class KubeCluster:
                 selector = f"serving.kserve.io/inferenceservice={workload.name}"
             else:
                 deployment = await self._apps.read_namespaced_deployment(workload.name, workload.namespace)
-                selector = label_selector(deployment.spec.selector.to_dict() if deployment.spec else {})
+                # The API's own (camelCase) form: the model's to_dict() says match_labels, which label_selector
+                # does not read, so every Deployment looked selector-less.
+                selector = label_selector(
+                    self._api_client.sanitize_for_serialization(deployment.spec.selector)
+                    if deployment.spec
+                    else {}
+                )
             pods = await self._core.list_namespaced_pod(workload.namespace, label_selector=selector)
         except ApiException as exc:
             if exc.status == 404:
