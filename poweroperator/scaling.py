@@ -151,8 +151,11 @@ class ScalingReconciler:
         owners: dict[str, list[BudgetSpec]] = {}
         for budget in enforced:
             for workload in budget.workloads:
-                if workload.scaling is not None:
-                    owners.setdefault(workload.namespace, []).append(budget)
+                budgets = owners.setdefault(workload.namespace, [])
+                # Once per budget: two managed workloads of one budget in a namespace made a duplicate
+                # ownerReference, which server-side apply refuses (so the reader account never existed).
+                if workload.scaling is not None and all(b.name != budget.name for b in budgets):
+                    budgets.append(budget)
         for namespace, budgets in sorted(owners.items()):
             for obj in keda.namespace_objects(self.settings, namespace, budgets):
                 try:
