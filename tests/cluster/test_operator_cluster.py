@@ -111,33 +111,39 @@ def agents(control_plane: ControlPlane, admin_api: kubernetes.client.ApiClient) 
             process.stop()
 
 
-@pytest.fixture
-def capper(
-    control_plane: ControlPlane, adapter: DeployedAdapter, power_budget_crd: None, agents: dict[str, str]
-) -> Iterator[ManagedProcess]:
-    process = ManagedProcess(
-        "wattscale operator",
+def start_operator(plane: ControlPlane, identity: str, metrics_port: int, *flags: str) -> ManagedProcess:
+    """`wattscale operator` against the test plane, the Lease in `default`, agents reached with TOKEN."""
+    return ManagedProcess(
+        f"wattscale operator {identity}",
         [
             *WATTSCALE_CLI,
             "operator",
             "--kubeconfig",
-            str(control_plane.admin_kubeconfig),
+            str(plane.admin_kubeconfig),
             "--identity",
-            "capper-0",
+            identity,
             "--lease-namespace",
             "default",
             "--metrics-address",
             "127.0.0.1",
             "--metrics-port",
-            str(free_port()),
+            str(metrics_port),
             "--agent-token-file",
-            str(control_plane.workdir / "capper" / "agent-token"),
+            str(plane.workdir / "capper" / "agent-token"),
             "--replica-period-seconds",
             "1",
+            *flags,
         ],
-        control_plane.workdir / "logs" / "wattscale-capper.log",
+        plane.workdir / "logs" / f"wattscale-operator-{identity}.log",
         env={"KUBERNETES_SERVICE_HOST": "", "KUBERNETES_SERVICE_PORT": ""},
     )
+
+
+@pytest.fixture
+def capper(
+    control_plane: ControlPlane, adapter: DeployedAdapter, power_budget_crd: None, agents: dict[str, str]
+) -> Iterator[ManagedProcess]:
+    process = start_operator(control_plane, "capper-0", free_port())
     try:
         yield process
     finally:
