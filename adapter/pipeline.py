@@ -44,6 +44,7 @@ from estimators.fleet import (
     estimate_fleet,
 )
 from estimators.fleet import latest_rack_power as fleet_latest_rack_power
+from estimators.gauge_model import GaugeModels
 from estimators.headroom import ReplicaBudgets
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,14 @@ def samples_frame(rows: Sequence[SampleRow]) -> pd.DataFrame:
 
 class SampleHistory:
     """Recent batches of every collector, each turned into a frame once, when it arrives; and what the
-    passes remember between them (each workload's replica peak and held replica count)."""
+    passes remember between them (each workload's replica peak and held replica count, each gauge-only
+    GPU's learned power model)."""
 
     def __init__(self, keep_seconds: float) -> None:
         self.keep_seconds = keep_seconds
         self._batches: dict[str, deque[tuple[float, pd.DataFrame]]] = {}
         self.replica_budgets = ReplicaBudgets()
+        self.gauge_models = GaugeModels()
 
     def add(self, collector: str, rows: Sequence[SampleRow], received_seconds: float) -> None:
         if rows:
@@ -189,6 +192,11 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{str(key): value for key, value in row.items()} for row in frame.to_dict("records")]
 
 
+def _estimate_labels(row: Mapping[str, Any]) -> dict[str, str]:
+    """How a pod's watts per token was estimated: `method`, and `confidence` where it has one."""
+    return {name: row[name] for name in ("method", "confidence") if isinstance(row.get(name), str)}
+
+
 def store_values(
     estimate: FleetEstimate,
     *,
@@ -210,8 +218,7 @@ def store_values(
         token_start = row.get("token_window_start_seconds", row["window_start_seconds"])
         token_known = isinstance(token_end, float) and math.isfinite(token_end) and math.isfinite(token_start)
         for metric in POD_METRICS:
-            method = row["method"]
-            extra = {"method": method} if metric == "watts_per_token" and isinstance(method, str) else {}
+            extra = _estimate_labels(row) if metric == "watts_per_token" else {}
             if metric in TOKEN_METRICS and token_known:
                 put.add(ref, metric, row[metric], token_end, token_end - token_start, **extra)
             else:
@@ -305,7 +312,12 @@ def estimate_pass(
     )
     mapping = node_racks(index, racks, frame)
     estimate = estimate_fleet(
-        frame, node_racks=mapping, racks=rack_frame, window_seconds=window_seconds, now_seconds=now_seconds
+        frame,
+        node_racks=mapping,
+        racks=rack_frame,
+        window_seconds=window_seconds,
+        now_seconds=now_seconds,
+        gauge_models=history.gauge_models,
     )
     values = store_values(
         estimate,

@@ -13,8 +13,10 @@ Windows chain backwards from the newest token sample: each window's start is the
 nearest to one window before its end (never less than half a window back), and is the previous
 window's end. Method per window (column `method`): `energy_counter` (GPU energy counter read at
 the window's edges), `energy_counter+reset_fill` (a counter restarted nearby: the lost part is
-filled from the neighbouring rate), `power_gauge` (the power gauge's mean over the window; the seam
-for `estimators.gauge_model`), `none` (no power input).
+filled from the neighbouring rate), `power_model` (a gauge-only GPU: the learned power model blended
+with the gauge readings, `estimators.gauge_model`, learning from earlier windows only, as the server
+does), `power_gauge` (the power gauge's mean over the window, until that model has learned enough),
+`none` (no power input). Column `confidence` (low/medium/high) rates the gauge-only windows.
 
 Variants: `watts_per_token` divides by generated tokens (the served metric); `joules_per_token_with_prompt`
 divides by generated plus prompt tokens. The idle (static) share is `idle_power_watts` x window
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from estimators.fleet import POD_COLUMNS, estimate_fleet
+from estimators.gauge_model import GaugeModels
 from estimators.rates import FloatArray, ResetRule, counter_at, gauge_integral
 
 OUTPUT_COLUMNS = [
@@ -45,6 +48,7 @@ OUTPUT_COLUMNS = [
     "idle_joules_per_token",
     "dynamic_joules_per_token",
     "method",
+    "confidence",
 ]
 _BASE_COLUMNS = {"timestamp_seconds", "metric", "value"}
 
@@ -120,18 +124,34 @@ def served_windows(samples: pd.DataFrame, pod: tuple[str, str], *, window_second
     ]
     token_times = np.unique(tokens["timestamp_seconds"].to_numpy(np.float64))
     racks = pd.DataFrame(columns=["rack", "cap_watts", "margin_ratio"])
+
+    def pod_row(now: float, models: GaugeModels | None) -> pd.DataFrame:
+        pods = estimate_fleet(
+            samples,
+            node_racks={},
+            racks=racks,
+            window_seconds=window_seconds,
+            now_seconds=now,
+            gauge_models=models,
+        ).pods
+        return pods.loc[(pods["namespace"] == pod[0]) & (pods["pod"] == pod[1])]
+
     rows: list[pd.Series] = []
+    passes: list[float] = []
     end = float(token_times[-1]) if token_times.size else np.nan
     while np.isfinite(end) and end > token_times[0]:
         now = _pass_times(token_times, end, window_seconds)
-        pods = estimate_fleet(
-            samples, node_racks={}, racks=racks, window_seconds=window_seconds, now_seconds=now
-        ).pods
-        row = pods.loc[(pods["namespace"] == pod[0]) & (pods["pod"] == pod[1])]
+        row = pod_row(now, None)
         if row.empty or row["token_window_end_seconds"].iloc[0] != end:
             break
         rows.append(row.iloc[0])
+        passes.append(now)
         end = float(row["token_window_start_seconds"].iloc[0])
+    if any(str(row["method"]).startswith("power_gauge") for row in rows):
+        # A gauge-only GPU: the server's power model learns pass by pass from the past, so replay
+        # the same passes oldest first with one learning model (`estimators.gauge_model`).
+        models = GaugeModels()
+        rows = [pod_row(now, models).iloc[0] for now in passes[::-1]][::-1]
     return pd.DataFrame(rows[::-1], columns=POD_COLUMNS).reset_index(drop=True)
 
 
@@ -201,6 +221,7 @@ def _figures(pods: pd.DataFrame, idle_power_watts: float | None) -> pd.DataFrame
                 "idle_joules_per_token": idle * seconds / tokens,
                 "dynamic_joules_per_token": np.maximum(energy - idle * seconds, 0.0) / tokens,
                 "method": method.to_numpy(),
+                "confidence": pods["confidence"].to_numpy(dtype=object),
             }
         )
     return out[OUTPUT_COLUMNS]

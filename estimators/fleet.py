@@ -44,6 +44,11 @@ Rules, in the order they are applied:
    (`estimators.headroom`).
 8. A pod whose figures recording rules already computed in Prometheus (`pod_*` averages from the
    `prometheus_api` collector) takes those instead of rules 3-5 (`estimators.recorded`).
+9. A GPU with a power gauge but no energy counter, assigned to one pod, takes its token-window
+   energy from a power model learned online from past (gauge reading, token rates) pairs blended
+   with the readings (`estimators.gauge_model`; method `power_model`) once that model has measured
+   its own error; until then, and on a shared GPU, it stays on the gauge. Either way the pod's
+   `confidence` (low/medium/high) says how far to trust it; pods on energy counters carry none.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from estimators.attribution import fit_cpu_to_node, split_gpu_power
+from estimators.gauge_model import GaugeModels, estimate_windows, gauge_pairs, token_intervals
 from estimators.headroom import (
     PDU_SENSOR_ERROR_RATIO,
     SUMMED_ESTIMATE_ERROR_RATIO,
@@ -80,6 +86,7 @@ POD_COLUMNS = [
     "window_start_seconds",
     "window_end_seconds",
     "method",
+    "confidence",
     "token_window_start_seconds",
     "token_window_end_seconds",
 ]
@@ -328,11 +335,85 @@ def _gauge_span_energy(window: _Window, metric: str, keys: list[str], spans: pd.
     return out
 
 
+CONFIDENCES = ["low", "medium", "high"]
+
+
+def _token_series(window: _Window) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Per pod: its token scrapes' times, generation totals and prompt totals (None where the prompt
+    counter does not come with every scrape)."""
+    generated = _metric(window.history, "generation_tokens_total", _POD)
+    prompted = _metric(window.history, "prompt_tokens_total", _POD)
+    prompted = prompted.drop_duplicates([*_POD, "timestamp_seconds"]).rename(columns={"value": "prompt"})
+    both = generated.drop_duplicates([*_POD, "timestamp_seconds"]).merge(
+        prompted, on=[*_POD, "timestamp_seconds"], how="left"
+    )
+    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+    for (namespace, pod), rows in both.sort_values("timestamp_seconds").groupby(_POD, sort=False):
+        prompt = rows["prompt"].to_numpy(np.float64)
+        out[(str(namespace), str(pod))] = (
+            rows["timestamp_seconds"].to_numpy(np.float64),
+            rows["value"].to_numpy(np.float64),
+            prompt if np.isfinite(prompt).all() else None,
+        )
+    return out
+
+
+def _with_gauge_models(
+    window: _Window, shares: pd.DataFrame, span_energy: np.ndarray, models: GaugeModels | None
+) -> pd.DataFrame:
+    """Shares with `span_gpu_joules` and a `confidence` for gauge-only GPUs (`estimators.gauge_model`).
+
+    A gauge-only GPU assigned to exactly one pod (method exactly `power_gauge`) takes the learned
+    model's window energy where the model has learned enough to take part (method `power_model`,
+    confidence from its relative error); otherwise, and on a shared GPU, the gauge stays and says it
+    is a guess (confidence `low`). Each GPU's model then learns this pass's new pairs: estimate first,
+    so a window is never judged by a model that has seen its own readings."""
+    energy = span_energy.copy()
+    method = shares["method"].astype(str).to_numpy(dtype=object)
+    on_gauge = shares["method"].astype(str).str.startswith("power_gauge").to_numpy(bool)
+    confidence = np.array(["low" if g else None for g in on_gauge], dtype=object)
+    start = shares["token_window_start_seconds"].to_numpy(np.float64)
+    end = shares["token_window_end_seconds"].to_numpy(np.float64)
+    eligible = np.flatnonzero((method == "power_gauge") & np.isfinite(start) & (end > start))
+    if models is not None and eligible.size:
+        tokens = _token_series(window)
+        gauges = _metric(window.history, "gpu_power_watts", _GPU).sort_values("timestamp_seconds")
+        gauge_rows = gauges.groupby(_GPU, sort=False).indices
+        for i in eligible:
+            row = shares.iloc[i]
+            gpu, pod = (str(row["node"]), str(row["gpu_uuid"])), (str(row["namespace"]), str(row["pod"]))
+            found = gauge_rows.get(gpu)
+            if pod not in tokens or found is None:
+                continue
+            gauge = gauges.iloc[found]
+            gauge_t = gauge["timestamp_seconds"].to_numpy(np.float64)
+            gauge_w = gauge["value"].to_numpy(np.float64)
+            intervals = token_intervals(*tokens[pod])
+            model = models.model(gpu)
+            served = estimate_windows(model, intervals, gauge_t, gauge_w, [start[i], end[i]]).iloc[0]
+            if served["method"] == "power_model" and np.isfinite(served["energy_joules"]):
+                energy[i] = served["energy_joules"]
+                method[i] = "power_model"
+                confidence[i] = served["confidence"]
+            models.learn(gpu, gauge_pairs(intervals, gauge_t, gauge_w))
+    return shares.assign(method=method, confidence=confidence, span_gpu_joules=energy)
+
+
+def _worst_confidence(shares: pd.DataFrame) -> pd.DataFrame:
+    """Per pod: the lowest confidence of its GPU shares that carry one."""
+    labelled = shares.dropna(subset=["confidence"])
+    rank = labelled["confidence"].map(CONFIDENCES.index)
+    worst = rank.groupby([labelled["namespace"], labelled["pod"]]).min()
+    return worst.map(lambda r: CONFIDENCES[int(r)]).rename("confidence").reset_index()
+
+
 def _without_end(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["window_start_seconds", "window_end_seconds"], errors="ignore")
 
 
-def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power: pd.DataFrame) -> pd.DataFrame:
+def _pod_frame(
+    window: _Window, gpus: pd.DataFrame, node_power: pd.DataFrame, gauge_models: GaugeModels | None
+) -> pd.DataFrame:
     token_spans = _token_windows(window)
     rated = _without_end(_counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second"))
     token_rows = _metric(window.history, "generation_tokens_total", _POD)
@@ -372,7 +453,8 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power: pd.DataFrame) ->
     missing = ~np.isfinite(span_energy)
     if missing.any():
         span_energy[missing] = _gauge_span_energy(window, "gpu_power_watts", _GPU, shares.loc[missing])
-    shares["span_gpu_joules"] = shares["share_ratio"].to_numpy(np.float64) * span_energy
+    shares = _with_gauge_models(window, shares, span_energy, gauge_models)
+    shares["span_gpu_joules"] = shares["share_ratio"].to_numpy(np.float64) * shares["span_gpu_joules"]
     by_pod = shares.groupby(_POD)
     gpu_per_pod = pd.DataFrame(
         {
@@ -393,7 +475,9 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power: pd.DataFrame) ->
         ],
         ignore_index=True,
     ).rename(columns={"method": "gpu_method"})
-    gpu_per_pod = gpu_per_pod.merge(joined, on=_POD, how="left")
+    gpu_per_pod = gpu_per_pod.merge(joined, on=_POD, how="left").merge(
+        _worst_confidence(shares), on=_POD, how="left"
+    )
 
     labelled = window.current.dropna(subset=[*_POD, "node"]).sort_values("timestamp_seconds")
     pod_nodes = labelled.groupby(_POD)["node"].last().reset_index()
@@ -431,6 +515,7 @@ def _pod_frame(window: _Window, gpus: pd.DataFrame, node_power: pd.DataFrame) ->
     use_kepler_gpu = pods["gpu_power_watts"].isna() & pods["kepler_gpu_watts"].notna()
     pods.loc[use_kepler_gpu, "gpu_power_watts"] = pods.loc[use_kepler_gpu, "kepler_gpu_watts"]
     pods.loc[use_kepler_gpu, "gpu_method"] = "kepler_gpu"
+    pods["confidence"] = pods["confidence"].where(~use_kepler_gpu & pods["confidence"].notna(), None)
     pods = fit_cpu_to_node(pods, node_power["power_watts"])
     has_gpu = pods["gpu_power_watts"].notna()
     has_cpu = pods["cpu_power_watts"].notna()
@@ -578,10 +663,13 @@ def estimate_fleet(
     racks: pd.DataFrame,
     window_seconds: float,
     now_seconds: float,
+    gauge_models: GaugeModels | None = None,
 ) -> FleetEstimate:
     """Pod, node and rack power over the window ending at `now_seconds` (rules in the module docstring).
 
     `racks` has columns `rack`, `cap_watts`, `margin_ratio`; `node_racks` maps node name -> rack.
+    `gauge_models` is the gauge-only GPUs' learned power models, kept by the caller between passes
+    (rule 9); each pass updates them. Without it, gauge-only GPUs stay on the gauge (confidence low).
     """
     if not window_seconds > 0:
         raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
@@ -595,7 +683,16 @@ def estimate_fleet(
     # Each GPU's and node's power once per pass: the pod and node frames both start from them.
     gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     measured = _measured_node_power(window)
-    pods = _with_recorded(_pod_frame(window, gpus, measured), window)
+    pods = _with_recorded(_pod_frame(window, gpus, measured, gauge_models), window)
+    if gauge_models is not None:
+        gauge_models.retain(
+            {
+                (str(n), str(u))
+                for n, u in _metric(history, "gpu_power_watts", _GPU)[_GPU]
+                .drop_duplicates()
+                .itertuples(index=False)
+            }
+        )
     nodes = _node_frame(window, gpus, measured, pods, node_racks)
     rack_frame = _rack_frame(window, nodes, node_racks, racks)
     return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame, latest_racks=latest_rack_power(history))

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Self
 
 import numpy as np
@@ -497,3 +497,35 @@ def replay(model: GaugePowerModel, replicas: Sequence[Replica]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=[*WINDOW_COLUMNS, "replica", "pairs_learned"])
     return pd.concat(rows, ignore_index=True)
+
+
+GpuKey = tuple[str, str]
+"""(node, gpu_uuid)."""
+
+
+@dataclass
+class GaugeModels:
+    """What the served path remembers between passes for gauge-only GPUs: each GPU's learned
+    `GaugePowerModel` and the end of the newest token interval it has learned from, so each pass
+    learns only the pairs that closed since (estimate first, then learn: a window is never judged by
+    a model that has seen its own readings)."""
+
+    models: dict[GpuKey, GaugePowerModel] = field(default_factory=dict)
+    learned_until: dict[GpuKey, float] = field(default_factory=dict)
+
+    def model(self, gpu: GpuKey) -> GaugePowerModel:
+        return self.models.setdefault(gpu, GaugePowerModel())
+
+    def learn(self, gpu: GpuKey, pairs: pd.DataFrame) -> None:
+        """Learn the pairs (`gauge_pairs`) whose interval closed after the last one learned."""
+        new = pairs.loc[pairs["interval_end_seconds"] > self.learned_until.get(gpu, -np.inf)]
+        if new.empty:
+            return
+        self.model(gpu).partial_fit(new[FEATURES], new["power_watts"])
+        self.learned_until[gpu] = float(new["interval_end_seconds"].max())
+
+    def retain(self, gpus: set[GpuKey]) -> None:
+        """Forget GPUs no longer seen (removed nodes, replaced boards)."""
+        for gone in set(self.models) - gpus:
+            del self.models[gone]
+            self.learned_until.pop(gone, None)

@@ -32,6 +32,7 @@ _OUTPUT = {
     "power_watts": "power_watts",
     "tokens_per_second": "tokens_per_second",
     "method": "method",
+    "confidence": "confidence",
 }
 
 

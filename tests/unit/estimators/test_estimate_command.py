@@ -42,6 +42,7 @@ def test_watts_per_token_csv_matches_the_energy_counter_truth(
         "power_watts",
         "tokens_per_second",
         "method",
+        "confidence",
     ]
     assert len(table) >= 5
     assert set(table["method"]) == {"energy_counter"}
