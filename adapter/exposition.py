@@ -171,15 +171,15 @@ class PowerCollector(Collector):
     def _family(self, family: Family, now: float, kept_pods: set[tuple[str, str]]) -> GaugeMetricFamily:
         label_names = list(_LABEL_NAMES[family.resources[0]])
         with_method = family.resources == (PODS,) and family.metric == "watts_per_token"
-        if with_method:
-            label_names.append("method")
+        if with_method:  # how the value was made, and for a learned power model how much to trust it
+            label_names += ["method", "confidence"]
         gauge = GaugeMetricFamily(family.name, family.help, labels=label_names)
         for ref, value in self._fresh(family, now):
             if ref.resource == PODS and (ref.namespace, ref.name) not in kept_pods:
                 continue
             labels = list(_object_labels(ref))
             if with_method:
-                labels.append(value.labels.get("method", ""))
+                labels += [value.labels.get("method", ""), value.labels.get("confidence", "")]
             gauge.add_metric(labels, value.value)
         return gauge
 

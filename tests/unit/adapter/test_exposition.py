@@ -29,7 +29,12 @@ async def test_fresh_values_are_series_with_their_labels(
     samples = _samples(await response.text())
     pod = {"namespace": "inference", "pod": "llm-7d9f-abcde"}
     assert (
-        samples[("wattscale_pod_watts_per_token", frozenset({**pod, "method": "energy_counter"}.items()))]
+        samples[
+            (
+                "wattscale_pod_watts_per_token",
+                frozenset({**pod, "method": "energy_counter", "confidence": ""}.items()),
+            )
+        ]
         == 1.5
     )
     assert samples[("wattscale_pod_gpu_power_watts", frozenset(pod.items()))] == 398.0
@@ -111,3 +116,19 @@ async def test_a_value_ages_out_even_when_no_new_snapshot_arrives() -> None:
     assert b'pod="pod-00000"' in await exposition.body()
     now[0] = SAMPLE_TIME + 121.0  # past max age, same store generation (the pipeline stopped)
     assert b'pod="pod-00000"' not in await exposition.body()
+
+
+def test_a_learned_power_model_s_confidence_is_a_label() -> None:
+    store = MetricStore(max_age_seconds=120.0, clock=lambda: NOW)
+    pod = ObjectRef(PODS, "llm", "gauge-only-0")
+    labels = {"method": "power_model", "confidence": "medium"}
+    store.put_all({(pod, "watts_per_token"): StoredValue(0.4, SAMPLE_TIME, 30.0, labels)})
+    series = [
+        sample
+        for family in PowerCollector(store, clock=lambda: NOW).collect()
+        for sample in family.samples
+        if sample.name == "wattscale_pod_watts_per_token"
+    ]
+    assert [(s.labels, s.value) for s in series] == [
+        ({"namespace": "llm", "pod": "gauge-only-0", **labels}, 0.4)
+    ]
