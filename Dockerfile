@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY adapter/ adapter/
 COPY collectors/ collectors/
 COPY estimators/ estimators/
+COPY poweroperator/ poweroperator/
 # pandas, numpy, scipy and scikit-learn ship their own test suites (about 110 MiB) that nothing imports at
 # run time; pip is not needed in the runtime image either.
 RUN /opt/wattscale/bin/pip install --no-cache-dir --disable-pip-version-check . \
