@@ -8,8 +8,8 @@ raw series it reads; each is fetched with prometheus-api-client range queries, t
 `timestamp()` of the same series, so every row keeps the instant Prometheus scraped it, not the
 query's step. The rows are then translated step by step by the same collector code the server runs
 (units, resets, one row per GPU, `gpu_assignment_info`), so `wattscale estimate` and the notebooks see
-what the server would have seen. A step no longer than the scrape interval sees every scrape; a
-longer one thins them. Output: `timestamp,metric,value,<labels>` (adapter.samples_csv).
+what the server would have seen. A step of half the scrape interval sees every scrape even when scrapes
+jitter (two scrapes 0.9 s apart can fall between two 1 s steps); a longer one thins them. Output: `timestamp,metric,value,<labels>` (adapter.samples_csv).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--step",
         type=duration_seconds,
         default=15.0,
-        help="query resolution; at most the scrape interval (default 15s)",
+        help="query resolution; half the scrape interval sees every scrape (default 15s)",
     )
     parser.add_argument(
         "--namespace", default=None, help="only pods of this namespace and the GPUs they hold"
@@ -182,15 +182,18 @@ def export(
     collectors = load_collectors([(source, source, {"prometheus_url": prometheus_url}) for source in sources])
     client = PrometheusConnect(url=prometheus_url, disable_ssl=False)
     start = datetime.fromtimestamp(start_seconds, tz=UTC)
-    end = datetime.fromtimestamp(end_seconds, tz=UTC)
+    # One step past the end: a scrape in the last step before `end` is only seen at the step after it.
+    end = datetime.fromtimestamp(end_seconds + step_seconds, tz=UTC)
     samples: list[Sample] = []
     for collector in collectors:
         names = getattr(collector, "query_names", None)
         if names is None or not hasattr(collector, "translate"):
             raise ValueError(f"source {collector.name!r} does not read through Prometheus")
-        rows = _range_rows(client, names(), selector, start, end, f"{step_seconds:g}s")
+        # Float seconds: Prometheus takes them for a step, not a fractional duration such as 0.5s.
+        rows = _range_rows(client, names(), selector, start, end, f"{step_seconds:g}")
         samples.extend(_translated(collector, rows))
-    return samples_table(samples, namespace)
+    in_range = [s for s in samples if start_seconds <= s.timestamp_seconds <= end_seconds]
+    return samples_table(in_range, namespace)
 
 
 def run(args: argparse.Namespace) -> int:
