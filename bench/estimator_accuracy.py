@@ -198,7 +198,7 @@ def gauge_only(samples: pd.DataFrame, steps: pd.DataFrame, seeds: range) -> None
             model = replay(GaugePowerModel(), [replica])
             gauge_frame = frame.loc[frame["metric"] != "gpu_energy_joules_total"]
             # The served gauge-only estimate, each window against the truth over its own span.
-            naive = watts_per_token(gauge_frame, window_seconds=30.0)
+            naive = watts_per_token(gauge_frame, window_seconds=30.0, power_model=False)
             naive_truth = _truth(samples, steps, naive["window_start_seconds"], naive["window_end_seconds"])
             truth = _truth(samples, steps, model["window_start_seconds"], model["window_end_seconds"])
             rows.append(

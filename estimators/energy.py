@@ -114,9 +114,12 @@ def _pass_times(token_times: FloatArray, end: float, window_seconds: float) -> f
     return max(end, min(before_next, end + 0.5 * window_seconds))
 
 
-def served_windows(samples: pd.DataFrame, pod: tuple[str, str], *, window_seconds: float) -> pd.DataFrame:
+def served_windows(
+    samples: pd.DataFrame, pod: tuple[str, str], *, window_seconds: float, power_model: bool = True
+) -> pd.DataFrame:
     """The served estimator's pod rows (`estimators.fleet.POD_COLUMNS`) for `pod`, one per window,
-    chained backwards from its newest token sample (module docstring), oldest first."""
+    chained backwards from its newest token sample (module docstring), oldest first. `power_model=False`
+    keeps a gauge-only GPU on the gauge's mean (the baseline the learned model is measured against)."""
     tokens = samples.loc[
         (samples["metric"] == "generation_tokens_total")
         & (samples["namespace"] == pod[0])
@@ -147,7 +150,7 @@ def served_windows(samples: pd.DataFrame, pod: tuple[str, str], *, window_second
         rows.append(row.iloc[0])
         passes.append(now)
         end = float(row["token_window_start_seconds"].iloc[0])
-    if any(str(row["method"]).startswith("power_gauge") for row in rows):
+    if power_model and any(str(row["method"]).startswith("power_gauge") for row in rows):
         # A gauge-only GPU: the server's power model learns pass by pass from the past, so replay
         # the same passes oldest first with one learning model (`estimators.gauge_model`).
         models = GaugeModels()
@@ -161,9 +164,11 @@ def watts_per_token(
     window_seconds: float,
     idle_power_watts: float | None = None,
     metrics: Metrics | None = None,
+    power_model: bool = True,
 ) -> pd.DataFrame:
     """Joules per generated token for each window (columns `OUTPUT_COLUMNS`; rules in the module doc);
-    per pod (columns `namespace`, `pod` first) when the input assigns GPUs to pods.
+    per pod (columns `namespace`, `pod` first) when the input assigns GPUs to pods. `power_model`: as
+    in `served_windows`.
 
     `idle_power_watts` is the static power of the GPUs summed (for one H100 about 75 W); by default
     the lowest power seen in any window, which overstates idle for a workload that never idles.
@@ -174,13 +179,19 @@ def watts_per_token(
     frame = samples.astype({"timestamp_seconds": np.float64, "value": np.float64})
     if not (frame["metric"] == "gpu_assignment_info").any():
         return _figures(
-            served_windows(as_one_pod(frame, names), POD, window_seconds=window_seconds), idle_power_watts
+            served_windows(
+                as_one_pod(frame, names), POD, window_seconds=window_seconds, power_model=power_model
+            ),
+            idle_power_watts,
         )
     # Input with assignments (as `wattscale export` writes it): one set of windows per pod.
     tokens = frame.loc[frame["metric"] == names.generation_tokens, ["namespace", "pod"]].dropna()
     per_pod = [
         _figures(
-            served_windows(frame, (str(ns), str(pod)), window_seconds=window_seconds), idle_power_watts
+            served_windows(
+                frame, (str(ns), str(pod)), window_seconds=window_seconds, power_model=power_model
+            ),
+            idle_power_watts,
         ).assign(namespace=str(ns), pod=str(pod))
         for ns, pod in tokens.drop_duplicates().sort_values(["namespace", "pod"]).itertuples(index=False)
     ]
