@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +313,18 @@ def start_server(
     return server, {"server": server.pid, "worker": int(ready[1])}, context, url
 
 
+@contextlib.contextmanager
+def server_running(
+    args: argparse.Namespace,
+) -> Iterator[tuple[dict[str, int], ssl.SSLContext, str]]:
+    """`start_server` until the block exits, then the server stopped: the pids, TLS context and URL."""
+    server, pids, context, url = start_server(args)
+    try:
+        yield pids, context, url
+    finally:
+        stop_server(server)
+
+
 def stop_server(server: subprocess.Popen[str]) -> None:
     server.send_signal(signal.SIGTERM)
     try:
@@ -345,11 +359,8 @@ def main() -> int:
         args.ca_pem = Path(args.ca).read_bytes()
         asyncio.run(serve(args))
         return 0
-    server, pids, context, url = start_server(args)
-    try:
+    with server_running(args) as (pids, context, url):
         asyncio.run(load(args, context, url, pids))
-    finally:
-        stop_server(server)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from api_load import load, parser, rss_mib, start_server, stop_server
+from api_load import load, parser, rss_mib, server_running
 
 
 async def soak(args: argparse.Namespace, context: object, url: str, pids: dict[str, int]) -> None:
@@ -58,11 +58,8 @@ def main() -> int:
     arguments.add_argument("--warmup-seconds", type=float, default=60.0)
     args = arguments.parse_args()
     args.seconds = args.minutes * 60
-    server, pids, context, url = start_server(args)
-    try:
+    with server_running(args) as (pids, context, url):
         asyncio.run(soak(args, context, url, pids))
-    finally:
-        stop_server(server)
     return 0
 
 
