@@ -334,21 +334,24 @@ def test_operator_scales_managed_workloads_on_demand_within_the_rack_budget(
     create_deployment(admin_api, HEATER, replicas=8, node=RACK_B[1])
     wait_for_running_pods(admin_api, HEATER, 8)
 
+    # Each workload has its own KEDA HPA, so each comes down on its own sync: wait for both.
     def capped() -> bool:
         operator.check_running()
         allowed = _within_budget(control_plane, "deployments.apps", DEPLOYMENT)
-        return allowed < 4 and desired_replicas(admin_api, DEPLOYMENT) <= max(allowed, 1)
+        predictor_allowed = _within_budget(control_plane, "inferenceservices.serving.kserve.io", ISVC)
+        return (
+            allowed < 4
+            and desired_replicas(admin_api, DEPLOYMENT) <= max(allowed, 1)
+            and desired_replicas(admin_api, PREDICTOR) <= max(predictor_allowed, 1)
+        )
 
     wait_until(
         capped,
         timeout_seconds=_TIMEOUT_SECONDS,
-        description=f"{DEPLOYMENT} held to what the budget allows",
+        description=f"{DEPLOYMENT} and {PREDICTOR} held to what the budget allows",
         on_timeout=operator.tail,
     )
     assert desired_replicas(admin_api, DEPLOYMENT) < 4
-    assert desired_replicas(admin_api, PREDICTOR) <= max(
-        _within_budget(control_plane, "inferenceservices.serving.kserve.io", ISVC), 1
-    )
 
     # The load goes: headroom returns and both scale up to their demand again, once the budget has had room
     # for another replica for a while (the adapter's hysteresis, estimators.headroom.ReplicaBudgets).
