@@ -122,7 +122,7 @@ class KubeCluster:
         api_client: client.ApiClient,
         *,
         agent_url_template: str,
-        identity: str = "wattscale-capper",
+        identity: str = "wattscale-operator",
     ) -> None:
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
@@ -255,8 +255,8 @@ class KubeCluster:
             first_timestamp=now,
             last_timestamp=now,
             count=1,
-            source=client.V1EventSource(component="wattscale-capper"),
-            reporting_component="wattscale.io/capper",
+            source=client.V1EventSource(component="wattscale-operator"),
+            reporting_component="wattscale.io/operator",
             reporting_instance=self._identity,
         )
         try:

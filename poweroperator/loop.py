@@ -163,7 +163,7 @@ class Capper:
         *,
         metrics: CapperMetrics | None = None,
         clock: Callable[[], float] = time.time,
-        identity: str = "wattscale-capper",
+        identity: str = "wattscale-operator",
         pods_period_seconds: float = 10.0,
         replica_period_seconds: float = 15.0,
         status_period_seconds: float = 5.0,

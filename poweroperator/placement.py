@@ -60,10 +60,12 @@ def next_mark(
     mark: RackMark, budget: BudgetSpec, rack: RackReading | None, now: float, after_seconds: float
 ) -> RackMark:
     """The rack's mark after this reading (pure)."""
-    age = math.inf if rack is None else now - rack.timestamp_seconds
-    if rack is None or not math.isfinite(rack.headroom_watts) or age > budget.policy.stale_after_seconds:
+    if rack is None or not math.isfinite(rack.headroom_watts):
+        return RackMark(mark.overdrawn, mark.since_seconds, None, "rack power missing: holding")
+    age = now - rack.timestamp_seconds
+    if age > budget.policy.stale_after_seconds:
         return RackMark(
-            mark.overdrawn, mark.since_seconds, None, f"rack power stale or missing ({age:.0f} s): holding"
+            mark.overdrawn, mark.since_seconds, None, f"rack power stale ({age:.0f} s old): holding"
         )
     clear_above = budget.policy.hysteresis_ratio * budget.cap_watts
     flips = rack.headroom_watts <= 0 if not mark.overdrawn else rack.headroom_watts > clear_above

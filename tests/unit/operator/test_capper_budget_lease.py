@@ -160,7 +160,7 @@ async def test_one_replica_leads_until_its_lease_expires_then_another_takes_over
         return LeaseElector(
             api,  # type: ignore[arg-type]
             namespace="kube-system",
-            name="wattscale-capper",
+            name="wattscale-operator",
             identity=identity,
             lease_seconds=15,
             clock=lambda: now[0],

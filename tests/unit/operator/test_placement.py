@@ -64,8 +64,11 @@ def test_stale_or_missing_rack_power_changes_nothing() -> None:
             stale = reading(0.0 if not overdrawn else 5_000.0, at=t - spec.policy.stale_after_seconds - 1)
             mark = next_mark(mark, spec, stale, t, after_seconds=30)
             assert mark.overdrawn is overdrawn and mark.pending_since_seconds is None
+            assert (
+                mark.reason == f"rack power stale ({spec.policy.stale_after_seconds + 1:.0f} s old): holding"
+            )
         mark = next_mark(mark, spec, None, 200, after_seconds=30)
-        assert mark.overdrawn is overdrawn and "stale or missing" in mark.reason
+        assert mark.overdrawn is overdrawn and mark.reason == "rack power missing: holding"
 
 
 class FakeNodeTaints:
