@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 ListFunction = Callable[..., Awaitable[Any]]
 RETRY_SECONDS = 5.0
-ABSENT_API_RETRY_SECONDS = 60.0
+# An optional API that is absent (the PowerBudget CRD installed after the adapter) is looked for again this
+# often: a budget then names its rack within seconds, for one cheap 404 per interval meanwhile.
+ABSENT_API_RETRY_SECONDS = 10.0
 WATCH_TIMEOUT_SECONDS = 300
 
 
