@@ -50,10 +50,19 @@ class RackMark:
     pending_since_seconds: float | None = None
     """Since when the readings have pointed the other way (None: they do not)."""
     reason: str = ""
+    holding: bool = False
+    """The reason says the readings were stale or missing; a fresh reading replaces it."""
 
 
 def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _steady_reason(mark: RackMark, budget: BudgetSpec, rack: RackReading) -> str:
+    """What a fresh reading that changes nothing says, where no transition has said why yet."""
+    if mark.overdrawn:
+        return f"no headroom (rack power {rack.power_watts:.0f} W, cap {budget.cap_watts:.0f} W)"
+    return f"headroom {rack.headroom_watts:.0f} W"
 
 
 def next_mark(
@@ -61,19 +70,19 @@ def next_mark(
 ) -> RackMark:
     """The rack's mark after this reading (pure)."""
     if rack is None or not math.isfinite(rack.headroom_watts):
-        return RackMark(mark.overdrawn, mark.since_seconds, None, "rack power missing: holding")
+        return RackMark(mark.overdrawn, mark.since_seconds, None, "rack power missing: holding", holding=True)
     age = now - rack.timestamp_seconds
     if age > budget.policy.stale_after_seconds:
-        return RackMark(
-            mark.overdrawn, mark.since_seconds, None, f"rack power stale ({age:.0f} s old): holding"
-        )
+        reason = f"rack power stale ({age:.0f} s old): holding"
+        return RackMark(mark.overdrawn, mark.since_seconds, None, reason, holding=True)
     clear_above = budget.policy.hysteresis_ratio * budget.cap_watts
     flips = rack.headroom_watts <= 0 if not mark.overdrawn else rack.headroom_watts > clear_above
+    steady = _steady_reason(mark, budget, rack) if mark.holding or not mark.reason else mark.reason
     if not flips:
-        return RackMark(mark.overdrawn, mark.since_seconds, None, mark.reason)
+        return RackMark(mark.overdrawn, mark.since_seconds, None, steady)
     pending = mark.pending_since_seconds if mark.pending_since_seconds is not None else now
     if now - pending < after_seconds:
-        return RackMark(mark.overdrawn, mark.since_seconds, pending, mark.reason)
+        return RackMark(mark.overdrawn, mark.since_seconds, pending, steady)
     if mark.overdrawn:
         reason = f"headroom {rack.headroom_watts:.0f} W above {clear_above:.0f} W for {after_seconds:.0f} s"
     else:

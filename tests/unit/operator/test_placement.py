@@ -71,6 +71,21 @@ def test_stale_or_missing_rack_power_changes_nothing() -> None:
         assert mark.overdrawn is overdrawn and mark.reason == "rack power missing: holding"
 
 
+def test_a_fresh_reading_replaces_a_holding_reason_in_the_status() -> None:
+    spec = budget()
+    fresh = next_mark(next_mark(RackMark(), spec, None, 0, after_seconds=30), spec, reading(700.0, 5), 5, 30)
+    assert (fresh.overdrawn, fresh.reason) == (False, "headroom 700 W")
+    marked = RackMark(
+        overdrawn=True, since_seconds=0, reason="no headroom for 30 s (rack power 9000 W, cap 8000 W)"
+    )
+    held = next_mark(marked, spec, reading(0.0, 0), 100, after_seconds=30)
+    assert held.reason.startswith("rack power stale")
+    again = next_mark(held, spec, reading(0.0, 110), 110, after_seconds=30)
+    assert again.overdrawn is True and again.reason == f"no headroom (rack power 9000 W, cap {CAP:.0f} W)"
+    # A reason a transition gave stays while the readings are fresh and nothing flips.
+    assert next_mark(marked, spec, reading(0.0, 10), 10, after_seconds=30).reason == marked.reason
+
+
 class FakeNodeTaints:
     """Nodes with taint lists, as the API server keeps them; no pod is ever touched by this interface."""
 
