@@ -409,7 +409,9 @@ def _token_series(
         if group is None or generated_at[group] == generated_at[group + 1]:
             continue
         span = slice(generated_at[group], generated_at[group + 1])
-        times, values = _first_at_each_time(generated.times[span], generated.values[span])
+        # A scrape without a value says nothing about the tokens: it must not become an interval.
+        read = np.isfinite(generated.values[span])
+        times, values = _first_at_each_time(generated.times[span][read], generated.values[span][read])
         prompt = np.full(times.size, np.nan)
         found = prompted_of.get(pod)
         if found is not None:
