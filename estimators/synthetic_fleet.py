@@ -103,6 +103,10 @@ def _counter(base: float, watts: float, wobble: float, rng: np.random.Generator)
     return lambda t: base + watts * t + wobble * np.sin((t + phase) / 40.0) * 40.0
 
 
+def _constant(value: float) -> Callable[[float], float]:
+    return lambda t: value
+
+
 def _gauge(watts: float, wobble: float, rng: np.random.Generator) -> Callable[[float], float]:
     phase = rng.uniform(0.0, 100.0)
     return lambda t: watts + wobble * np.cos((t + phase) / 40.0) + rng.normal(0.0, 2.0)
@@ -148,7 +152,7 @@ def random_fleet(
                 alive = fleet.lifetime()
                 labels = {**gpu, "namespace": pod[0], "pod": pod[1]}
                 assigned = 0.0 if rng.random() < 0.03 else 1.0
-                fleet.scrape("gpus", "gpu_assignment_info", labels, lambda t, v=assigned: v, alive=alive)
+                fleet.scrape("gpus", "gpu_assignment_info", labels, _constant(assigned), alive=alive)
         for _ in range(int(rng.integers(0, 3))):  # pods without a GPU of their own
             pod = new_pod()
             pods_on_node[node].append(pod)
@@ -160,8 +164,8 @@ def random_fleet(
                 )
 
     for node, pods in pods_on_node.items():
-        for namespace, pod in pods:
-            labels = {"namespace": namespace, "pod": pod}
+        for namespace, name in pods:
+            labels = {"namespace": namespace, "pod": name}
             alive = fleet.lifetime()
             if rng.random() < 0.85:
                 tokens = rng.choice([0.0, rng.uniform(5.0, 2500.0)], p=[0.1, 0.9])
@@ -172,16 +176,16 @@ def random_fleet(
                     fleet.scrape("vllm", "prompt_tokens_total", labels, prompt, alive=alive, counter=True)
             if rng.random() < 0.5:
                 busy = rng.uniform(0.0, 1.0)
-                fleet.scrape("gpus", "pod_gpu_utilization_ratio", labels, lambda t, b=busy: b, alive=alive)
+                fleet.scrape("gpus", "pod_gpu_utilization_ratio", labels, _constant(busy), alive=alive)
             if rng.random() < 0.6:
                 kepler = {"node": node, **labels}
                 cpu = _counter(0, rng.uniform(5.0, 90.0), 3, rng)
                 fleet.scrape("kepler", "pod_cpu_energy_joules_total", kepler, cpu, alive=alive, counter=True)
 
     recorded = [pod for pods in pods_on_node.values() for pod in pods][:: max(1, pod_number // 3)]
-    for namespace, pod in recorded:
-        node = next(n for n, pods in pods_on_node.items() if (namespace, pod) in pods)
-        labels = {"node": node, "namespace": namespace, "pod": pod}
+    for namespace, name in recorded:
+        node = next(n for n, pods in pods_on_node.items() if (namespace, name) in pods)
+        labels = {"node": node, "namespace": namespace, "pod": name}
         for metric, level in (
             ("pod_gpu_power_watts", 300.0),
             ("pod_cpu_power_watts", 40.0),
