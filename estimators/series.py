@@ -317,10 +317,20 @@ class HistoryView:
     """Every metric's samples up to a pass's `now` (`SampleStore.view`), grouped on demand."""
 
     metrics: dict[str, _Samples]
+    _blocks: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], Block] = field(
+        default_factory=dict
+    )
 
     def block(self, metric: str, keys: Sequence[str], fill: Mapping[str, str] | None = None) -> Block:
         """`metric`'s samples grouped by `keys`, leaving out series without one of them (after `fill`
-        gives absent labels a value)."""
+        gives absent labels a value). Built once per view."""
+        cache_key = (metric, tuple(keys), tuple(sorted((fill or {}).items())))
+        found = self._blocks.get(cache_key)
+        if found is None:
+            found = self._blocks[cache_key] = self._block(metric, keys, fill)
+        return found
+
+    def _block(self, metric: str, keys: Sequence[str], fill: Mapping[str, str] | None) -> Block:
         samples = self.metrics.get(metric)
         if samples is None:
             empty = pd.DataFrame({key: pd.Series(dtype=object) for key in keys})
@@ -335,14 +345,22 @@ class HistoryView:
         return Block(labels, group, times, values)
 
     def newest_labels(self, keys: Sequence[str], start_seconds: float) -> pd.DataFrame:
-        """Per metric and group by `keys` with a sample at or after `start_seconds`: the group's labels
-        and its newest sample's `timestamp_seconds` (one frame over all metrics, metric by metric)."""
+        """Per metric and series with all of `keys` and a sample at or after `start_seconds`: its `keys`
+        labels and newest sample's `timestamp_seconds` (one frame over all metrics, metric by metric)."""
         frames = [pd.DataFrame({key: pd.Series(dtype=object) for key in keys}).assign(timestamp_seconds=0.0)]
-        for metric in self.metrics:
-            rows = self.block(metric, keys).since(start_seconds)
-            groups, newest = rows.newest()
-            if groups.size:
-                frames.append(rows.labels.iloc[groups].assign(timestamp_seconds=newest))
+        for samples in self.metrics.values():
+            columns = samples.store.label_columns()
+            if any(all(v is None for v in columns[key]) for key in keys):
+                continue  # no series of this metric has every key
+            recent = np.flatnonzero(samples.times >= start_seconds)
+            newest = recent[np.append(samples.series[recent][1:] != samples.series[recent][:-1], True)]
+            series = samples.series[newest] if recent.size else np.zeros(0, np.int64)
+            labelled = {key: columns[key][series] for key in keys}
+            complete = np.ones(series.size, dtype=bool)
+            for values in labelled.values():
+                complete &= pd.notna(values)
+            frame = pd.DataFrame({key: values[complete] for key, values in labelled.items()}, dtype=object)
+            frames.append(frame.assign(timestamp_seconds=samples.times[newest][complete]))
         return pd.concat(frames, ignore_index=True)
 
     def frame(self, metrics: Sequence[str], start_seconds: float) -> pd.DataFrame:
