@@ -123,6 +123,16 @@ class _MetricSeries:
             moved[unused] = pad
             setattr(self, name, moved)
 
+    def keep_series(self, keep: BoolArray) -> None:
+        """Keep only the series marked in `keep` (one flag per series), renumbered in order."""
+        rows = np.flatnonzero(keep)
+        self.labels = [self.labels[row] for row in rows]
+        for name in ("times", "values", "received"):
+            setattr(self, name, getattr(self, name)[rows])
+        self.counts = self.counts[rows]
+        self._label_columns = None
+        self._groupings.clear()
+
     def grouping(self, keys: tuple[str, ...], fill: Mapping[str, str]) -> tuple[IntArray, pd.DataFrame, bool]:
         """Each series' group by `keys` (-1 where it lacks one), the groups' labels, and whether every
         group is one series. Numbered by first series, so with one series per group the numbers rise
@@ -222,8 +232,18 @@ class SampleStore:
         self._metrics[metric].append(series[known], times[known], values[known], received)
 
     def evict(self, oldest_received_seconds: float) -> None:
-        for store in self._metrics.values():
+        """Drop the batches received before `oldest_received_seconds`. A metric whose series are now
+        mostly without samples forgets those (pods come and go: the tables must not grow forever)."""
+        for metric, store in self._metrics.items():
             store.evict(oldest_received_seconds)
+            held = store.counts[: store.size] > 0
+            if 2 * int((~held).sum()) > store.size:
+                for labels, kept in zip(store.labels, held, strict=True):
+                    if not kept:
+                        del self._series[(metric, labels)]
+                store.keep_series(held)
+                for number, labels in enumerate(store.labels):
+                    self._series[(metric, labels)] = number
 
     def label_pairs(self, first: str, second: str) -> list[tuple[str, str]]:
         """Distinct (`first`, `second`) label values of the series that hold samples, in the order the
@@ -350,11 +370,13 @@ class HistoryView:
         frames = [pd.DataFrame({key: pd.Series(dtype=object) for key in keys}).assign(timestamp_seconds=0.0)]
         for samples in self.metrics.values():
             columns = samples.store.label_columns()
-            if any(all(v is None for v in columns[key]) for key in keys):
+            if any(pd.isna(columns[key]).all() for key in keys):
                 continue  # no series of this metric has every key
             recent = np.flatnonzero(samples.times >= start_seconds)
+            if recent.size == 0:
+                continue
             newest = recent[np.append(samples.series[recent][1:] != samples.series[recent][:-1], True)]
-            series = samples.series[newest] if recent.size else np.zeros(0, np.int64)
+            series = samples.series[newest]
             labelled = {key: columns[key][series] for key in keys}
             complete = np.ones(series.size, dtype=bool)
             for values in labelled.values():
