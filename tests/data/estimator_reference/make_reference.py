@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
+from estimators.energy import Metrics, as_one_pod  # noqa: E402
 from estimators.sampling import ScrapePlan, scrape_trace  # noqa: E402
 from estimators.synthetic_fleet import COLUMNS, random_fleet  # noqa: E402
 
@@ -47,8 +48,9 @@ def fleet_input() -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame, list[floa
 
 
 def h100_input(trace: Path) -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame, list[float]]:
-    """(samples, node_racks, racks, nows) of the H100 trace scraped every 15 s, labelled as the
-    collectors label it: one pod on one GPU of one node in one rack."""
+    """(samples, node_racks, racks, nows) of the H100 trace scraped every 15 s (the energy counter
+    restarting once), made one pod on one GPU (`estimators.energy.as_one_pod`: empty node and GPU
+    labels) in one rack."""
     rng = np.random.default_rng(H100_SEED)
     plan = ScrapePlan(
         interval_seconds=15.0, offset_seconds=rng.uniform(0, 15), drop_ratio=0.05, jitter_seconds=0.5
@@ -65,24 +67,13 @@ def h100_input(trace: Path) -> tuple[pd.DataFrame, dict[str, str], pd.DataFrame,
         energy_restart_seconds=90.0,
     )
     frame = frame[frame["metric"] != "requests_running"]
-    gpu = frame["metric"].str.startswith("gpu_")
-    frame = frame.assign(
-        timestamp_seconds=frame["timestamp_seconds"] + 1_790_000_000.0,
-        node="node-1",
-        gpu_uuid=np.where(gpu, "GPU-0", None),
-        namespace=np.where(gpu, None, "llm"),
-        pod=np.where(gpu, None, "llama-0"),
-    )
-    assigned = frame[frame["metric"] == "gpu_power_watts"].assign(
-        metric="gpu_assignment_info", value=1.0, namespace="llm", pod="llama-0"
-    )
-    samples = pd.concat([frame, assigned], ignore_index=True).sort_values("timestamp_seconds", kind="stable")
+    samples = as_one_pod(frame, Metrics()).sort_values("timestamp_seconds", kind="stable")
     samples = samples.reindex(columns=COLUMNS).reset_index(drop=True)
     samples = samples.astype({label: object for label in COLUMNS[3:]})
     start, end = float(samples["timestamp_seconds"].min()), float(samples["timestamp_seconds"].max())
     nows = list(np.linspace(start + 40.0, end, 8))
     racks = pd.DataFrame({"rack": ["rack-1"], "cap_watts": [1_000.0], "margin_ratio": [0.1]})
-    return samples, {"node-1": "rack-1"}, racks, nows
+    return samples, {"": "rack-1"}, racks, nows
 
 
 def estimate(

@@ -39,7 +39,10 @@ def assert_same_frames(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert len(actual) == len(expected)
     for column in expected.columns:
         want, got = expected[column], actual[column]
-        if pd.api.types.is_numeric_dtype(want) and not pd.api.types.is_bool_dtype(want):
+        numeric = [
+            pd.api.types.is_numeric_dtype(c) and not pd.api.types.is_bool_dtype(c) for c in (want, got)
+        ]
+        if all(numeric):
             np.testing.assert_allclose(
                 got.to_numpy(np.float64), want.to_numpy(np.float64), rtol=1e-9, atol=1e-9, err_msg=column
             )
