@@ -276,11 +276,22 @@ def _largest_rise(rows: Block) -> pd.DataFrame:
 
 
 def _outer_on(keys: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Left-join every frame onto the union of their keys; empty frames still contribute columns."""
-    union = pd.concat([f[keys] for f in frames], ignore_index=True).drop_duplicates(ignore_index=True)
-    out = union.astype(object)
+    """Left-join every frame onto the union of their keys (in order of first appearance); empty frames
+    still contribute columns. The keys are factorised once, so a frame with one row per key is
+    placed by position; one with repeated keys is merged (each of its rows becomes a row)."""
+    stacked = pd.concat([f[keys] for f in frames], ignore_index=True).astype(object)
+    codes = stacked.groupby(keys, sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    _, first = np.unique(codes, return_index=True)
+    out = stacked.iloc[first].reset_index(drop=True)
+    offset = 0
     for f in frames:
-        out = out.merge(f.astype({k: object for k in keys}), on=keys, how="left")
+        own = codes[offset : offset + len(f)]
+        offset += len(f)
+        if len(out) > first.size or np.unique(own).size < own.size:
+            out = out.merge(f.astype({k: object for k in keys}), on=keys, how="left")
+            continue
+        placed = f.drop(columns=keys).set_axis(own).reindex(np.arange(first.size))
+        out = pd.concat([out, placed.set_axis(out.index)], axis=1)
     return out
 
 
