@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -137,11 +138,11 @@ def synthetic_samples(
     return samples, node_racks
 
 
-def _polls(samples: pd.DataFrame) -> list[tuple[float, list[SampleRow]]]:
-    """The samples as the collectors deliver them: one batch per poll, received as the poll ends."""
+def _polls(samples: pd.DataFrame) -> Iterator[tuple[float, list[SampleRow]]]:
+    """The samples as the collectors deliver them: one batch per poll, received as the poll ends
+    (made one at a time, so the process holds only the history, as the worker does)."""
     labels = [c for c in samples.columns if c not in ("metric", "value", "timestamp_seconds")]
     poll = (samples["timestamp_seconds"] // POLL_SECONDS).astype(int)
-    batches = []
     for k, batch in samples.groupby(poll, sort=True):
         named = batch[labels].to_dict("records")
         rows: list[SampleRow] = [
@@ -150,8 +151,7 @@ def _polls(samples: pd.DataFrame) -> list[tuple[float, list[SampleRow]]]:
                 batch["metric"], batch["value"], batch["timestamp_seconds"], named, strict=True
             )
         ]
-        batches.append(((int(k) + 1) * POLL_SECONDS, rows))
-    return batches
+        yield (int(k) + 1) * POLL_SECONDS, rows
 
 
 def _objects(samples: pd.DataFrame) -> StaticObjectIndex:
