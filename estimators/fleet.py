@@ -1,8 +1,10 @@
 """One estimator pass over the whole fleet: what the adapter's pipeline calls every cycle.
 
-Input is the pipeline's sample frame: columns `metric`, `value`, `timestamp_seconds` and one column
-per label key (`node`, `gpu_uuid`, `namespace`, `pod`, `rack`, `pdu`, ...; NaN where a sample lacks it).
-Output is three frames (pods, nodes, racks) whose columns are the served metrics.
+Input is the samples a `estimators.series.SampleStore` holds (the pipeline keeps one up to date as
+polls arrive: `estimate_history`), or a long sample frame (`estimate_fleet`: columns `metric`,
+`value`, `timestamp_seconds` and one column per label key `node`, `gpu_uuid`, `namespace`, `pod`,
+`rack`, `pdu`, NaN where a sample lacks it), which is put in a store first. Both run the same rules.
+Output is frames (pods, nodes, racks, latest rack readings) whose columns are the served metrics.
 
 Rules, in the order they are applied:
 
