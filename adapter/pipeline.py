@@ -13,7 +13,6 @@ import functools
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,11 +40,12 @@ from estimators.fleet import (
     LATEST_RACK_COLUMNS,
     FleetEstimate,
     aggregate_pods,
-    estimate_fleet,
+    estimate_history,
 )
 from estimators.fleet import latest_rack_power as fleet_latest_rack_power
 from estimators.gauge_model import GaugeModels
 from estimators.headroom import ReplicaBudgets
+from estimators.series import HistoryView, SampleStore
 
 log = logging.getLogger(__name__)
 
@@ -80,30 +80,23 @@ def samples_frame(rows: Sequence[SampleRow]) -> pd.DataFrame:
 
 
 class SampleHistory:
-    """Recent batches of every collector, each turned into a frame once, when it arrives; and what the
-    passes remember between them (each workload's replica peak and held replica count, each gauge-only
-    GPU's learned power model)."""
+    """Recent batches of every collector, kept per series as they arrive (`estimators.series`); and what
+    the passes remember between them (each workload's replica peak and held replica count, each
+    gauge-only GPU's learned power model)."""
 
     def __init__(self, keep_seconds: float) -> None:
         self.keep_seconds = keep_seconds
-        self._batches: dict[str, deque[tuple[float, pd.DataFrame]]] = {}
+        self.store = SampleStore()
         self.replica_budgets = ReplicaBudgets()
         self.gauge_models = GaugeModels()
 
     def add(self, collector: str, rows: Sequence[SampleRow], received_seconds: float) -> None:
-        if rows:
-            self._batches.setdefault(collector, deque()).append((received_seconds, samples_frame(rows)))
+        self.store.add_rows(rows, received_seconds)
 
-    def frame(self, now_seconds: float) -> pd.DataFrame:
-        oldest = now_seconds - self.keep_seconds
-        frames: list[pd.DataFrame] = []
-        for batches in self._batches.values():
-            while batches and batches[0][0] < oldest:
-                batches.popleft()
-            frames.extend(frame for _, frame in batches)
-        if not frames:
-            return samples_frame([])
-        return pd.concat(frames, ignore_index=True, sort=False)
+    def view(self, now_seconds: float) -> HistoryView:
+        """The samples up to `now_seconds`, batches received over `keep_seconds` before it gone."""
+        self.store.evict(now_seconds - self.keep_seconds)
+        return self.store.view(now_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +113,18 @@ class _Put:
         self.values[(ref, metric)] = StoredValue(rounded, float(end), float(window), labels)
 
 
-def node_racks(index: ObjectIndex, racks: Sequence[RackSettings], samples: pd.DataFrame) -> dict[str, str]:
-    """Node -> rack: the racks' node selectors over node labels, else a `rack` label on the node's samples."""
+def node_racks(
+    index: ObjectIndex, racks: Sequence[RackSettings], labelled: Iterable[tuple[str, str]]
+) -> dict[str, str]:
+    """Node -> rack: the racks' node selectors over node labels, else the `rack` label on the node's
+    samples (`labelled`: the (node, rack) label pairs of the samples)."""
     mapping: dict[str, str] = {}
     for node in index.objects(NODES, None):
         rack = next((r.name for r in racks if r.node_selector.matches(node.labels)), None)
         if rack is not None:
             mapping[node.name] = rack
-    if {"node", "rack"} <= set(samples.columns):
-        for node, rack in samples[["node", "rack"]].dropna().drop_duplicates().itertuples(index=False):
-            mapping.setdefault(str(node), str(rack))
+    for node_name, rack_name in labelled:
+        mapping.setdefault(node_name, rack_name)
     return mapping
 
 
@@ -302,7 +297,7 @@ def estimate_pass(
     window_seconds: float,
 ) -> dict[Key, StoredValue]:
     """Samples -> estimators -> the values of one store snapshot."""
-    frame = history.frame(now_seconds)
+    view = history.view(now_seconds)
     rack_frame = pd.DataFrame(
         {
             "rack": [r.name for r in racks],
@@ -310,9 +305,9 @@ def estimate_pass(
             "margin_ratio": [r.margin_ratio for r in racks],
         }
     )
-    mapping = node_racks(index, racks, frame)
-    estimate = estimate_fleet(
-        frame,
+    mapping = node_racks(index, racks, history.store.label_pairs("node", "rack"))
+    estimate = estimate_history(
+        view,
         node_racks=mapping,
         racks=rack_frame,
         window_seconds=window_seconds,

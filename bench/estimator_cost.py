@@ -5,11 +5,13 @@
 For each fleet size: a synthetic sample history the shape the pipeline keeps (one GPU per pod,
 8 GPUs per node, 4 nodes per rack with one PDU, 20 pods per Deployment; every series polled every
 15 s over two 60 s windows and a poll: GPU energy counter and power gauge, assignment, generation
-and prompt token counters, Kepler CPU energy, PDU power), and the whole served pass
-`adapter.pipeline.estimate_pass` (estimators, Deployment grouping, store values) timed `--repeat`
-times on one core. Prints the best and median pass, the estimator's share, and the process RSS
-(current and peak) after the passes; `--json` prints one JSON object per size instead, for the
-scaling curve. Nothing is asserted (timings vary by machine).
+and prompt token counters, Kepler CPU energy, PDU power), fed into the pipeline's `SampleHistory`
+poll by poll as the collectors deliver it (each poll's append is timed), then the whole served
+pass `adapter.pipeline.estimate_pass` (estimators over the per-series store, Deployment grouping,
+store values) timed `--repeat` times on one core, and the estimator alone
+(`estimators.fleet.estimate_history`). Prints best and median of both, the append cost, and the
+process RSS (current and peak) after the passes; `--json` prints one JSON object per size instead,
+for the scaling curve. Nothing is asserted (timings vary by machine).
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ import json
 import os
 import resource
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
 from adapter.catalogue import DEPLOYMENTS, PODS
 from adapter.objects import KubeObject, StaticObjectIndex
-from adapter.pipeline import SampleHistory, estimate_pass
+from adapter.pipeline import SampleHistory, SampleRow, estimate_pass
 from adapter.selectors import parse_selector
 from adapter.settings import RackSettings
-from estimators.fleet import estimate_fleet
+from estimators.fleet import estimate_history
 
 PODS_PER_DEPLOYMENT = 20
 WINDOW_SECONDS = 60.0
@@ -135,15 +138,20 @@ def synthetic_samples(
     return samples, node_racks
 
 
-class _Prebuilt(SampleHistory):
-    """The history as the pipeline holds it after the polls, built once (arrival cost is not the pass)."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        super().__init__(keep_seconds=2 * WINDOW_SECONDS + POLL_SECONDS)
-        self._frame = frame
-
-    def frame(self, now_seconds: float) -> pd.DataFrame:
-        return self._frame
+def _polls(samples: pd.DataFrame) -> Iterator[tuple[float, list[SampleRow]]]:
+    """The samples as the collectors deliver them: one batch per poll, received as the poll ends
+    (made one at a time, so the process holds only the history, as the worker does)."""
+    labels = [c for c in samples.columns if c not in ("metric", "value", "timestamp_seconds")]
+    poll = (samples["timestamp_seconds"] // POLL_SECONDS).astype(int)
+    for k, batch in samples.groupby(poll, sort=True):
+        named = batch[labels].to_dict("records")
+        rows: list[SampleRow] = [
+            (m, float(v), float(t), {key: x for key, x in n.items() if isinstance(x, str)})
+            for m, v, t, n in zip(
+                batch["metric"], batch["value"], batch["timestamp_seconds"], named, strict=True
+            )
+        ]
+        yield (int(k) + 1) * POLL_SECONDS, rows
 
 
 def _objects(samples: pd.DataFrame) -> StaticObjectIndex:
@@ -172,7 +180,13 @@ def measure(pods: int, repeat: int) -> dict[str, float | int]:
         for rack in sorted(set(node_racks.values()))
     ]
     rack_frame = pd.DataFrame({"rack": [r.name for r in racks], "cap_watts": 40_000.0, "margin_ratio": 0.1})
-    history, index = _Prebuilt(samples), _objects(samples)
+    index = _objects(samples)
+    history = SampleHistory(keep_seconds=2 * WINDOW_SECONDS + POLL_SECONDS)
+    appends = []
+    for received, rows in _polls(samples):
+        started = time.perf_counter()
+        history.add("fleet", rows, received)
+        appends.append(time.perf_counter() - started)
     passes, estimator = [], []
     values = {}
     for _ in range(repeat):
@@ -182,8 +196,12 @@ def measure(pods: int, repeat: int) -> dict[str, float | int]:
         )
         passes.append(time.perf_counter() - started)
         started = time.perf_counter()
-        estimate_fleet(
-            samples, node_racks=node_racks, racks=rack_frame, window_seconds=WINDOW_SECONDS, now_seconds=now
+        estimate_history(
+            history.view(now),
+            node_racks=node_racks,
+            racks=rack_frame,
+            window_seconds=WINDOW_SECONDS,
+            now_seconds=now,
         )
         estimator.append(time.perf_counter() - started)
     current, peak = _rss_megabytes()
@@ -195,7 +213,11 @@ def measure(pods: int, repeat: int) -> dict[str, float | int]:
         "stored_values": len(values),
         "pass_seconds_best": min(passes),
         "pass_seconds_median": float(np.median(passes)),
-        "estimate_fleet_seconds_best": min(estimator),
+        "estimate_seconds_best": min(estimator),
+        "estimate_seconds_median": float(np.median(estimator)),
+        "append_poll_seconds_median": float(np.median(appends)),
+        "append_poll_seconds_max": max(appends),
+        "rows_per_poll": len(samples) // len(appends),
         "rss_megabytes": current,
         "peak_rss_megabytes": peak,
         "repeat": repeat,
@@ -217,7 +239,10 @@ def main() -> None:
         print(
             f"pods={result['pods']} nodes={result['nodes']} sample rows={result['sample_rows']}: "
             f"pass best {result['pass_seconds_best']:.3f} s, median {result['pass_seconds_median']:.3f} s "
-            f"(estimate_fleet best {result['estimate_fleet_seconds_best']:.3f} s); "
+            f"(estimator best {result['estimate_seconds_best']:.3f} s, "
+            f"median {result['estimate_seconds_median']:.3f} s); "
+            f"append one poll ({result['rows_per_poll']} rows) median "
+            f"{result['append_poll_seconds_median']:.3f} s, max {result['append_poll_seconds_max']:.3f} s; "
             f"RSS {result['rss_megabytes']:.0f} MB, peak {result['peak_rss_megabytes']:.0f} MB; "
             f"load average {result['load_average_1m']:.1f}",
             flush=True,

@@ -43,7 +43,8 @@ def split_gpu_power(gpus: pd.DataFrame, assignments: pd.DataFrame, pod_load: pd.
     )
     if shares.empty:
         return pd.DataFrame(columns=[*GPU_KEYS, *POD_KEYS, "share_ratio", "gpu_share_watts", "method"])
-    by_gpu = [shares[key] for key in GPU_KEYS]
+    # One integer per GPU, factorised once: every per-GPU sum below groups by it, not by strings.
+    by_gpu = shares.groupby(GPU_KEYS, sort=False).ngroup().to_numpy()
     pods_on_gpu = shares.groupby(by_gpu)["pod"].transform("size").to_numpy(np.float64)
     weight = 1.0 / pods_on_gpu
     split = np.where(pods_on_gpu > 1, "/equal_share", "")

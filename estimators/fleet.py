@@ -1,8 +1,10 @@
 """One estimator pass over the whole fleet: what the adapter's pipeline calls every cycle.
 
-Input is the pipeline's sample frame: columns `metric`, `value`, `timestamp_seconds` and one column
-per label key (`node`, `gpu_uuid`, `namespace`, `pod`, `rack`, `pdu`, ...; NaN where a sample lacks it).
-Output is three frames (pods, nodes, racks) whose columns are the served metrics.
+Input is the samples a `estimators.series.SampleStore` holds (the pipeline keeps one up to date as
+polls arrive: `estimate_history`), or a long sample frame (`estimate_fleet`: columns `metric`,
+`value`, `timestamp_seconds` and one column per label key `node`, `gpu_uuid`, `namespace`, `pod`,
+`rack`, `pdu`, NaN where a sample lacks it), which is put in a store first. Both run the same rules.
+Output is frames (pods, nodes, racks, latest rack readings) whose columns are the served metrics.
 
 Rules, in the order they are applied:
 
@@ -68,8 +70,9 @@ from estimators.headroom import (
     margin_watts,
     replicas_within_budget,
 )
-from estimators.rates import ResetRule, counters_at, gauge_integral, series_rates
-from estimators.recorded import recorded_pods
+from estimators.rates import ResetRule, gauge_integral, sorted_counters_at, sorted_series_rates
+from estimators.recorded import RECORDED_COLUMNS, recorded_pods
+from estimators.series import Block, FloatArray, HistoryView, IntArray, SampleStore
 
 POD_COLUMNS = [
     "namespace",
@@ -115,6 +118,9 @@ GROUP_COLUMNS = [
 
 _GPU = ["node", "gpu_uuid"]
 _POD = ["namespace", "pod"]
+_METER = ["rack", "pdu"]
+# A rack with a single meter may not label it: the rack alone then names the series.
+_UNLABELLED_METER = {"pdu": ""}
 
 
 LATEST_RACK_COLUMNS = ["rack", "rack_power_latest_watts", "oldest_reading_seconds"]
@@ -131,28 +137,75 @@ class FleetEstimate:
     latest_racks: pd.DataFrame
 
 
-def _with_labels(samples: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    missing = [label for label in labels if label not in samples.columns]
-    if not missing:
-        return samples
-    return samples.assign(**{label: None for label in missing})
-
-
-def _metric(samples: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFrame:
-    rows = samples.loc[samples["metric"] == metric, [*keys, "timestamp_seconds", "value"]]
-    return rows.dropna(subset=keys)
-
-
 @dataclass(frozen=True)
 class _Window:
-    history: pd.DataFrame  # every sample up to `end`
-    current: pd.DataFrame  # the samples inside [start, end]
+    history: HistoryView  # every sample up to `end`
     start: float
     end: float
 
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+    def rows(self, metric: str, keys: list[str], fill: Mapping[str, str] | None = None) -> Block:
+        """`metric`'s samples up to `end`, grouped by `keys` (series lacking one left out)."""
+        return self.history.block(metric, keys, fill)
+
+    def current(self, metric: str, keys: list[str], fill: Mapping[str, str] | None = None) -> Block:
+        """`metric`'s samples inside [start, end], grouped by `keys`."""
+        return self.rows(metric, keys, fill).since(self.start)
+
+
+def _labelled(block: Block, groups: IntArray) -> pd.DataFrame:
+    """The key columns of `groups` (one row each, in order)."""
+    return block.labels.iloc[groups].reset_index(drop=True)
+
+
+def _rates(
+    window: _Window, rows: Block, name: str, on_reset: ResetRule = "post_value"
+) -> tuple[pd.DataFrame, IntArray]:
+    """`_counter_rate` of `rows`, and the group of each row of it."""
+    keys = list(rows.labels.columns)
+    groups, newest = rows.newest()
+    live = newest >= window.start
+    groups, end = groups[live], newest[live]
+    if groups.size == 0:
+        empty = pd.DataFrame(columns=[*keys, name, "window_start_seconds", "window_end_seconds"])
+        return empty, np.zeros(0, np.int64)
+    asked = np.concatenate((groups, groups))
+    at = sorted_counters_at(
+        rows.group,
+        rows.times,
+        rows.values,
+        asked,
+        np.concatenate((end - window.seconds, end)),
+        on_reset=on_reset,
+    ).reshape(2, groups.size)
+    rate = (at[1] - at[0]) / window.seconds
+    covered = np.isfinite(rate)
+    from_edges = _labelled(rows, groups[covered]).assign(
+        **{
+            name: rate[covered],
+            "window_start_seconds": end[covered] - window.seconds,
+            "window_end_seconds": end[covered],
+        }
+    )
+    if covered.all():
+        return from_edges.astype({name: np.float64}), groups
+    current = rows.since(window.start)
+    current = current.where(np.isin(current.group, groups[~covered]))
+    fallback = sorted_series_rates(current.group, current.times, current.values)
+    known = np.isfinite(fallback.rate_per_second)
+    fallback_groups = fallback.series[known]
+    from_samples = _labelled(rows, fallback_groups).assign(
+        **{
+            name: fallback.rate_per_second[known],
+            "window_start_seconds": fallback.first_seconds[known],
+            "window_end_seconds": fallback.last_seconds[known],
+        }
+    )
+    out = pd.concat([from_edges, from_samples], ignore_index=True).astype({name: np.float64})
+    return out, np.concatenate((groups[covered], fallback_groups))
 
 
 def _counter_rate(
@@ -164,85 +217,83 @@ def _counter_rate(
     Each series is read over the window's length ending at its own newest sample (rule 2), so the
     rate covers exactly the span it is stamped with; where the start is not covered, the rate over
     the window's own samples, ending at the newest of them."""
-    rows = _metric(window.history, metric, keys)
-    if rows.empty:
-        return pd.DataFrame(columns=[*keys, name, "window_start_seconds", "window_end_seconds"])
-    newest = rows.groupby(keys, sort=False)["timestamp_seconds"].max().reset_index()
-    newest = newest.loc[newest["timestamp_seconds"] >= window.start]
-    series = newest[keys].reset_index(drop=True)
-    end = newest["timestamp_seconds"].to_numpy(np.float64)
-    edges = pd.concat(
-        [series.assign(at_seconds=end - window.seconds), series.assign(at_seconds=end)], ignore_index=True
-    )
-    at = counters_at(rows, keys, edges, on_reset=on_reset).reshape(2, len(series))
-    rate = (at[1] - at[0]) / window.seconds
-    from_edges = series.assign(
-        **{name: rate, "window_start_seconds": end - window.seconds, "window_end_seconds": end}
-    ).dropna(subset=[name])
-    uncovered = series.loc[~np.isfinite(rate)]
-    if uncovered.empty:
-        return from_edges.astype({name: np.float64})
-    current = _metric(window.current, metric, keys).merge(uncovered, on=keys)
-    fallback = series_rates(current, keys).dropna(subset=["rate_per_second"])
-    fallback = fallback[keys].assign(
-        **{
-            name: fallback["rate_per_second"].astype(np.float64),
-            "window_start_seconds": fallback["first_seconds"],
-            "window_end_seconds": fallback["last_seconds"],
-        }
-    )
-    return pd.concat([from_edges, fallback], ignore_index=True).astype({name: np.float64})
+    rates, _ = _rates(window, window.rows(metric, keys), name, on_reset)
+    return rates
 
 
-def _gauge_mean(samples: pd.DataFrame, metric: str, keys: list[str], name: str) -> pd.DataFrame:
-    """Mean of each gauge series' samples in the window, stamped with its newest sample."""
-    rows = _metric(samples, metric, keys)
-    means = rows.groupby(keys).agg(
-        value=("value", "mean"),
-        window_start_seconds=("timestamp_seconds", "min"),
-        window_end_seconds=("timestamp_seconds", "max"),
-    )
-    means = means.reset_index()
-    return means[keys].assign(
+def _gauge_mean(rows: Block, name: str) -> pd.DataFrame:
+    """Mean of each gauge series' samples in `rows` (the window's), stamped with its newest sample."""
+    groups, starts = rows.present()
+    ends = rows.ends(starts)
+    known = np.isfinite(rows.values)
+    if groups.size:
+        total = np.add.reduceat(np.where(known, rows.values, 0.0), starts)
+        counted = np.add.reduceat(known.astype(np.int64), starts)
+    else:
+        total, counted = np.zeros(0), np.zeros(0, np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
+    return _labelled(rows, groups).assign(
         **{
-            name: means["value"].astype(np.float64),
-            "window_start_seconds": means["window_start_seconds"],
-            "window_end_seconds": means["window_end_seconds"],
+            name: mean.astype(np.float64),
+            "window_start_seconds": rows.times[starts],
+            "window_end_seconds": rows.times[ends],
         }
     )
 
 
-def _power(window: _Window, energy_metric: str, gauge_metric: str, keys: list[str]) -> pd.DataFrame:
+def _power(
+    window: _Window,
+    energy_metric: str,
+    gauge_metric: str,
+    keys: list[str],
+    fill: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """Columns `keys`, `power_watts`, `method`, `window_end_seconds`: energy-counter rate where it
     exists, else gauge mean."""
-    from_counter = _counter_rate(window, energy_metric, keys, "power_watts", "neighbour_rate")
+    counters = window.rows(energy_metric, keys, fill)
+    from_counter, groups = _rates(window, counters, "power_watts", "neighbour_rate")
     # A restart near the window means part of it was filled from the neighbouring rate: say so.
-    recent = window.history.loc[window.history["timestamp_seconds"] >= window.start - window.seconds]
-    restarted = series_rates(_metric(recent, energy_metric, keys), keys)
-    restarted = restarted.loc[restarted["resets"] > 0, keys].assign(_restarted=True)
-    from_counter = from_counter.merge(restarted, on=keys, how="left")
+    recent = counters.since(window.start - window.seconds)
+    restarts = sorted_series_rates(recent.group, recent.times, recent.values)
+    restarted = np.isin(groups, restarts.series[restarts.resets > 0])
     from_counter = from_counter.assign(
-        method=np.where(from_counter["_restarted"].eq(True), "energy_counter+reset_fill", "energy_counter")
-    ).drop(columns="_restarted")
-    from_gauge = _gauge_mean(window.current, gauge_metric, keys, "power_watts").assign(method="power_gauge")
+        method=np.where(restarted, "energy_counter+reset_fill", "energy_counter").astype(object)
+    )
+    from_gauge = _gauge_mean(window.current(gauge_metric, keys, fill), "power_watts").assign(
+        method="power_gauge"
+    )
     covered = from_gauge[keys].merge(from_counter[keys], on=keys, how="left", indicator=True)["_merge"]
     from_gauge = from_gauge.loc[(covered == "left_only").to_numpy()]
     return pd.concat([from_counter, from_gauge], ignore_index=True)
 
 
-def _largest_rise(samples: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFrame:
-    """Largest rise of each gauge series over the window (a later value minus an earlier minimum)."""
-    rows = _metric(samples, metric, keys).sort_values([*keys, "timestamp_seconds"])
-    rows = rows.assign(rise_watts=rows["value"] - rows.groupby(keys)["value"].cummin())
-    return rows.groupby(keys)["rise_watts"].max().reset_index()
+def _largest_rise(rows: Block) -> pd.DataFrame:
+    """Largest rise of each gauge series over `rows` (a later value minus an earlier minimum)."""
+    values = pd.Series(rows.values)
+    rise = values - values.groupby(rows.group).cummin()
+    largest = rise.groupby(rows.group).max()
+    groups = largest.index.to_numpy(np.int64)
+    return _labelled(rows, groups).assign(rise_watts=largest.to_numpy(np.float64))
 
 
 def _outer_on(keys: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Left-join every frame onto the union of their keys; empty frames still contribute columns."""
-    union = pd.concat([f[keys] for f in frames], ignore_index=True).drop_duplicates(ignore_index=True)
-    out = union.astype(object)
+    """Left-join every frame onto the union of their keys (in order of first appearance); empty frames
+    still contribute columns. The keys are factorised once, so a frame with one row per key is
+    placed by position; one with repeated keys is merged (each of its rows becomes a row)."""
+    stacked = pd.concat([f[keys] for f in frames], ignore_index=True).astype(object)
+    codes = stacked.groupby(keys, sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    _, first = np.unique(codes, return_index=True)
+    out = stacked.iloc[first].reset_index(drop=True)
+    offset = 0
     for f in frames:
-        out = out.merge(f.astype({k: object for k in keys}), on=keys, how="left")
+        own = codes[offset : offset + len(f)]
+        offset += len(f)
+        if len(out) > first.size or np.unique(own).size < own.size:
+            out = out.merge(f.astype({k: object for k in keys}), on=keys, how="left")
+            continue
+        placed = f.drop(columns=keys).set_axis(own).reindex(np.arange(first.size))
+        out = pd.concat([out, placed.set_axis(out.index)], axis=1)
     return out
 
 
@@ -263,73 +314,79 @@ def _token_windows(window: _Window) -> pd.DataFrame:
     Columns namespace, pod, token_window_start_seconds, token_window_end_seconds, generation_tokens.
     """
     columns = [*_POD, "token_window_start_seconds", "token_window_end_seconds", "generation_tokens"]
-    rows = _metric(window.history, "generation_tokens_total", _POD)
+    rows = window.rows("generation_tokens_total", _POD)
     if rows.empty:
         return pd.DataFrame(columns=columns)
-    latest = rows.groupby(_POD)["timestamp_seconds"].transform("max")
-    rows = rows.assign(_latest=latest).loc[latest >= window.start]
-    early = rows.loc[rows["timestamp_seconds"] <= rows["_latest"] - 0.5 * window.seconds]
-    early = early.assign(_distance=(early["timestamp_seconds"] - (early["_latest"] - window.seconds)).abs())
+    groups, newest = rows.newest()
+    latest_of = np.full(len(rows.labels), np.nan)
+    latest_of[groups] = newest
+    latest = latest_of[rows.group]
+    early = np.flatnonzero((latest >= window.start) & (rows.times <= latest - 0.5 * window.seconds))
+    distance = np.abs(rows.times[early] - (latest[early] - window.seconds))
     # Nearest to one window back; on a tie (a dropped scrape) the later sample, a longer span.
-    early = early.sort_values([*_POD, "_distance", "timestamp_seconds"], ascending=[True, True, True, False])
-    chosen = early.drop_duplicates(_POD, keep="first")[[*_POD, "timestamp_seconds", "_latest"]]
-    spans = chosen.rename(
-        columns={"timestamp_seconds": "token_window_start_seconds", "_latest": "token_window_end_seconds"}
-    ).reset_index(drop=True)
-    if spans.empty:
+    early = early[np.lexsort((-rows.times[early], distance, rows.group[early]))]
+    chosen = early[np.append(True, rows.group[early][1:] != rows.group[early][:-1])] if early.size else early
+    if chosen.size == 0:
         return pd.DataFrame(columns=columns)
-    edges = pd.concat(
-        [
-            spans[_POD].assign(at_seconds=spans["token_window_start_seconds"]),
-            spans[_POD].assign(at_seconds=spans["token_window_end_seconds"]),
-        ],
-        ignore_index=True,
+    spans = _labelled(rows, rows.group[chosen]).assign(
+        token_window_start_seconds=rows.times[chosen], token_window_end_seconds=latest[chosen]
     )
-    at = counters_at(rows, _POD, edges).reshape(2, len(spans))
+    at = sorted_counters_at(
+        rows.group,
+        rows.times,
+        rows.values,
+        np.concatenate((rows.group[chosen], rows.group[chosen])),
+        np.concatenate((rows.times[chosen], latest[chosen])),
+    ).reshape(2, chosen.size)
     spans["generation_tokens"] = at[1] - at[0]
     return spans[columns]
 
 
 def _series_increase(
     window: _Window, metric: str, keys: list[str], spans: pd.DataFrame, on_reset: ResetRule
-) -> np.ndarray:
+) -> FloatArray:
     """Increase of each row's series (`keys` columns of `spans`) over its own [start, end] span."""
-    rows = _metric(window.history, metric, keys)
+    rows = window.rows(metric, keys)
     if rows.empty or spans.empty:
         return np.full(len(spans), np.nan)
-    edges = pd.concat(
-        [
-            spans[keys].assign(at_seconds=spans["token_window_start_seconds"].to_numpy()),
-            spans[keys].assign(at_seconds=spans["token_window_end_seconds"].to_numpy()),
-        ],
-        ignore_index=True,
-    )
-    at = counters_at(rows, keys, edges, on_reset=on_reset).reshape(2, len(spans))
-    increase: np.ndarray = at[1] - at[0]
+    asked = rows.group_of(spans, keys)
+    at = sorted_counters_at(
+        rows.group,
+        rows.times,
+        rows.values,
+        np.concatenate((asked, asked)),
+        np.concatenate(
+            (
+                spans["token_window_start_seconds"].to_numpy(np.float64),
+                spans["token_window_end_seconds"].to_numpy(np.float64),
+            )
+        ),
+        on_reset=on_reset,
+    ).reshape(2, len(spans))
+    increase: FloatArray = at[1] - at[0]
     return increase
 
 
-def _gauge_span_energy(window: _Window, metric: str, keys: list[str], spans: pd.DataFrame) -> np.ndarray:
+def _gauge_span_energy(window: _Window, metric: str, keys: list[str], spans: pd.DataFrame) -> FloatArray:
     """Energy of each row's gauge series (`keys` columns of `spans`) over its own token span: the mean
     of the piecewise-linear gauge over the part of the span its samples cover, times the span.
 
     This is where a pod's window energy from power gauges alone is decided: the seam for a model
     that knows more than one or two readings (estimators.gauge_model)."""
     out = np.full(len(spans), np.nan)
-    rows = _metric(window.history, metric, keys)
+    rows = window.rows(metric, keys)
     if rows.empty or spans.empty:
         return out
     start = spans["token_window_start_seconds"].to_numpy(np.float64)
     end = spans["token_window_end_seconds"].to_numpy(np.float64)
-    wanted = spans[keys].assign(_row=np.arange(len(spans))).loc[np.isfinite(start) & np.isfinite(end)]
-    row_of = wanted["_row"].to_numpy(np.int64)
-    positions = wanted.groupby(keys, sort=False).indices
-    for key, group in rows.groupby(keys, sort=False):
-        found = positions.get(key)
-        if found is None:
+    asked = np.where(np.isfinite(start) & np.isfinite(end), rows.group_of(spans, keys), -1)
+    bounds = np.searchsorted(rows.group, np.arange(len(rows.labels) + 1))
+    for group in np.unique(asked[asked >= 0]):
+        at = np.flatnonzero(asked == group)
+        lo, hi = bounds[group], bounds[group + 1]
+        if lo == hi:
             continue
-        at = row_of[found]
-        integral, covered = gauge_integral(group["timestamp_seconds"], group["value"], start[at], end[at])
+        integral, covered = gauge_integral(rows.times[lo:hi], rows.values[lo:hi], start[at], end[at])
         with np.errstate(divide="ignore", invalid="ignore"):
             out[at] = np.where(covered > 0, integral / covered, np.nan) * (end[at] - start[at])
     return out
@@ -338,28 +395,51 @@ def _gauge_span_energy(window: _Window, metric: str, keys: list[str], spans: pd.
 CONFIDENCES = ["low", "medium", "high"]
 
 
-def _token_series(window: _Window) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Per pod: its token scrapes' times, generation totals and prompt totals (None where the prompt
-    counter does not come with every scrape)."""
-    generated = _metric(window.history, "generation_tokens_total", _POD)
-    prompted = _metric(window.history, "prompt_tokens_total", _POD)
-    prompted = prompted.drop_duplicates([*_POD, "timestamp_seconds"]).rename(columns={"value": "prompt"})
-    both = generated.drop_duplicates([*_POD, "timestamp_seconds"]).merge(
-        prompted, on=[*_POD, "timestamp_seconds"], how="left"
-    )
-    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-    for (namespace, pod), rows in both.sort_values("timestamp_seconds").groupby(_POD, sort=False):
-        prompt = rows["prompt"].to_numpy(np.float64)
-        out[(str(namespace), str(pod))] = (
-            rows["timestamp_seconds"].to_numpy(np.float64),
-            rows["value"].to_numpy(np.float64),
-            prompt if np.isfinite(prompt).all() else None,
-        )
+def _series_of(rows: Block) -> tuple[dict[tuple[str, ...], int], IntArray]:
+    """(key labels -> group, where each group's samples start in `rows`; one past the last at the end)."""
+    groups = {tuple(str(v) for v in key): g for g, key in enumerate(rows.labels.itertuples(index=False))}
+    return groups, np.searchsorted(rows.group, np.arange(len(rows.labels) + 1))
+
+
+def _first_at_each_time(times: FloatArray, values: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Of samples at one instant (time-sorted), the first."""
+    first = np.append(True, times[1:] != times[:-1])
+    return times[first], values[first]
+
+
+def _token_series(
+    window: _Window, pods: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[FloatArray, FloatArray, FloatArray | None]]:
+    """Per pod of `pods`: its token scrapes' times, generation totals and prompt totals (None where the
+    prompt counter does not come with every scrape)."""
+    generated = window.rows("generation_tokens_total", _POD)
+    prompted = window.rows("prompt_tokens_total", _POD)
+    generated_of, generated_at = _series_of(generated)
+    prompted_of, prompted_at = _series_of(prompted)
+    out: dict[tuple[str, str], tuple[FloatArray, FloatArray, FloatArray | None]] = {}
+    for pod in pods:
+        group = generated_of.get(pod)
+        if group is None or generated_at[group] == generated_at[group + 1]:
+            continue
+        span = slice(generated_at[group], generated_at[group + 1])
+        # A scrape without a value says nothing about the tokens: it must not become an interval.
+        read = np.isfinite(generated.values[span])
+        times, values = _first_at_each_time(generated.times[span][read], generated.values[span][read])
+        prompt = np.full(times.size, np.nan)
+        found = prompted_of.get(pod)
+        if found is not None:
+            span = slice(prompted_at[found], prompted_at[found + 1])
+            prompt_times, prompt_values = _first_at_each_time(prompted.times[span], prompted.values[span])
+            position = np.clip(np.searchsorted(prompt_times, times), 0, max(prompt_times.size - 1, 0))
+            if prompt_times.size:
+                matched = prompt_times[position] == times
+                prompt = np.where(matched, prompt_values[position], np.nan)
+        out[pod] = (times, values, prompt if np.isfinite(prompt).all() else None)
     return out
 
 
 def _with_gauge_models(
-    window: _Window, shares: pd.DataFrame, span_energy: np.ndarray, models: GaugeModels | None
+    window: _Window, shares: pd.DataFrame, span_energy: FloatArray, models: GaugeModels | None
 ) -> pd.DataFrame:
     """Shares with `span_gpu_joules` and a `confidence` for gauge-only GPUs (`estimators.gauge_model`).
 
@@ -376,18 +456,19 @@ def _with_gauge_models(
     end = shares["token_window_end_seconds"].to_numpy(np.float64)
     eligible = np.flatnonzero((method == "power_gauge") & np.isfinite(start) & (end > start))
     if models is not None and eligible.size:
-        tokens = _token_series(window)
-        gauges = _metric(window.history, "gpu_power_watts", _GPU).sort_values("timestamp_seconds")
-        gauge_rows = gauges.groupby(_GPU, sort=False).indices
+        chosen = shares.iloc[eligible]
+        pods = {(str(ns), str(pod)) for ns, pod in zip(chosen["namespace"], chosen["pod"], strict=True)}
+        tokens = _token_series(window, pods)
+        gauges = window.rows("gpu_power_watts", _GPU)
+        gauge_of, gauge_at = _series_of(gauges)
         for i in eligible:
             row = shares.iloc[i]
             gpu, pod = (str(row["node"]), str(row["gpu_uuid"])), (str(row["namespace"]), str(row["pod"]))
-            found = gauge_rows.get(gpu)
-            if pod not in tokens or found is None:
+            found = gauge_of.get(gpu)
+            if pod not in tokens or found is None or gauge_at[found] == gauge_at[found + 1]:
                 continue
-            gauge = gauges.iloc[found]
-            gauge_t = gauge["timestamp_seconds"].to_numpy(np.float64)
-            gauge_w = gauge["value"].to_numpy(np.float64)
+            span = slice(gauge_at[found], gauge_at[found + 1])
+            gauge_t, gauge_w = gauges.times[span], gauges.values[span]
             intervals = token_intervals(*tokens[pod])
             model = models.model(gpu)
             served = estimate_windows(model, intervals, gauge_t, gauge_w, [start[i], end[i]]).iloc[0]
@@ -416,10 +497,9 @@ def _pod_frame(
 ) -> pd.DataFrame:
     token_spans = _token_windows(window)
     rated = _without_end(_counter_rate(window, "generation_tokens_total", _POD, "window_tokens_per_second"))
-    token_rows = _metric(window.history, "generation_tokens_total", _POD)
-    last_read = (
-        token_rows.groupby(_POD)["timestamp_seconds"].max().reset_index(name="last_token_read_seconds")
-    )
+    token_rows = window.rows("generation_tokens_total", _POD)
+    read, last_seconds = token_rows.newest()
+    last_read = _labelled(token_rows, read).assign(last_token_read_seconds=last_seconds)
     prompt_rate = _without_end(_counter_rate(window, "prompt_tokens_total", _POD, "prompt_tokens_per_second"))
     cpu_power = _without_end(
         _counter_rate(window, "pod_cpu_energy_joules_total", _POD, "cpu_power_watts", "neighbour_rate")
@@ -437,11 +517,9 @@ def _pod_frame(
         load["span_tokens_per_second"].notna(), load["window_tokens_per_second"]
     )
     utilization = _without_end(
-        _gauge_mean(window.current, "pod_gpu_utilization_ratio", _POD, "utilization_ratio")
+        _gauge_mean(window.current("pod_gpu_utilization_ratio", _POD), "utilization_ratio")
     )
-    current = _metric(window.current, "gpu_assignment_info", [*_GPU, *_POD]).sort_values("timestamp_seconds")
-    latest = current.groupby([*_GPU, *_POD])["value"].last().reset_index()
-    assignments = latest.loc[latest["value"] > 0, [*_GPU, *_POD]]
+    assignments = _assignments(window)
     shares = split_gpu_power(
         gpus, assignments, _outer_on(_POD, [load[[*_POD, "generation_tokens_per_second"]], utilization])
     )
@@ -479,9 +557,9 @@ def _pod_frame(
         _worst_confidence(shares), on=_POD, how="left"
     )
 
-    labelled = window.current.dropna(subset=[*_POD, "node"]).sort_values("timestamp_seconds")
-    pod_nodes = labelled.groupby(_POD)["node"].last().reset_index()
-    pod_nodes = pod_nodes.rename(columns={"node": "label_node"})
+    labelled = window.history.newest_labels([*_POD, "node"], window.start)
+    pod_nodes = labelled.sort_values("timestamp_seconds", kind="stable").drop_duplicates(_POD, keep="last")
+    pod_nodes = pod_nodes[[*_POD, "node"]].rename(columns={"node": "label_node"})
     pods = _outer_on(
         _POD,
         [
@@ -563,7 +641,7 @@ def _pod_frame(
 
 def _with_recorded(pods: pd.DataFrame, window: _Window) -> pd.DataFrame:
     """Pods whose figures recording rules computed take those (`estimators.recorded`) instead."""
-    recorded = recorded_pods(window.current, window.seconds)
+    recorded = recorded_pods(window.history.frame(list(RECORDED_COLUMNS), window.start), window.seconds)
     if recorded.empty:
         return pods
     recorded = recorded.reindex(columns=POD_COLUMNS)
@@ -601,7 +679,7 @@ def _node_frame(
     cpu = with_node.assign(cpu_watts=with_node["power_watts"] - with_node["gpu_power_watts"].fillna(0.0))
     cpu_by_node = _sum_by(cpu, "node", "cpu_watts")
 
-    names = sorted(set(window.current["node"].dropna()) | set(node_racks))
+    names = sorted(set(window.history.newest_labels(["node"], window.start)["node"]) | set(node_racks))
     index = pd.Index(names, name="node", dtype=object)
     nodes = pd.DataFrame(index=index)
     gpu = gpu_sum.reindex(index)
@@ -618,15 +696,10 @@ def _node_frame(
 def _rack_frame(
     window: _Window, nodes: pd.DataFrame, node_racks: Mapping[str, str], racks: pd.DataFrame
 ) -> pd.DataFrame:
-    # A rack with a single meter may not label it: the rack alone then names the series.
-    def unlabelled(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame.assign(pdu=frame["pdu"].astype(object).where(frame["pdu"].notna(), ""))
-
-    window = _Window(unlabelled(window.history), unlabelled(window.current), window.start, window.end)
-    samples = window.current
-    pdus = _power(window, "pdu_energy_joules_total", "pdu_power_watts", ["rack", "pdu"])
+    pdus = _power(window, "pdu_energy_joules_total", "pdu_power_watts", _METER, _UNLABELLED_METER)
     pdu_sum = _sum_by_with_end(pdus, "rack", "power_watts")
-    rise_sum = _sum_by(_largest_rise(samples, "pdu_power_watts", ["rack", "pdu"]), "rack", "rise_watts")
+    rise = _largest_rise(window.current("pdu_power_watts", _METER, _UNLABELLED_METER))
+    rise_sum = _sum_by(rise, "rack", "rise_watts")
     membership = pd.DataFrame({"node": list(node_racks), "rack": list(node_racks.values())}, dtype=object)
     node_sum = _sum_by_with_end(
         membership.merge(nodes[["node", "node_power_watts", "window_end_seconds"]], on="node"),
@@ -665,37 +738,71 @@ def estimate_fleet(
     now_seconds: float,
     gauge_models: GaugeModels | None = None,
 ) -> FleetEstimate:
-    """Pod, node and rack power over the window ending at `now_seconds` (rules in the module docstring).
+    """Pod, node and rack power over the window ending at `now_seconds` (rules in the module docstring),
+    from a long sample frame: `estimate_history` over a store holding it.
 
     `racks` has columns `rack`, `cap_watts`, `margin_ratio`; `node_racks` maps node name -> rack.
     `gauge_models` is the gauge-only GPUs' learned power models, kept by the caller between passes
     (rule 9); each pass updates them. Without it, gauge-only GPUs stay on the gauge (confidence low).
     """
+    frame = samples.astype({"value": np.float64, "timestamp_seconds": np.float64})
+    return estimate_history(
+        SampleStore.from_frame(frame).view(now_seconds),
+        node_racks=node_racks,
+        racks=racks,
+        window_seconds=window_seconds,
+        now_seconds=now_seconds,
+        gauge_models=gauge_models,
+    )
+
+
+def estimate_history(
+    history: HistoryView,
+    *,
+    node_racks: Mapping[str, str],
+    racks: pd.DataFrame,
+    window_seconds: float,
+    now_seconds: float,
+    gauge_models: GaugeModels | None = None,
+) -> FleetEstimate:
+    """`estimate_fleet` over the samples a `SampleStore` holds up to `now_seconds` (its `view`): what the
+    pipeline runs each pass, its store kept up to date as batches arrive."""
     if not window_seconds > 0:
         raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
-    labels = ["node", "gpu_uuid", "namespace", "pod", "rack", "pdu"]
-    frame = _with_labels(samples, labels).astype({"value": np.float64, "timestamp_seconds": np.float64})
-    # Every helper selects rows by metric: compare category codes, not strings.
-    frame = frame.assign(metric=frame["metric"].astype("category"))
-    history = frame.loc[frame["timestamp_seconds"] <= now_seconds]
-    start = now_seconds - window_seconds
-    window = _Window(history, history.loc[history["timestamp_seconds"] >= start], start, float(now_seconds))
+    window = _Window(history, now_seconds - window_seconds, float(now_seconds))
     # Each GPU's and node's power once per pass: the pod and node frames both start from them.
     gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     measured = _measured_node_power(window)
     pods = _with_recorded(_pod_frame(window, gpus, measured, gauge_models), window)
     if gauge_models is not None:
-        gauge_models.retain(
-            {
-                (str(n), str(u))
-                for n, u in _metric(history, "gpu_power_watts", _GPU)[_GPU]
-                .drop_duplicates()
-                .itertuples(index=False)
-            }
-        )
+        gauges = window.rows("gpu_power_watts", _GPU)
+        seen = _labelled(gauges, gauges.present()[0])
+        gauge_models.retain({(str(n), str(u)) for n, u in seen.itertuples(index=False)})
     nodes = _node_frame(window, gpus, measured, pods, node_racks)
     rack_frame = _rack_frame(window, nodes, node_racks, racks)
-    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame, latest_racks=latest_rack_power(history))
+    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame, latest_racks=_latest_rack_power(history))
+
+
+def _assignments(window: _Window) -> pd.DataFrame:
+    """GPU-pod pairs whose newest `gpu_assignment_info` value in the window is positive."""
+    rows = window.current("gpu_assignment_info", [*_GPU, *_POD])
+    return _labelled(rows, _last_known(rows)).loc[lambda f: _last_values(rows) > 0]
+
+
+def _last_known(rows: Block) -> IntArray:
+    """Groups with a value in `rows`."""
+    known = np.isfinite(rows.values)
+    return np.unique(rows.group[known])
+
+
+def _last_values(rows: Block) -> FloatArray:
+    """Per group of `_last_known`: its newest value (samples without one skipped)."""
+    known = np.flatnonzero(np.isfinite(rows.values))
+    if known.size == 0:
+        return np.zeros(0)
+    last = known[np.append(rows.group[known][1:] != rows.group[known][:-1], True)]
+    values: FloatArray = rows.values[last]
+    return values
 
 
 def latest_rack_power(samples: pd.DataFrame) -> pd.DataFrame:
@@ -706,12 +813,19 @@ def latest_rack_power(samples: pd.DataFrame) -> pd.DataFrame:
     the newest reading. A PDU that went silent keeps its last reading in the sum, and its age makes
     the whole value stale, so a silent meter never makes a rack look lighter.
     """
-    readings = samples.loc[samples["metric"] == "pdu_power_watts"].dropna(subset=["rack"])
+    frame = samples.astype({"value": np.float64, "timestamp_seconds": np.float64})
+    return _latest_rack_power(SampleStore.from_frame(frame).view(np.inf))
+
+
+def _latest_rack_power(history: HistoryView) -> pd.DataFrame:
+    readings = history.block("pdu_power_watts", _METER, _UNLABELLED_METER)
     if readings.empty:
         return pd.DataFrame(columns=LATEST_RACK_COLUMNS)
-    readings = readings.assign(meter=readings["pdu"].astype(object).fillna(""))
-    newest = readings.sort_values("timestamp_seconds").groupby(["rack", "meter"], sort=False).last()
-    per_rack = newest.groupby(level="rack").agg(
+    meters, newest = readings.newest()
+    value = np.full(len(readings.labels), np.nan)
+    value[_last_known(readings)] = _last_values(readings)
+    newest_per_meter = _labelled(readings, meters).assign(value=value[meters], timestamp_seconds=newest)
+    per_rack = newest_per_meter.groupby("rack").agg(
         rack_power_latest_watts=("value", "sum"), oldest_reading_seconds=("timestamp_seconds", "min")
     )
     return per_rack.reset_index()[LATEST_RACK_COLUMNS]
@@ -743,4 +857,11 @@ def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
     return out.reset_index()[GROUP_COLUMNS]
 
 
-__all__ = ["FleetEstimate", "aggregate_pods", "estimate_fleet", "latest_rack_power", "replicas_within_budget"]
+__all__ = [
+    "FleetEstimate",
+    "aggregate_pods",
+    "estimate_fleet",
+    "estimate_history",
+    "latest_rack_power",
+    "replicas_within_budget",
+]

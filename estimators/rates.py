@@ -34,13 +34,14 @@ Gauges
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 def _as_sorted(times: npt.ArrayLike, values: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -243,24 +244,45 @@ def series_rates(
         return pd.DataFrame(columns=columns)
     data = frame[[*keys, time_column, value_column]].dropna(subset=[time_column, value_column])
     data = data.sort_values([*keys, time_column], kind="stable")
-    sid = data.groupby(list(keys), sort=False, dropna=False).ngroup().to_numpy(np.int64)
+    sid = data.groupby(list(keys), sort=False, dropna=False).ngroup().to_numpy(np.int64).astype(np.int64)
+    rates = sorted_series_rates(
+        sid, data[time_column].to_numpy(np.float64), data[value_column].to_numpy(np.float64)
+    )
     first = np.ones(sid.size, dtype=bool)
     first[1:] = sid[1:] != sid[:-1]
-    step, dropped = reset_steps(
-        data[time_column].to_numpy(np.float64), data[value_column].to_numpy(np.float64), first
-    )
-    data = data.assign(_step=step, _reset=dropped.astype(np.int64))
-    grouped = data.groupby(list(keys), sort=False, dropna=False)
-    out = grouped.agg(
-        first_seconds=(time_column, "min"),
-        last_seconds=(time_column, "max"),
-        increase=("_step", "sum"),
-        samples=(time_column, "size"),
-        resets=("_reset", "sum"),
-    ).reset_index()
-    span = out["last_seconds"] - out["first_seconds"]
-    out["rate_per_second"] = (out["increase"] / span).where(span > 0)
+    out = data.loc[first, list(keys)].reset_index(drop=True)
+    for name in columns[len(keys) :]:
+        out[name] = getattr(rates, name)
     return out[columns]
+
+
+class SeriesRates(NamedTuple):
+    """`sorted_series_rates`: one entry per series with a sample, in order."""
+
+    series: IntArray
+    first_seconds: FloatArray
+    last_seconds: FloatArray
+    increase: FloatArray
+    rate_per_second: FloatArray
+    samples: IntArray
+    resets: IntArray
+
+
+def sorted_series_rates(series: IntArray, times: FloatArray, values: FloatArray) -> SeriesRates:
+    """`series_rates` over samples sorted by (series, time). Samples without a value are left out."""
+    known = np.isfinite(values)
+    series, times, values = series[known], times[known], values[known]
+    first = np.ones(series.size, dtype=bool)
+    first[1:] = series[1:] != series[:-1]
+    starts = np.flatnonzero(first)
+    step, dropped = reset_steps(times, values, first)
+    ends = np.append(starts[1:], series.size)[: starts.size] - 1
+    increase = np.add.reduceat(step, starts) if starts.size else np.zeros(0)
+    span = times[ends] - times[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(span > 0, increase / np.where(span > 0, span, 1.0), np.nan)
+    resets = np.add.reduceat(dropped.astype(np.int64), starts) if starts.size else np.zeros(0, np.int64)
+    return SeriesRates(series[starts], times[starts], times[ends], increase, rate, ends - starts + 1, resets)
 
 
 def counters_at(
@@ -288,12 +310,43 @@ def counters_at(
     if data.empty or queries.empty:
         return out
     data = data.sort_values([*keys, time_column], kind="stable")
-    data = data.drop_duplicates([*keys, time_column], keep="last")
-    sid = data.groupby(keys, sort=False).ngroup().to_numpy(np.int64)
-    order = np.lexsort((data[time_column].to_numpy(np.float64), sid))
-    sid = sid[order]
-    t = data[time_column].to_numpy(np.float64)[order]
-    v = data[value_column].to_numpy(np.float64)[order]
+    sid = data.groupby(keys, sort=False).ngroup().to_numpy(np.int64).astype(np.int64)
+    first = np.ones(sid.size, dtype=bool)
+    first[1:] = sid[1:] != sid[:-1]
+    table = data.loc[first, keys].assign(_sid=sid[first])
+    wanted = queries[keys].merge(table, on=keys, how="left")["_sid"]
+    return sorted_counters_at(
+        sid,
+        data[time_column].to_numpy(np.float64),
+        data[value_column].to_numpy(np.float64),
+        wanted.fillna(-1).to_numpy(np.int64),
+        queries["at_seconds"].to_numpy(np.float64),
+        on_reset=on_reset,
+        max_extrapolation_factor=max_extrapolation_factor,
+    )
+
+
+def sorted_counters_at(
+    series: IntArray,
+    times: FloatArray,
+    values: FloatArray,
+    query_series: IntArray,
+    at_seconds: FloatArray,
+    *,
+    on_reset: ResetRule = "post_value",
+    max_extrapolation_factor: float = 1.1,
+) -> FloatArray:
+    """`counters_at` over samples sorted by (series, time), ties in arrival order: the counter of series
+    `query_series[i]` (-1: none) at `at_seconds[i]`. Samples without a value are left out, and of
+    samples at one instant the last counts (a re-scrape)."""
+    out = np.full(query_series.shape, np.nan)
+    known = np.isfinite(values)
+    sid, t, v = series[known], times[known], values[known]
+    if sid.size:
+        later = np.append((sid[1:] != sid[:-1]) | (t[1:] != t[:-1]), True)
+        sid, t, v = sid[later], t[later], v[later]
+    if sid.size == 0 or query_series.size == 0:
+        return out
     first = np.ones(sid.size, dtype=bool)
     first[1:] = sid[1:] != sid[:-1]
 
@@ -303,13 +356,13 @@ def counters_at(
     counter = np.cumsum(step)
     counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))
 
-    intervals = pd.Series(dt).groupby(sid).median().to_numpy(np.float64)
-    max_extrapolation = max_extrapolation_factor * intervals
+    medians = pd.Series(dt).groupby(sid).median()
+    max_extrapolation = max_extrapolation_factor * medians.reindex(np.arange(int(sid.max()) + 1)).to_numpy(
+        np.float64
+    )
 
-    table = data[keys].iloc[order][first].assign(_sid=sid[first])
-    wanted = queries[keys].merge(table, on=keys, how="left")["_sid"]
-    qsid = wanted.fillna(-1).to_numpy(np.int64)
-    at = queries["at_seconds"].to_numpy(np.float64)
+    qsid = np.where(query_series <= sid.max(), query_series, -1)
+    at = np.asarray(at_seconds, dtype=np.float64)
     origin = float(t.min())
     asked = np.isfinite(at)
     reach = max(float(np.max(np.abs(t - origin))), float(np.max(np.abs(at[asked] - origin), initial=0.0)))

@@ -1,0 +1,36 @@
+"""The per-series sample store (`estimators.series`): what a pass reads is what arrived and is kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from estimators.series import SampleStore
+
+
+def _rows(pods: range, at: float) -> list[tuple[str, float, float, dict[str, str]]]:
+    return [("generation_tokens_total", 10.0 * at, at, {"namespace": "llm", "pod": f"p{p}"}) for p in pods]
+
+
+def test_samples_come_out_per_series_in_time_order_whatever_order_they_arrived_in() -> None:
+    store = SampleStore()
+    store.add_rows(_rows(range(2), 30.0) + _rows(range(2), 15.0), received_seconds=31.0)
+    store.add_rows(_rows(range(1), 45.0) + _rows(range(1), 0.0), received_seconds=46.0)
+    block = store.view(100.0).block("generation_tokens_total", ["namespace", "pod"])
+    assert list(block.labels["pod"]) == ["p0", "p1"]
+    assert block.group.tolist() == [0, 0, 0, 0, 1, 1]
+    assert block.times.tolist() == [0.0, 15.0, 30.0, 45.0, 15.0, 30.0]
+    assert block.since(20.0).times.tolist() == [30.0, 45.0, 30.0]
+
+
+def test_a_series_whose_batches_all_left_is_forgotten_and_can_come_back() -> None:
+    store = SampleStore()
+    store.add_rows(_rows(range(100), 0.0), received_seconds=0.0)
+    store.add_rows(_rows(range(10), 15.0), received_seconds=15.0)
+    store.evict(10.0)  # the first batch goes: 90 of 100 pods have no sample left
+    block = store.view(100.0).block("generation_tokens_total", ["namespace", "pod"])
+    assert list(block.labels["pod"]) == [f"p{p}" for p in range(10)]
+    assert np.array_equal(block.times, np.full(10, 15.0))
+    store.add_rows(_rows(range(95, 100), 30.0), received_seconds=30.0)
+    block = store.view(100.0).block("generation_tokens_total", ["namespace", "pod"])
+    assert list(block.labels["pod"]) == [*(f"p{p}" for p in range(10)), *(f"p{p}" for p in range(95, 100))]
+    assert block.times[block.group >= 10].tolist() == [30.0] * 5
