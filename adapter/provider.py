@@ -20,11 +20,13 @@ from adapter.catalogue import (
     POWER_BUDGETS,
 )
 from adapter.errors import MetricNotFoundError, StaleMetricError
-from adapter.objects import ObjectIndex
+from adapter.objects import KubeObject, ObjectIndex
 from adapter.query import CustomQuery, ExternalQuery
 from adapter.store import MetricStore, ObjectRef, StoredValue
+from collectors.label_selectors import Selector
 
 MAX_CACHED_ANSWERS = 512
+MAX_CACHED_FRAMES = 200_000
 RACK_METRICS = tuple(spec.name for spec in CATALOGUE if POWER_BUDGETS in spec.resources)
 EXTERNAL_WORKLOAD_METRICS = tuple(spec.name for spec in CATALOGUE if NAMESPACES in spec.resources)
 
@@ -42,7 +44,10 @@ class StoreProvider:
         self._index = index
         self._clock = clock
         self._observe_age = observe_age
-        self._rendered: dict[tuple[str, ObjectRef, str], str] = {}
+        self._frames: dict[tuple[str, ObjectRef, str, Selector | None], tuple[str, str]] = {}
+        """(version, object, metric, metric selector) -> the item's fixed text: the same in every pass."""
+        self._matching: dict[tuple[str, str | None, Selector | None], list[KubeObject]] = {}
+        """(resource, namespace, label selector) -> matching objects, while the index is unchanged."""
         self._answers: dict[CustomQuery, tuple[list[str], float, float]] = {}
         """query -> (items, valid until, oldest sample time)"""
         self._rendered_generation: tuple[int, int] = (-1, -1)
@@ -64,17 +69,37 @@ class StoreProvider:
         if spec is None or resource not in spec.resources:
             raise MetricNotFoundError.for_metric(resource, metric)
 
-    def _rendered_item(self, version: str, ref: ObjectRef, metric: str, value: StoredValue) -> str:
-        key = (version, ref, metric)
-        item = self._rendered.get(key)
-        if item is None:
-            item = self._rendered[key] = wire.metric_value_item(version, ref, metric, value, None)
-        return item
+    def _item(
+        self, version: str, ref: ObjectRef, metric: str, value: StoredValue, metric_selector: Selector | None
+    ) -> str:
+        key = (version, ref, metric, metric_selector)
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) >= MAX_CACHED_FRAMES:
+                self._frames.clear()
+            selector = None if metric_selector is None else metric_selector.as_label_selector()
+            frame = self._frames[key] = wire.metric_value_frame(version, ref, metric, selector)
+        return frame[0] + wire.metric_value_fields(version, value) + frame[1]
+
+    def _objects(self, resource: str, namespace: str | None, selector: Selector | None) -> list[KubeObject]:
+        """The index's objects that match `selector`, matched once per version of the index: a label
+        selector over 10,000 pods costs milliseconds, and every pass would otherwise pay them again."""
+        key = (resource, namespace, selector)
+        found = self._matching.get(key)
+        if found is None:
+            if len(self._matching) >= MAX_CACHED_ANSWERS:
+                self._matching.clear()
+            objects = self._index.objects(resource, namespace)
+            found = self._matching[key] = [
+                obj for obj in objects if selector is None or selector.matches(obj.labels)
+            ]
+        return found
 
     def _start_generation(self) -> None:
         generation = (self._store.generation, self._index.version())
         if generation != self._rendered_generation:
-            self._rendered = {}
+            if generation[1] != self._rendered_generation[1]:
+                self._matching = {}
             self._answers = {}
             self._rendered_generation = generation
 
@@ -105,7 +130,6 @@ class StoreProvider:
     def _answer(self, query: CustomQuery, now: float) -> tuple[list[str], float]:
         namespace = query.object_namespace
         metric_selector = None if query.metric_selector.empty else query.metric_selector
-        rendered_selector = None if metric_selector is None else metric_selector.as_label_selector()
         if not query.wildcard:
             ref = ObjectRef(query.resource, namespace, query.name)
             value = self._store.get(ref, query.metric, now_seconds=now)
@@ -114,22 +138,21 @@ class StoreProvider:
                     f"the server could not find the metric {query.metric} for {query.resource} {query.name} "
                     f"with metric selector {query.metric_selector}"
                 )
-            if metric_selector is None:
-                return [self._rendered_item(query.version, ref, query.metric, value)], value.timestamp_seconds
-            item = wire.metric_value_item(query.version, ref, query.metric, value, rendered_selector)
+            item = self._item(query.version, ref, query.metric, value, metric_selector)
             return [item], value.timestamp_seconds
         values = self._store.values_of(query.resource, namespace, query.metric)
-        objects = self._index.objects(
-            query.resource, namespace if query.resource not in CLUSTER_SCOPED else None
+        objects = self._objects(
+            query.resource,
+            namespace if query.resource not in CLUSTER_SCOPED else None,
+            None if query.selector.empty else query.selector,
         )
-        selector = None if query.selector.empty else query.selector
         oldest_fresh = now - self._store.max_age_seconds
         items: list[str] = []
         oldest = now
         stale = 0
         for obj in objects:
             found = values.get(obj.name)
-            if found is None or (selector is not None and not selector.matches(obj.labels)):
+            if found is None:
                 continue
             if metric_selector is not None and not metric_selector.matches(found.labels):
                 continue
@@ -138,12 +161,7 @@ class StoreProvider:
                 continue
             oldest = min(oldest, found.timestamp_seconds)
             ref = ObjectRef(query.resource, namespace, obj.name)
-            if metric_selector is None:
-                items.append(self._rendered_item(query.version, ref, query.metric, found))
-            else:
-                items.append(
-                    wire.metric_value_item(query.version, ref, query.metric, found, rendered_selector)
-                )
+            items.append(self._item(query.version, ref, query.metric, found, metric_selector))
         if not items:
             if stale:
                 raise StaleMetricError(

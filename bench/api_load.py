@@ -127,6 +127,97 @@ def worker_spec(pods: int, poll_interval_seconds: float, estimate_interval_secon
     )
 
 
+class ServerProbe:
+    """In the server process: what stalls its event loop. Samples the loop's lag (how late a 5 ms
+    sleep wakes), times each garbage collection, and the CPU of taking each report from the worker
+    (decoding it in the reading thread; installing it on the loop)."""
+
+    TICK_SECONDS = 0.005
+    LATE_SECONDS = 0.005
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.late: list[tuple[float, float, float]] = []
+        """(lag, seconds the loop's thread ran, seconds it waited for a CPU) of each late tick"""
+        self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.decodes: list[float] = []
+        self.installs: list[float] = []
+        self._gc_started = 0.0
+
+    def install(self) -> None:
+        import gc
+
+        from adapter.worker import WorkerProcess
+
+        gc.callbacks.append(self._on_gc)
+        decode, apply = WorkerProcess._decode, WorkerProcess._apply
+
+        def timed_decode(data: bytes) -> Any:
+            started = time.thread_time()
+            try:
+                return decode(data)
+            finally:
+                self.decodes.append(time.thread_time() - started)
+
+        def timed_apply(worker: Any, *parts: Any) -> None:
+            started = time.thread_time()
+            try:
+                apply(worker, *parts)
+            finally:
+                self.installs.append(time.thread_time() - started)
+
+        WorkerProcess._decode = staticmethod(timed_decode)  # type: ignore[method-assign,assignment]
+        WorkerProcess._apply = timed_apply  # type: ignore[method-assign]
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses[info["generation"]].append(time.perf_counter() - self._gc_started)
+
+    async def sample_lag(self) -> None:
+        # The loop's thread's nanoseconds on a CPU and waiting for one; read without blocking.
+        schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        while True:
+            started = time.perf_counter()
+            ran_before, waited_before = (int(f) for f in os.pread(schedstat, 128, 0).split()[:2])
+            await asyncio.sleep(self.TICK_SECONDS)
+            lag = time.perf_counter() - started - self.TICK_SECONDS
+            ran, waited = (int(f) for f in os.pread(schedstat, 128, 0).split()[:2])
+            self.lags.append(lag)
+            if lag > self.LATE_SECONDS:
+                # Late because the loop was busy (it ran), or because the kernel ran someone else
+                # (it waited for a CPU: another process on the core, the worker included)?
+                self.late.append((lag, (ran - ran_before) / 1e9, (waited - waited_before) / 1e9))
+
+    def report(self) -> list[str]:
+        def summary(seconds: list[float]) -> str:
+            if not seconds:
+                return "none"
+            ordered = sorted(seconds)
+            return (
+                f"{len(ordered)}, mean {statistics.mean(ordered) * 1000:.2f} ms, "
+                f"p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.2f} ms, max {ordered[-1] * 1000:.2f} ms"
+            )
+
+        stalls = {limit: sum(lag > limit / 1000 for lag in self.lags) for limit in (5, 10, 20, 50)}
+        ran = sum(r for _, r, _ in self.late)
+        waited = sum(w for _, _, w in self.late)
+        return [
+            f"server loop lag (5 ms ticks): {summary(self.lags)}; ticks late by more than "
+            + ", ".join(f"{limit} ms: {count}" for limit, count in stalls.items()),
+            f"server late ticks (> 5 ms): the loop ran {ran * 1000:.0f} ms and waited for a CPU "
+            f"{waited * 1000:.0f} ms in them; worst: "
+            + ", ".join(
+                f"{lag * 1000:.0f} ms (ran {r * 1000:.0f}, waited {w * 1000:.0f})"
+                for lag, r, w in sorted(self.late, reverse=True)[:5]
+            ),
+            *(f"server GC generation {g}: {summary(p)}" for g, p in self.gc_pauses.items()),
+            f"server report decode CPU (reading thread): {summary(self.decodes)}",
+            f"server report install CPU (event loop): {summary(self.installs)}",
+        ]
+
+
 async def serve(args: argparse.Namespace) -> None:
     from cryptography import x509
 
@@ -153,6 +244,8 @@ async def serve(args: argparse.Namespace) -> None:
     store = MetricStore(max_age_seconds=spec.settings.max_age_seconds)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    probe = ServerProbe()
+    probe.install()
     async with running(
         serving=ServingSettings(bind_address="127.0.0.1", port=args.port),
         tls=tls,
@@ -171,7 +264,16 @@ async def serve(args: argparse.Namespace) -> None:
                 raise SystemExit(f"no rates for {args.pods} pods after {READY_TIMEOUT_SECONDS:.0f} s")
             await asyncio.sleep(0.1)
         print(f"ready {state.worker.pid}", flush=True)
+        sampler = asyncio.create_task(probe.sample_lag())
+        probe.lags.clear()
+        probe.late.clear()
+        for pauses in probe.gc_pauses.values():
+            pauses.clear()
+        probe.decodes.clear()
+        probe.installs.clear()
         await stop.wait()
+        sampler.cancel()
+        print("\n".join(probe.report()), flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -326,12 +428,14 @@ def server_running(
 
 
 def stop_server(server: subprocess.Popen[str]) -> None:
+    """Stop the server and print what its probe saw."""
     server.send_signal(signal.SIGTERM)
     try:
-        server.wait(timeout=30)
+        output, _ = server.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         server.kill()
-        server.wait()
+        output, _ = server.communicate()
+    print(output, end="", flush=True)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -90,3 +90,20 @@ def test_cached_answer_drops_an_item_that_went_stale(clock: list[float]) -> None
     clock[0] = SAMPLE_TIME + 61.0
     with pytest.raises(StaleMetricError):
         provider.custom_items(QUERY)
+
+
+def test_each_query_names_its_own_metric_selector(clock: list[float]) -> None:
+    # The item text fixed per object is reused across passes: one rendered for a query with a metric
+    # selector must not answer the same object's query without one, nor the other way round.
+    import json
+
+    _, _, provider = _setup(clock)
+    plain = parse_custom("v1beta2", ["namespaces", "llm", "pods", "a", "watts_per_token"], {})
+    selected = parse_custom(
+        "v1beta2", ["namespaces", "llm", "pods", "a", "watts_per_token"], {"metricLabelSelector": "!method"}
+    )
+    assert json.loads(provider.custom_items(plain)[0])["metric"]["selector"] is None
+    assert json.loads(provider.custom_items(selected)[0])["metric"]["selector"] == {
+        "matchExpressions": [{"key": "method", "operator": "DoesNotExist"}]
+    }
+    assert json.loads(provider.custom_items(plain)[0])["metric"]["selector"] is None
