@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -41,6 +42,11 @@ from collectors.base import Collector, DiscoversPods, PodEndpoint
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 10.0
+WORKER_GC_THRESHOLDS = (100_000, 10, 10)
+"""A pass over 10,000 pods makes and drops hundreds of thousands of objects, nearly all freed by
+reference counting. At Python's default thresholds (700, 10, 10) the cycle collector also ran a full
+collection about every pass, a fifth of the worker's CPU; now a young collection every 100,000 net
+new objects, and a full one every hundred of those."""
 
 
 class IndexSource(Protocol):
@@ -217,6 +223,10 @@ async def _work(spec: WorkerSpec, connection: Connection) -> None:
         racks=lambda: spec.racks(spec.settings, index),
         on_pass=outbox.send,
     )
+    # What exists now (modules, collectors, the index) lives as long as the worker: out of the
+    # collector's way, with fewer collections over what each pass makes.
+    gc.freeze()
+    gc.set_threshold(*WORKER_GC_THRESHOLDS)
     pipeline.start(supervisor)
     outbox.send()  # the server learns at once that the collectors are built
     supervisor.start("worker-report", lambda: outbox.keep_reporting(spec.report_every_seconds))
