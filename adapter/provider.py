@@ -50,6 +50,8 @@ class StoreProvider:
         """(resource, namespace, label selector) -> matching objects, while the index is unchanged."""
         self._answers: dict[CustomQuery, tuple[list[str], float, float]] = {}
         """query -> (items, valid until, oldest sample time)"""
+        self._bodies: dict[CustomQuery, tuple[list[str], bytes]] = {}
+        """query -> (the cached answer's items, their MetricValueList as UTF-8)"""
         self._rendered_generation: tuple[int, int] = (-1, -1)
 
     def list_custom_metrics(self) -> list[tuple[str, bool, str]]:
@@ -101,6 +103,7 @@ class StoreProvider:
             if generation[1] != self._rendered_generation[1]:
                 self._matching = {}
             self._answers = {}
+            self._bodies = {}
             self._rendered_generation = generation
 
     def custom_items(self, query: CustomQuery) -> list[str]:
@@ -122,6 +125,18 @@ class StoreProvider:
         self._answers[query] = (items, oldest_seconds + self._store.max_age_seconds, oldest_seconds)
         self._observe(now - oldest_seconds)
         return items
+
+    def custom_list(self, query: CustomQuery) -> bytes:
+        """`custom_items` as a whole MetricValueList, encoded, and kept as long as its answer: for a
+        selector over a thousand pods, joining and encoding cost more than the rest of a request."""
+        items = self.custom_items(query)
+        cached = self._bodies.get(query)
+        if cached is None or cached[0] is not items:
+            if len(self._bodies) >= MAX_CACHED_ANSWERS:
+                self._bodies.clear()
+            body = wire.metric_value_list(query.version, items).encode()
+            cached = self._bodies[query] = (items, body)
+        return cached[1]
 
     def _observe(self, age_seconds: float) -> None:
         if self._observe_age is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from api_fixtures import NOW, SAMPLE_TIME
 
@@ -38,10 +40,13 @@ def _pod(name: str, app: str) -> KubeObject:
     return KubeObject(PODS, "llm", name, {"app": app})
 
 
-def _names(items: list[str]) -> list[str]:
+def _names(items: list[Any]) -> list[str]:
+    """Object names of rendered items (text) or of a parsed list's items."""
     import json
 
-    return [json.loads(item)["describedObject"]["name"] for item in items]
+    return [
+        (json.loads(item) if isinstance(item, str) else item)["describedObject"]["name"] for item in items
+    ]
 
 
 @pytest.fixture
@@ -107,3 +112,16 @@ def test_each_query_names_its_own_metric_selector(clock: list[float]) -> None:
         "matchExpressions": [{"key": "method", "operator": "DoesNotExist"}]
     }
     assert json.loads(provider.custom_items(plain)[0])["metric"]["selector"] is None
+
+
+def test_encoded_list_follows_a_new_snapshot_and_staleness(clock: list[float]) -> None:
+    import json
+
+    store, _, provider = _setup(clock)
+    assert _names(json.loads(provider.custom_list(QUERY))["items"]) == ["a", "b"]
+    clock[0] = SAMPLE_TIME - 30.0 + 61.0  # b went stale within the same snapshot
+    assert _names(json.loads(provider.custom_list(QUERY))["items"]) == ["a"]
+    store.put_all({(ObjectRef(PODS, "llm", "b"), "watts_per_token"): StoredValue(3.0, clock[0], 30.0)})
+    listed = json.loads(provider.custom_list(QUERY))
+    assert listed["kind"] == "MetricValueList"
+    assert [(item["describedObject"]["name"], item["value"]) for item in listed["items"]] == [("b", "3")]
