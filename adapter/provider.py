@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from adapter import wire
 from adapter.catalogue import (
@@ -27,6 +28,7 @@ from collectors.label_selectors import Selector
 
 MAX_CACHED_ANSWERS = 512
 MAX_CACHED_FRAMES = 200_000
+MAX_CACHED_SELECTORS = 64
 RACK_METRICS = tuple(spec.name for spec in CATALOGUE if POWER_BUDGETS in spec.resources)
 EXTERNAL_WORKLOAD_METRICS = tuple(spec.name for spec in CATALOGUE if NAMESPACES in spec.resources)
 
@@ -48,6 +50,9 @@ class StoreProvider:
         """(version, object, metric, metric selector) -> the item's fixed text: the same in every pass."""
         self._matching: dict[tuple[str, str | None, Selector | None], list[KubeObject]] = {}
         """(resource, namespace, label selector) -> matching objects, while the index is unchanged."""
+        self._verdicts: dict[tuple[str, str | None, Selector | None], dict[int, tuple[KubeObject, bool]]] = {}
+        """(resource, namespace, label selector) -> id(object) -> (object, whether it matched): across
+        versions of the index, for the objects that did not change."""
         self._answers: dict[CustomQuery, tuple[list[str], float, float]] = {}
         """query -> (items, valid until, oldest sample time)"""
         self._bodies: dict[CustomQuery, tuple[list[str], bytes]] = {}
@@ -84,17 +89,30 @@ class StoreProvider:
         return frame[0] + wire.metric_value_fields(version, value) + frame[1]
 
     def _objects(self, resource: str, namespace: str | None, selector: Selector | None) -> list[KubeObject]:
-        """The index's objects that match `selector`, matched once per version of the index: a label
-        selector over 10,000 pods costs milliseconds, and every pass would otherwise pay them again."""
+        """The index's objects that match `selector`, once per version of the index; and then only
+        the objects that changed are matched again (a change replaces the object): a label selector
+        over 10,000 pods costs milliseconds, and in a cluster some pod changes every second."""
         key = (resource, namespace, selector)
         found = self._matching.get(key)
-        if found is None:
-            if len(self._matching) >= MAX_CACHED_ANSWERS:
-                self._matching.clear()
-            objects = self._index.objects(resource, namespace)
-            found = self._matching[key] = [
-                obj for obj in objects if selector is None or selector.matches(obj.labels)
-            ]
+        if found is not None:
+            return found
+        if len(self._matching) >= MAX_CACHED_ANSWERS:
+            self._matching.clear()
+        objects = self._index.objects(resource, namespace)
+        if selector is None:
+            found = self._matching[key] = list(objects)
+            return found
+        # By identity, and holding the object: an id is never reused while its object lives.
+        ids = list(map(id, objects))
+        known = list(map(self._verdicts.get(key, {}).get, ids))
+        for i, verdict in enumerate(known):
+            if verdict is None:
+                known[i] = (objects[i], selector.matches(objects[i].labels))
+        verdicts = cast(list[tuple[KubeObject, bool]], known)  # no None left
+        if len(self._verdicts) >= MAX_CACHED_SELECTORS:
+            self._verdicts.clear()
+        self._verdicts[key] = dict(zip(ids, verdicts, strict=True))
+        found = self._matching[key] = [obj for obj, matches in verdicts if matches]
         return found
 
     def _start_generation(self) -> None:

@@ -8,7 +8,7 @@ import pytest
 from api_fixtures import NOW, SAMPLE_TIME
 
 from adapter.catalogue import PODS
-from adapter.errors import StaleMetricError
+from adapter.errors import MetricNotFoundError, StaleMetricError
 from adapter.objects import KubeObject, ObjectIndex, StaticObjectIndex
 from adapter.provider import StoreProvider
 from adapter.query import parse_custom
@@ -125,3 +125,21 @@ def test_encoded_list_follows_a_new_snapshot_and_staleness(clock: list[float]) -
     listed = json.loads(provider.custom_list(QUERY))
     assert listed["kind"] == "MetricValueList"
     assert [(item["describedObject"]["name"], item["value"]) for item in listed["items"]] == [("b", "3")]
+
+
+def test_answer_follows_one_relabelled_pod_of_a_mirrored_index(clock: list[float]) -> None:
+    # Only the objects a delta replaced are matched again; the others keep their verdicts.
+    from adapter.kube_cache import IndexDelta, MirrorIndex
+
+    store, _, _ = _setup(clock)
+    index = MirrorIndex()
+    index.apply(IndexDelta((_pod("a", "x"), _pod("b", "y")), (), synced=True, full=True))
+    provider = StoreProvider(store, index, clock=lambda: clock[0])
+    assert _names(provider.custom_items(QUERY)) == ["a"]
+    index.apply(IndexDelta((_pod("b", "x"),), (), synced=True))
+    assert _names(provider.custom_items(QUERY)) == ["a", "b"]
+    index.apply(IndexDelta((_pod("a", "y"),), (), synced=True))
+    assert _names(provider.custom_items(QUERY)) == ["b"]
+    index.apply(IndexDelta((), ((PODS, "llm", "b"),), synced=True))
+    with pytest.raises(MetricNotFoundError):
+        provider.custom_items(QUERY)
