@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
+import gc
 import pickle
 import pstats
 import sys
@@ -25,7 +27,7 @@ from adapter.objects import StaticObjectIndex
 from adapter.pipeline import Pipeline
 from adapter.selfmetrics import PipelineMetrics
 from adapter.store import ColumnEncoder, MetricStore, ServedLayout
-from adapter.worker import Report
+from adapter.worker import Report, settle_garbage_collection
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -53,6 +55,9 @@ async def main_async(args: argparse.Namespace) -> None:
     for _ in range(args.warmup_passes):  # fill the window: passes cost most once it is full
         await pipeline.poll(collector)
         await pipeline.estimate_once()
+    settle_garbage_collection()  # as the worker process does once its pipeline is built
+    collections: list[float] = []
+    gc.callbacks.append(functools.partial(_time_collection, collections, [0.0]))
     polls, passes = [], []
     send_seconds.clear()
     for _ in range(args.passes):
@@ -66,8 +71,10 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"worker over {args.pods} pods (CPU time, mean of {args.passes}, not profiled): poll {mean(polls):.0f} ms "
         f"(simulated collector + adding its samples to the history); pass {mean(passes):.0f} ms, "
-        f"of which encoding and pickling the report {mean(send_seconds):.1f} ms"
+        f"of which encoding and pickling the report {mean(send_seconds):.1f} ms; "
+        f"garbage collection {sum(collections) * 1000 / args.passes:.0f} ms per poll and pass"
     )
+    gc.callbacks.clear()
     profile = cProfile.Profile()
     started = time.process_time()
     profile.enable()
@@ -97,6 +104,15 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"server: index a new layout (when objects change): {(time.process_time() - started) * 1000:.1f} ms"
     )
+
+
+def _time_collection(
+    collections: list[float], started: list[float], phase: str, info: dict[str, int]
+) -> None:
+    if phase == "start":
+        started[0] = time.process_time()
+    else:
+        collections.append(time.process_time() - started[0])
 
 
 def main() -> int:
