@@ -235,8 +235,11 @@ async def group_version(request: web.Request) -> web.Response:
     if group == wire.CUSTOM_GROUP:
         query = parse_custom(version, segments, request.query)
         await authorize(request, custom_attributes(group, query))
-        body = wire.metric_value_list(version, request.app[PROVIDER].custom_items(query))
-        return json_response(body, pretty=_pretty(request))
+        if _pretty(request):
+            return json_response(wire.metric_value_list(version, provider.custom_items(query)), pretty=True)
+        return web.Response(
+            body=provider.custom_list(query), content_type="application/json", charset="utf-8"
+        )
     external = parse_external(segments, request.query)
     await authorize(request, external_attributes(group, version, external))
     values = request.app[PROVIDER].external_values(external)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from adapter.catalogue import (
@@ -153,17 +154,33 @@ def deployment_of_pods(index: ObjectIndex, pods: Iterable[tuple[str, str]]) -> d
             anchored.setdefault((deployment.namespace, key, value), []).append((order, deployment))
     labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
     owners: dict[tuple[str, str], str] = {}
+    # The replicas of one workload carry the same labels: match each distinct set once.
+    owner_of_labels: dict[tuple[str, frozenset[tuple[str, str]]], str | None] = {}
     for namespace, pod in pods:
         labels = labels_of.get((namespace, pod), {})
-        candidates = list(unanchored.get(namespace, ()))
-        for key, value in labels.items():
-            candidates.extend(anchored.get((namespace, key, value), ()))
-        for _, deployment in sorted(candidates, key=lambda candidate: candidate[0]):
-            assert deployment.pod_selector is not None
-            if deployment.pod_selector.matches(labels):
-                owners[(namespace, pod)] = deployment.name
-                break
+        label_set = (namespace, frozenset(labels.items()))
+        if label_set not in owner_of_labels:
+            owner_of_labels[label_set] = _first_owner(namespace, labels, anchored, unanchored)
+        owner = owner_of_labels[label_set]
+        if owner is not None:
+            owners[(namespace, pod)] = owner
     return owners
+
+
+def _first_owner(
+    namespace: str,
+    labels: Mapping[str, str],
+    anchored: Mapping[tuple[str, str, str], list[tuple[int, KubeObject]]],
+    unanchored: Mapping[str, list[tuple[int, KubeObject]]],
+) -> str | None:
+    candidates = list(unanchored.get(namespace, ()))
+    for key, value in labels.items():
+        candidates.extend(anchored.get((namespace, key, value), ()))
+    for _, deployment in sorted(candidates, key=lambda candidate: candidate[0]):
+        assert deployment.pod_selector is not None
+        if deployment.pod_selector.matches(labels):
+            return deployment.name
+    return None
 
 
 def _groups(pods: pd.DataFrame, index: ObjectIndex) -> dict[str, pd.Series]:
@@ -187,9 +204,89 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{str(key): value for key, value in row.items()} for row in frame.to_dict("records")]
 
 
-def _estimate_labels(row: Mapping[str, Any]) -> dict[str, str]:
-    """How a pod's watts per token was estimated: `method`, and `confidence` where it has one."""
-    return {name: row[name] for name in ("method", "confidence") if isinstance(row.get(name), str)}
+NO_LABELS: Mapping[str, str] = {}
+"""Shared by every value without labels (read-only, as every `StoredValue.labels`)."""
+
+
+def _floats(column: pd.Series) -> np.ndarray:
+    """A column as float64, NaN where it holds no number."""
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _rounded(column: pd.Series, metric: str) -> list[float | None]:
+    """Each value at the metric's resolution (as `_Put.add` rounds one), None where it is not a finite
+    number: a whole column at once, for the per-pod values that are most of a pass."""
+    numbers = _floats(column)
+    finite = np.isfinite(numbers)
+    resolution = METRICS_BY_NAME[metric].resolution
+    # + 0.0 turns rint's -0.0 into the 0.0 that Python's round gives.
+    rounded = np.rint(np.where(finite, numbers, 0.0) / resolution) * resolution + 0.0
+    return [number if ok else None for number, ok in zip(rounded.tolist(), finite.tolist(), strict=True)]
+
+
+def _estimate_label_sets(pods: pd.DataFrame) -> list[Mapping[str, str]]:
+    """Per pod, how its watts per token was estimated: `method`, and `confidence` where it has one;
+    one shared mapping per distinct pair."""
+    columns = [
+        pods[name].tolist() if name in pods.columns else [None] * len(pods)
+        for name in ("method", "confidence")
+    ]
+    shared: dict[tuple[object, object], Mapping[str, str]] = {}
+    labels: list[Mapping[str, str]] = []
+    for method, confidence in zip(*columns, strict=True):
+        found = shared.get((method, confidence))
+        if found is None:
+            pairs = (("method", method), ("confidence", confidence))
+            found = shared[(method, confidence)] = {k: v for k, v in pairs if isinstance(v, str)}
+        labels.append(found)
+    return labels
+
+
+def _put_pod_values(pods: pd.DataFrame, values: dict[Key, StoredValue]) -> None:
+    """Every pod's values, built column by column: tens of thousands at fleet scale."""
+    refs = [
+        ObjectRef(PODS, str(namespace), str(pod))
+        for namespace, pod in zip(pods["namespace"].tolist(), pods["pod"].tolist(), strict=True)
+    ]
+    start, end = _floats(pods["window_start_seconds"]), _floats(pods["window_end_seconds"])
+    # Token figures are as old as the token counter's last read, not as the pass: a server that
+    # stopped answering makes its watts per token stale after max age, not max age + window.
+    token_end = _floats(pods["token_window_end_seconds"]) if "token_window_end_seconds" in pods else end
+    token_start = (
+        _floats(pods["token_window_start_seconds"]) if "token_window_start_seconds" in pods else start
+    )
+    token_known = np.isfinite(token_end) & np.isfinite(token_start)
+    with np.errstate(invalid="ignore"):  # inf - inf where a window is unknown: NaN, as row by row
+        window, token_window = end - start, token_end - token_start
+    times = (end.tolist(), window.tolist())
+    token_times = (
+        np.where(token_known, token_end, end).tolist(),
+        np.where(token_known, token_window, window).tolist(),
+    )
+    estimate_labels = _estimate_label_sets(pods)
+    columns = [
+        (
+            metric,
+            _rounded(pods[metric], metric),
+            *(token_times if metric in TOKEN_METRICS else times),
+            estimate_labels if metric == "watts_per_token" else None,
+        )
+        for metric in POD_METRICS
+    ]
+    for i, ref in enumerate(refs):
+        for metric, numbers, ends, windows, labels in columns:
+            number = numbers[i]
+            if number is not None:
+                values[(ref, metric)] = StoredValue(
+                    number, ends[i], windows[i], NO_LABELS if labels is None else labels[i]
+                )
+
+
+def _rack_of_groups(members: pd.DataFrame) -> pd.Series:
+    """Group -> the rack most of its pods are on (the first by name on a tie, as `Series.mode`)."""
+    counted = members.dropna(subset=["rack"]).groupby(["group", "rack"]).size().reset_index(name="pods")
+    ranked = counted.sort_values(["group", "pods", "rack"], ascending=[True, False, True], kind="stable")
+    return ranked.drop_duplicates("group").set_index("group")["rack"]
 
 
 def store_values(
@@ -203,21 +300,7 @@ def store_values(
     put = _Put({})
     budgets = replica_budgets if replica_budgets is not None else ReplicaBudgets()
     pods = estimate.pods.dropna(subset=["namespace", "pod"])
-    for row in _records(pods):
-        ref = ObjectRef(PODS, str(row["namespace"]), str(row["pod"]))
-        end = row["window_end_seconds"]
-        window = end - row["window_start_seconds"]
-        # Token figures are as old as the token counter's last read, not as the pass: a server that
-        # stopped answering makes its watts per token stale after max age, not max age + window.
-        token_end = row.get("token_window_end_seconds", end)
-        token_start = row.get("token_window_start_seconds", row["window_start_seconds"])
-        token_known = isinstance(token_end, float) and math.isfinite(token_end) and math.isfinite(token_start)
-        for metric in POD_METRICS:
-            extra = _estimate_labels(row) if metric == "watts_per_token" else {}
-            if metric in TOKEN_METRICS and token_known:
-                put.add(ref, metric, row[metric], token_end, token_end - token_start, **extra)
-            else:
-                put.add(ref, metric, row[metric], end, window, **extra)
+    _put_pod_values(pods, put.values)
 
     racks = {str(row["rack"]): row for row in _records(estimate.racks)}
     if not pods.empty:
@@ -226,7 +309,7 @@ def store_values(
             members = pd.DataFrame({"group": group_of_pod, "rack": pod_racks, "power": pods["power_watts"]})
             members = members.dropna(subset=["group"])
             # Per group: the rack most of its pods are on, and its hungriest replica's power.
-            rack_of = members.dropna(subset=["rack"]).groupby("group")["rack"].agg(lambda r: r.mode().iloc[0])
+            rack_of = _rack_of_groups(members)
             peak_of = members.groupby("group")["power"].max()
             for row in _records(aggregate_pods(pods, group_of_pod)):
                 group = str(row["group"])

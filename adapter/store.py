@@ -6,6 +6,7 @@ the capper) always sees one consistent pass and never waits on a lock. Nothing h
 
 from __future__ import annotations
 
+import functools
 import time
 from array import array
 from collections import defaultdict
@@ -40,7 +41,14 @@ class StoredValue:
 
     @property
     def timestamp_rfc3339(self) -> str:
-        return datetime.fromtimestamp(int(self.timestamp_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _rfc3339(int(self.timestamp_seconds))
+
+
+@functools.lru_cache(maxsize=1024)
+def _rfc3339(seconds: int) -> str:
+    """Cached: the values of one pass share a handful of timestamps, and a large answer renders each
+    of them hundreds of times."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 Key = tuple[ObjectRef, str]
@@ -192,6 +200,12 @@ class _Group(Mapping[str, StoredValue]):
 
     def __getitem__(self, name: str) -> StoredValue:
         return self._columns.at(self._positions[name])
+
+    def get(self, name: str, default: StoredValue | None = None) -> StoredValue | None:  # type: ignore[override]
+        # Mapping.get goes through __getitem__ and a KeyError: this is the per-object lookup of a
+        # wildcard query, made once per matching object.
+        i = self._positions.get(name)
+        return default if i is None else self._columns.at(i)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._positions)

@@ -71,28 +71,41 @@ def _json_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def metric_value_frame(
+    version: str, ref: ObjectRef, metric: str, selector: dict[str, object] | None
+) -> tuple[str, str]:
+    """The fixed text of one object's MetricValue: what comes before its timestamp and after its
+    value. It depends on the object and the query only, so a server renders it once per object, not
+    once per pass."""
+    described = json.dumps(described_object(ref), separators=(",", ":"), ensure_ascii=False)
+    selector_json = json.dumps(selector, separators=(",", ":"))
+    if version == "v1beta1":
+        return (
+            f'{{"describedObject":{described},"metricName":{_json_string(metric)},"timestamp":"',
+            f',"selector":{selector_json}}}',
+        )
+    return (
+        f'{{"describedObject":{described},"metric":{{"name":{_json_string(metric)},"selector":{selector_json}}},'
+        '"timestamp":"',
+        "}",
+    )
+
+
+def metric_value_fields(version: str, value: StoredValue) -> str:
+    """The part of a MetricValue that changes with every pass: timestamp, window and value."""
+    window = round(value.window_seconds)
+    window_part = ""
+    if window:
+        window_part = f',"window":{window}' if version == "v1beta1" else f',"windowSeconds":{window}'
+    return f'{value.timestamp_rfc3339}"{window_part},"value":"{value.quantity}"'
+
+
 def metric_value_item(
     version: str, ref: ObjectRef, metric: str, value: StoredValue, selector: dict[str, object] | None
 ) -> str:
     """One MetricValue as JSON text. Items are rendered as text so that large lists are a join."""
-    described = json.dumps(described_object(ref), separators=(",", ":"), ensure_ascii=False)
-    selector_json = json.dumps(selector, separators=(",", ":"))
-    window = round(value.window_seconds)
-    window_part = ""
-    if version == "v1beta1":
-        if window:
-            window_part = f',"window":{window}'
-        return (
-            f'{{"describedObject":{described},"metricName":{_json_string(metric)},'
-            f'"timestamp":"{value.timestamp_rfc3339}"{window_part},"value":"{value.quantity}",'
-            f'"selector":{selector_json}}}'
-        )
-    if window:
-        window_part = f',"windowSeconds":{window}'
-    return (
-        f'{{"describedObject":{described},"metric":{{"name":{_json_string(metric)},"selector":{selector_json}}},'
-        f'"timestamp":"{value.timestamp_rfc3339}"{window_part},"value":"{value.quantity}"}}'
-    )
+    head, tail = metric_value_frame(version, ref, metric, selector)
+    return head + metric_value_fields(version, value) + tail
 
 
 def metric_value_list(version: str, items: Iterable[str]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import functools
 import os
@@ -127,6 +128,129 @@ def worker_spec(pods: int, poll_interval_seconds: float, estimate_interval_secon
     )
 
 
+class Distribution:
+    """Count, mean, p99 and maximum of durations in constant memory (0.1 ms bins): the probe runs
+    inside the server whose RSS `bench/soak_rss.py` watches for ten minutes."""
+
+    BIN_SECONDS = 0.0001
+
+    def __init__(self) -> None:
+        self.bins: collections.Counter[int] = collections.Counter()
+        self.count = 0
+        self.total = 0.0
+        self.largest = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.bins[int(seconds / self.BIN_SECONDS)] += 1
+        self.count += 1
+        self.total += seconds
+        self.largest = max(self.largest, seconds)
+
+    def above(self, seconds: float) -> int:
+        return sum(n for b, n in self.bins.items() if b * self.BIN_SECONDS >= seconds)
+
+    def percentile(self, p: float) -> float:
+        rank, seen = p / 100 * self.count, 0
+        for b in sorted(self.bins):
+            seen += self.bins[b]
+            if seen >= rank:
+                return min((b + 1) * self.BIN_SECONDS, self.largest)
+        return self.largest
+
+    def __str__(self) -> str:
+        if not self.count:
+            return "none"
+        return (
+            f"{self.count}, mean {self.total / self.count * 1000:.2f} ms, "
+            f"p99 {self.percentile(99) * 1000:.1f} ms, max {self.largest * 1000:.2f} ms"
+        )
+
+
+class ServerProbe:
+    """In the server process: what stalls its event loop. Samples the loop's lag (how late a 5 ms
+    sleep wakes), times each garbage collection, and the CPU of taking each report from the worker
+    (decoding it in the reading thread; installing it on the loop)."""
+
+    TICK_SECONDS = 0.005
+    LATE_SECONDS = 0.005
+
+    def __init__(self) -> None:
+        self.reset()
+        self._gc_started = 0.0
+
+    def reset(self) -> None:
+        self.lags = Distribution()
+        self.late_ran = self.late_waited = 0.0
+        self.worst: list[tuple[float, float, float]] = []
+        """(lag, seconds the loop's thread ran, seconds it waited for a CPU) of the latest ticks"""
+        self.gc_pauses = {0: Distribution(), 1: Distribution(), 2: Distribution()}
+        self.decodes = Distribution()
+        self.installs = Distribution()
+
+    def install(self) -> None:
+        import gc
+
+        from adapter.worker import WorkerProcess
+
+        gc.callbacks.append(self._on_gc)
+        decode, apply = WorkerProcess._decode, WorkerProcess._apply
+
+        def timed_decode(data: bytes) -> Any:
+            started = time.thread_time()
+            try:
+                return decode(data)
+            finally:
+                self.decodes.add(time.thread_time() - started)
+
+        def timed_apply(worker: Any, *parts: Any) -> None:
+            started = time.thread_time()
+            try:
+                apply(worker, *parts)
+            finally:
+                self.installs.add(time.thread_time() - started)
+
+        WorkerProcess._decode = staticmethod(timed_decode)  # type: ignore[method-assign,assignment]
+        WorkerProcess._apply = timed_apply  # type: ignore[method-assign]
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses[info["generation"]].add(time.perf_counter() - self._gc_started)
+
+    async def sample_lag(self) -> None:
+        # The loop's thread's nanoseconds on a CPU and waiting for one; read without blocking.
+        schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        while True:
+            started = time.perf_counter()
+            ran_before, waited_before = (int(f) for f in os.pread(schedstat, 128, 0).split()[:2])
+            await asyncio.sleep(self.TICK_SECONDS)
+            lag = time.perf_counter() - started - self.TICK_SECONDS
+            ran, waited = (int(f) for f in os.pread(schedstat, 128, 0).split()[:2])
+            self.lags.add(lag)
+            if lag > self.LATE_SECONDS:
+                # Late because the loop was busy (it ran), or because the kernel ran someone else
+                # (it waited for a CPU: another process on the core, the worker included)?
+                late = (lag, (ran - ran_before) / 1e9, (waited - waited_before) / 1e9)
+                self.late_ran += late[1]
+                self.late_waited += late[2]
+                self.worst = sorted([*self.worst, late], reverse=True)[:5]
+
+    def report(self) -> list[str]:
+        return [
+            f"server loop lag (5 ms ticks): {self.lags}; ticks late by more than "
+            + ", ".join(f"{limit} ms: {self.lags.above(limit / 1000)}" for limit in (5, 10, 20, 50)),
+            f"server late ticks (> 5 ms): the loop ran {self.late_ran * 1000:.0f} ms and waited for a CPU "
+            f"{self.late_waited * 1000:.0f} ms in them; worst: "
+            + ", ".join(
+                f"{lag * 1000:.0f} ms (ran {r * 1000:.0f}, waited {w * 1000:.0f})" for lag, r, w in self.worst
+            ),
+            *(f"server GC generation {g}: {p}" for g, p in self.gc_pauses.items()),
+            f"server report decode CPU (reading thread): {self.decodes}",
+            f"server report install CPU (event loop): {self.installs}",
+        ]
+
+
 async def serve(args: argparse.Namespace) -> None:
     from cryptography import x509
 
@@ -153,6 +277,8 @@ async def serve(args: argparse.Namespace) -> None:
     store = MetricStore(max_age_seconds=spec.settings.max_age_seconds)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    probe = ServerProbe()
+    probe.install()
     async with running(
         serving=ServingSettings(bind_address="127.0.0.1", port=args.port),
         tls=tls,
@@ -171,7 +297,11 @@ async def serve(args: argparse.Namespace) -> None:
                 raise SystemExit(f"no rates for {args.pods} pods after {READY_TIMEOUT_SECONDS:.0f} s")
             await asyncio.sleep(0.1)
         print(f"ready {state.worker.pid}", flush=True)
+        sampler = asyncio.create_task(probe.sample_lag())
+        probe.reset()
         await stop.wait()
+        sampler.cancel()
+        print("\n".join(probe.report()), flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -326,12 +456,14 @@ def server_running(
 
 
 def stop_server(server: subprocess.Popen[str]) -> None:
+    """Stop the server and print what its probe saw."""
     server.send_signal(signal.SIGTERM)
     try:
-        server.wait(timeout=30)
+        output, _ = server.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         server.kill()
-        server.wait()
+        output, _ = server.communicate()
+    print(output, end="", flush=True)
 
 
 def parser() -> argparse.ArgumentParser:

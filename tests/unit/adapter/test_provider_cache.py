@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from api_fixtures import NOW, SAMPLE_TIME
 
 from adapter.catalogue import PODS
-from adapter.errors import StaleMetricError
+from adapter.errors import MetricNotFoundError, StaleMetricError
 from adapter.objects import KubeObject, ObjectIndex, StaticObjectIndex
 from adapter.provider import StoreProvider
 from adapter.query import parse_custom
@@ -38,10 +40,13 @@ def _pod(name: str, app: str) -> KubeObject:
     return KubeObject(PODS, "llm", name, {"app": app})
 
 
-def _names(items: list[str]) -> list[str]:
+def _names(items: list[Any]) -> list[str]:
+    """Object names of rendered items (text) or of a parsed list's items."""
     import json
 
-    return [json.loads(item)["describedObject"]["name"] for item in items]
+    return [
+        (json.loads(item) if isinstance(item, str) else item)["describedObject"]["name"] for item in items
+    ]
 
 
 @pytest.fixture
@@ -89,4 +94,52 @@ def test_cached_answer_drops_an_item_that_went_stale(clock: list[float]) -> None
     assert _names(provider.custom_items(QUERY)) == ["a"]
     clock[0] = SAMPLE_TIME + 61.0
     with pytest.raises(StaleMetricError):
+        provider.custom_items(QUERY)
+
+
+def test_each_query_names_its_own_metric_selector(clock: list[float]) -> None:
+    # The item text fixed per object is reused across passes: one rendered for a query with a metric
+    # selector must not answer the same object's query without one, nor the other way round.
+    import json
+
+    _, _, provider = _setup(clock)
+    plain = parse_custom("v1beta2", ["namespaces", "llm", "pods", "a", "watts_per_token"], {})
+    selected = parse_custom(
+        "v1beta2", ["namespaces", "llm", "pods", "a", "watts_per_token"], {"metricLabelSelector": "!method"}
+    )
+    assert json.loads(provider.custom_items(plain)[0])["metric"]["selector"] is None
+    assert json.loads(provider.custom_items(selected)[0])["metric"]["selector"] == {
+        "matchExpressions": [{"key": "method", "operator": "DoesNotExist"}]
+    }
+    assert json.loads(provider.custom_items(plain)[0])["metric"]["selector"] is None
+
+
+def test_encoded_list_follows_a_new_snapshot_and_staleness(clock: list[float]) -> None:
+    import json
+
+    store, _, provider = _setup(clock)
+    assert _names(json.loads(provider.custom_list(QUERY))["items"]) == ["a", "b"]
+    clock[0] = SAMPLE_TIME - 30.0 + 61.0  # b went stale within the same snapshot
+    assert _names(json.loads(provider.custom_list(QUERY))["items"]) == ["a"]
+    store.put_all({(ObjectRef(PODS, "llm", "b"), "watts_per_token"): StoredValue(3.0, clock[0], 30.0)})
+    listed = json.loads(provider.custom_list(QUERY))
+    assert listed["kind"] == "MetricValueList"
+    assert [(item["describedObject"]["name"], item["value"]) for item in listed["items"]] == [("b", "3")]
+
+
+def test_answer_follows_one_relabelled_pod_of_a_mirrored_index(clock: list[float]) -> None:
+    # Only the objects a delta replaced are matched again; the others keep their verdicts.
+    from adapter.kube_cache import IndexDelta, MirrorIndex
+
+    store, _, _ = _setup(clock)
+    index = MirrorIndex()
+    index.apply(IndexDelta((_pod("a", "x"), _pod("b", "y")), (), synced=True, full=True))
+    provider = StoreProvider(store, index, clock=lambda: clock[0])
+    assert _names(provider.custom_items(QUERY)) == ["a"]
+    index.apply(IndexDelta((_pod("b", "x"),), (), synced=True))
+    assert _names(provider.custom_items(QUERY)) == ["a", "b"]
+    index.apply(IndexDelta((_pod("a", "y"),), (), synced=True))
+    assert _names(provider.custom_items(QUERY)) == ["b"]
+    index.apply(IndexDelta((), ((PODS, "llm", "b"),), synced=True))
+    with pytest.raises(MetricNotFoundError):
         provider.custom_items(QUERY)
