@@ -89,13 +89,13 @@ def pinned(cpu: int) -> list[str]:
 
 
 class RssSampler(threading.Thread):
-    """Each process's RSS every second; the peak of their sum."""
+    """Each process's RSS every second: the peak of their sum, and the samples to show growth over time."""
 
     def __init__(self, pids: dict[str, int], every_seconds: float = 1.0) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.every_seconds = every_seconds
-        self.peak_bytes = 0
+        self.samples: list[dict[str, int]] = []
         self.stop = threading.Event()
 
     def read(self) -> dict[str, int]:
@@ -103,7 +103,22 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.every_seconds):
-            self.peak_bytes = max(self.peak_bytes, sum(self.read().values()))
+            self.samples.append(self.read())
+
+    def peak_bytes(self) -> int:
+        return max((sum(sample.values()) for sample in self.samples), default=0)
+
+    def timeline(self, points: int = 10) -> str:
+        """RSS MiB of each process at `points` evenly spaced moments of the run."""
+        step = max(1, len(self.samples) // points)
+        chosen = self.samples[step - 1 :: step]
+        return (
+            "; ".join(
+                f"{name} " + " ".join(f"{sample[name] / 2**20:.1f}" for sample in chosen)
+                for name in self.pids
+            )
+            + f" (every {step * self.every_seconds:.0f} s)"
+        )
 
 
 @dataclass
@@ -245,9 +260,10 @@ def run_vegeta(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str,
     after = sampler.read()
     print_report(report, elapsed, {**cpu, "generator": generator_cpu})
     print(
-        f"RSS: serve {growth(before['server'], after['server'])}, worker {growth(before['worker'], after['worker'])}, "
-        f"together {growth(sum(before.values()), sum(after.values()))}, peak {sampler.peak_bytes / 2**20:.1f} MiB"
+        f"RSS: server {growth(before['server'], after['server'])}, worker {growth(before['worker'], after['worker'])}, "
+        f"together {growth(sum(before.values()), sum(after.values()))}, peak {sampler.peak_bytes() / 2**20:.1f} MiB"
     )
+    print(f"RSS MiB during the run: {sampler.timeline()}")
 
 
 def run_python(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str, int]) -> None:
