@@ -84,6 +84,17 @@ def pin_tree(pid: int, cpu: int) -> None:
             pin_tree(process, cpu)
 
 
+def cpu_busy_seconds() -> dict[int, float]:
+    """Seconds each CPU spent not idle since boot (/proc/stat), whoever ran there."""
+    busy = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(field) for field in fields]
+            busy[int(name[3:])] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return busy
+
+
 def pinned(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if (os.cpu_count() or 1) > 1 else []
 
@@ -249,6 +260,7 @@ def run_vegeta(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str,
     before = sampler.read()
     sampler.start()
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    busy_before = cpu_busy_seconds()
     print(
         f"measured run: {args.seconds:.0f} s at {args.rate:g} req/s over at most {args.connections} connections"
     )
@@ -256,6 +268,7 @@ def run_vegeta(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str,
     report, generator_cpu = vegeta.attack(args.rate, args.seconds)
     elapsed = time.monotonic() - started
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    busy = {n: seconds - busy_before[n] for n, seconds in cpu_busy_seconds().items()}
     sampler.stop.set()
     after = sampler.read()
     print_report(report, elapsed, {**cpu, "generator": generator_cpu})
@@ -264,6 +277,13 @@ def run_vegeta(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str,
         f"together {growth(sum(before.values()), sum(after.values()))}, peak {sampler.peak_bytes() / 2**20:.1f} MiB"
     )
     print(f"RSS MiB during the run: {sampler.timeline()}")
+    if SERVER_CPU in busy and GENERATOR_CPU in busy:
+        others = busy[SERVER_CPU] - cpu["server"] - cpu["worker"]
+        print(
+            f"CPU {SERVER_CPU} busy {busy[SERVER_CPU] / elapsed * 100:.0f}% "
+            f"(processes other than serve and its worker: {max(others, 0) / elapsed * 100:.0f}%); "
+            f"CPU {GENERATOR_CPU} busy {busy[GENERATOR_CPU] / elapsed * 100:.0f}%"
+        )
 
 
 def run_python(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str, int]) -> None:
