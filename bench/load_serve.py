@@ -48,6 +48,9 @@ GENERATOR_CPU = 1
 QUERY = "/namespaces/llm/pods/%2A/gpu_power_watts?labelSelector=app%3Dphi"
 # vegeta's default; a request slower than this counts as an error.
 REQUEST_TIMEOUT_SECONDS = 30
+# An RSS step worth showing, and how far back to look for the stall that may have caused it.
+STEP_BYTES = 256 * 2**10
+STEP_CONTEXT_SECONDS = 5
 
 
 def rss_bytes(pid: int) -> int:
@@ -107,6 +110,7 @@ class RssSampler(threading.Thread):
         self.pids = pids
         self.every_seconds = every_seconds
         self.samples: list[dict[str, int]] = []
+        self.times: list[float] = []
         self.stop = threading.Event()
 
     def read(self) -> dict[str, int]:
@@ -115,6 +119,15 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.every_seconds):
             self.samples.append(self.read())
+            self.times.append(time.time())
+
+    def steps(self, name: str, min_bytes: int) -> list[tuple[float, int, int]]:
+        """(when, before, after) for each sample where `name` grew by at least `min_bytes` since the last."""
+        return [
+            (self.times[i], self.samples[i - 1][name], self.samples[i][name])
+            for i in range(1, len(self.samples))
+            if self.samples[i][name] - self.samples[i - 1][name] >= min_bytes
+        ]
 
     def peak_bytes(self) -> int:
         return max((sum(sample.values()) for sample in self.samples), default=0)
@@ -140,9 +153,11 @@ class Vegeta:
     key: Path
     root_cert: Path
     connections: int
+    results: Path
 
     def attack(self, rate: float, seconds: float) -> tuple[dict[str, Any], float]:
-        """`vegeta attack | vegeta report -type=json`, both on the generator's CPU: (report, their CPU seconds)."""
+        """`vegeta attack` on the generator's CPU into `results`, then `vegeta report -type=json`:
+        (the report, the attack's CPU seconds)."""
         attack_argv = [
             *pinned(GENERATOR_CPU),
             self.binary,
@@ -160,29 +175,36 @@ class Vegeta:
             f"-timeout={REQUEST_TIMEOUT_SECONDS}s",
         ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        attack = subprocess.Popen(attack_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        report = subprocess.Popen(
-            [*pinned(GENERATOR_CPU), self.binary, "report", "-type=json"],
-            stdin=attack.stdout,
-            stdout=subprocess.PIPE,
-        )
-        assert attack.stdin is not None and attack.stdout is not None
-        attack.stdout.close()  # the report reads it; it ends when the attack does
-        attack.stdin.write(f"GET {self.url}\n".encode())
-        attack.stdin.close()
-        try:
-            out, _ = report.communicate(timeout=seconds + REQUEST_TIMEOUT_SECONDS + 60)
-            attack_code = attack.wait(timeout=30)
-        finally:
-            for process in (attack, report):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-        if attack_code != 0 or report.returncode != 0:
-            raise SystemExit(f"vegeta failed: attack {attack_code}, report {report.returncode}")
+        with self.results.open("wb") as results:
+            subprocess.run(
+                attack_argv,
+                input=f"GET {self.url}\n".encode(),
+                stdout=results,
+                check=True,
+                timeout=seconds + REQUEST_TIMEOUT_SECONDS + 60,
+            )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        return json.loads(out), cpu
+        report = subprocess.run(
+            [self.binary, "report", "-type=json", str(self.results)],
+            capture_output=True,
+            check=True,
+            timeout=600,
+        )
+        return json.loads(report.stdout), cpu
+
+    def slowest_by_second(self) -> dict[int, float]:
+        """The last attack's slowest request (ms) in each second (unix time) it was sent."""
+        slowest: dict[int, float] = {}
+        with subprocess.Popen(
+            [self.binary, "encode", "-to=csv", str(self.results)], stdout=subprocess.PIPE, text=True
+        ) as encode:
+            assert encode.stdout is not None
+            for line in encode.stdout:
+                timestamp_ns, _, latency_ns = line.split(",", 3)[:3]
+                second = int(timestamp_ns) // 10**9
+                slowest[second] = max(slowest.get(second, 0.0), int(latency_ns) / 1e6)
+        return slowest
 
 
 def vegeta_binary() -> str:
@@ -246,6 +268,7 @@ def run_vegeta(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str,
         proxy.key_path,
         stack.adapter.ca.cert_path,
         args.connections,
+        stack.plane.workdir / "vegeta-results.bin",
     )
     print(
         f"generator: vegeta (pinned to CPU {GENERATOR_CPU}); serve and its worker pinned to CPU {SERVER_CPU}"
@@ -277,12 +300,28 @@ def run_vegeta(args: argparse.Namespace, stack: Stack, url: str, pids: dict[str,
         f"together {growth(sum(before.values()), sum(after.values()))}, peak {sampler.peak_bytes() / 2**20:.1f} MiB"
     )
     print(f"RSS MiB during the run: {sampler.timeline()}")
+    print_rss_steps(sampler, vegeta.slowest_by_second())
+    vegeta.results.unlink()  # 100-200 MB for 10 minutes
     if SERVER_CPU in busy and GENERATOR_CPU in busy:
         others = busy[SERVER_CPU] - cpu["server"] - cpu["worker"]
         print(
             f"CPU {SERVER_CPU} busy {busy[SERVER_CPU] / elapsed * 100:.0f}% "
             f"(processes other than serve and its worker: {max(others, 0) / elapsed * 100:.0f}%); "
             f"CPU {GENERATOR_CPU} busy {busy[GENERATOR_CPU] / elapsed * 100:.0f}%"
+        )
+
+
+def print_rss_steps(sampler: RssSampler, slowest: dict[int, float]) -> None:
+    """When serve's RSS stepped up, and the slowest request around then: steps that follow stalls are
+    buffers filled while the server could not keep up, not a leak per request."""
+    steps = sampler.steps("server", STEP_BYTES)
+    print(f"server RSS steps of {STEP_BYTES // 2**10} KiB or more in one second: {len(steps) or 'none'}")
+    for when, before, after in steps:
+        second = int(when)
+        around = [slowest.get(s, 0.0) for s in range(second - STEP_CONTEXT_SECONDS, second + 1)]
+        print(
+            f"  {time.strftime('%H:%M:%S', time.gmtime(when))} UTC: {before / 2**20:.1f} -> "
+            f"{after / 2**20:.1f} MiB; slowest request in the {STEP_CONTEXT_SECONDS} s before: {max(around):.0f} ms"
         )
 
 
