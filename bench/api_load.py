@@ -42,6 +42,8 @@ PODS_PER_NODE = 8
 NODES_PER_RACK = 16
 NAMESPACE = "llm"
 READY_TIMEOUT_SECONDS = 300.0
+# Who the aggregator says is asking when the HPA controller reads a metric (kubeadm's controller-manager).
+HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
 
 
 def pod_name(i: int) -> str:
@@ -319,7 +321,7 @@ def rss_mib(pid: int) -> float:
 async def load(args: argparse.Namespace, context: ssl.SSLContext, url: str, pids: dict[str, int]) -> None:
     import aiohttp
 
-    headers = {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
+    headers = {"X-Remote-User": HPA_USER}
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sizes: list[int] = []
