@@ -71,9 +71,10 @@ class _MetricSeries:
         rows, have = self.times.shape
         if series <= rows and slots <= have:
             return
-        new_rows, new_slots = max(series, 2 * rows, 8), max(slots, have)
-        if slots > have:
-            new_slots = max(slots, 2 * have)
+        # Each dimension doubles only when it is the one that ran out: more samples per series must
+        # not make room for more series, or the layout grows by the product of both.
+        new_rows = rows if series <= rows else max(series, 2 * rows, 8)
+        new_slots = have if slots <= have else max(slots, 2 * have)
         for name, pad in (("times", np.inf), ("values", np.nan), ("received", np.inf)):
             old = getattr(self, name)
             grown = np.full((new_rows, new_slots), pad)
@@ -244,6 +245,11 @@ class SampleStore:
                 store.keep_series(held)
                 for number, labels in enumerate(store.labels):
                     self._series[(metric, labels)] = number
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kept samples' arrays take, free slots included."""
+        return sum(m.times.nbytes + m.values.nbytes + m.received.nbytes for m in self._metrics.values())
 
     def label_pairs(self, first: str, second: str) -> list[tuple[str, str]]:
         """Distinct (`first`, `second`) label values of the series that hold samples, in the order the

@@ -34,3 +34,14 @@ def test_a_series_whose_batches_all_left_is_forgotten_and_can_come_back() -> Non
     block = store.view(100.0).block("generation_tokens_total", ["namespace", "pod"])
     assert list(block.labels["pod"]) == [*(f"p{p}" for p in range(10)), *(f"p{p}" for p in range(95, 100))]
     assert block.times[block.group >= 10].tolist() == [30.0] * 5
+
+
+def test_memory_follows_the_series_and_samples_kept_not_how_often_the_layout_grew() -> None:
+    """1,000 series polled every second for four minutes, two minutes kept: the layout holds about
+    1,000 x 128 slots, not a table that doubled its series room with every doubling of its slots."""
+    store = SampleStore()
+    for second in range(240):
+        store.add_rows(_rows(range(1_000), float(second)), received_seconds=float(second))
+        store.evict(second - 120.0)
+    kept = 121 * 1_000 * 3 * 8  # 121 samples of 1,000 series, three float64 arrays
+    assert kept <= store.nbytes <= 4 * kept
