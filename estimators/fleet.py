@@ -671,6 +671,9 @@ def _sum_by(frame: pd.DataFrame, key: str, column: str) -> pd.Series:
 def _sum_by_with_end(frame: pd.DataFrame, key: str, column: str) -> pd.DataFrame:
     """Per `key`: the sum of `column` and the oldest `window_end_seconds` of the rows summed (a sum
     is only as recent as its oldest part). Indexed by `key` (object), columns `column`, window_end_seconds."""
+    # A frame concatenated from an empty part holds objects: the minimum of floats is exact and
+    # vectorised, where one of objects runs in Python.
+    frame = frame.astype({"window_end_seconds": np.float64})
     grouped = frame.groupby(key)  # the keys are factorised once, for both reductions
     sums = grouped[column].sum(min_count=1)
     ends = grouped["window_end_seconds"].min()
