@@ -277,19 +277,29 @@ def _largest_rise(rows: Block) -> pd.DataFrame:
     return _labelled(rows, groups).assign(rise_watts=largest.to_numpy(np.float64))
 
 
+def _first_rows(codes: IntArray) -> IntArray:
+    """Where each code 0..n-1 first occurs in `codes` (numbered in order of first appearance, as
+    `ngroup(sort=False)` numbers them), in linear time: no sort, unlike `np.unique`."""
+    first = np.empty(int(codes.max()) + 1 if codes.size else 0, np.int64)
+    # Written last to first, so the earliest row of each code is the one that stays.
+    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
+    return first
+
+
 def _outer_on(keys: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Left-join every frame onto the union of their keys (in order of first appearance); empty frames
     still contribute columns. The keys are factorised once, so a frame with one row per key is
     placed by position; one with repeated keys is merged (each of its rows becomes a row)."""
     stacked = pd.concat([f[keys] for f in frames], ignore_index=True).astype(object)
-    codes = stacked.groupby(keys, sort=False, dropna=False).ngroup().to_numpy(np.int64)
-    _, first = np.unique(codes, return_index=True)
+    groups = stacked.groupby(keys, sort=False, dropna=False).ngroup()
+    codes = groups.to_numpy().astype(np.int64, copy=False)
+    first = _first_rows(codes)
     out = stacked.iloc[first].reset_index(drop=True)
     offset = 0
     for f in frames:
         own = codes[offset : offset + len(f)]
         offset += len(f)
-        if len(out) > first.size or np.unique(own).size < own.size:
+        if len(out) > first.size or (own.size and np.bincount(own).max() > 1):
             out = out.merge(f.astype({k: object for k in keys}), on=keys, how="left")
             continue
         placed = f.drop(columns=keys).set_axis(own).reindex(np.arange(first.size))
@@ -661,10 +671,16 @@ def _sum_by(frame: pd.DataFrame, key: str, column: str) -> pd.Series:
 def _sum_by_with_end(frame: pd.DataFrame, key: str, column: str) -> pd.DataFrame:
     """Per `key`: the sum of `column` and the oldest `window_end_seconds` of the rows summed (a sum
     is only as recent as its oldest part). Indexed by `key` (object), columns `column`, window_end_seconds."""
-    ends = frame.groupby(key)["window_end_seconds"].min()
-    out = pd.DataFrame({column: _sum_by(frame, key, column), "window_end_seconds": ends.to_numpy(np.float64)})
-    out.index = out.index.astype(object)
-    return out
+    # A frame concatenated from an empty part holds objects: the minimum of floats is exact and
+    # vectorised, where one of objects runs in Python.
+    frame = frame.astype({"window_end_seconds": np.float64})
+    grouped = frame.groupby(key)  # the keys are factorised once, for both reductions
+    sums = grouped[column].sum(min_count=1)
+    ends = grouped["window_end_seconds"].min()
+    return pd.DataFrame(
+        {column: sums.to_numpy(np.float64), "window_end_seconds": ends.to_numpy(np.float64)},
+        index=sums.index.astype(object),
+    )
 
 
 def _node_frame(
