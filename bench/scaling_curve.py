@@ -3,12 +3,11 @@
     python bench/scaling_curve.py [--pods 1000 10000 50000] [--rate 200] [--seconds 20] [--png docs/scaling-curve.png]
 
 For each fleet size it runs, as subprocesses with their own flags:
-- bench/estimator_cost.py --pods N: the best estimator pass (`estimate_fleet`) over a synthetic window
-  of N pods; this script reads that process's peak RSS from the kernel (wait4);
-- bench/api_load.py --pods N --pipeline-pods N --poll-interval 15 --estimate-interval 15: the HPA's
-  query (one Deployment's pods) at `--rate` req/s over TLS against a server with N pods in its store
-  and a real pipeline over N simulated pods in the same process; this script samples the server's
-  RSS (and its estimator child's) every half second.
+- bench/estimator_cost.py --pods N: the best whole served pass (estimators and store values) over a
+  synthetic window of N pods fed poll by poll; this script reads that process's peak RSS from the kernel (wait4);
+- bench/api_load.py --pods N --poll-interval 15 --estimate-interval 15: the HPA's
+  query (one Deployment's pods) at `--rate` req/s over TLS against a server whose worker process polls
+  N simulated pods every 15 s; this script samples the server's RSS (and its worker's) every half second.
 Prints a table and the growth exponent of each column between the smallest and largest fleet
 (1 = linear), and draws the three curves into `--png`. Numbers only; nothing is asserted.
 """
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -92,17 +92,18 @@ def children(pid: int) -> list[int]:
 
 def estimator_pass(pods: int, repeat: int) -> tuple[float, float]:
     command = [sys.executable, str(HERE / "estimator_cost.py"), "--pods", str(pods), "--repeat", str(repeat)]
-    output, peak = run_measured(command, timeout=1800)
-    best = re.search(r"estimate_fleet seconds: best (\S+),", output)
-    if best is None:
-        raise SystemExit(f"could not read bench/estimator_cost.py's output:\n{output}")
-    return float(best.group(1)), peak
+    output, peak = run_measured([*command, "--json"], timeout=1800)
+    try:
+        result = json.loads(output.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"could not read bench/estimator_cost.py's output:\n{output}") from None
+    return float(result["pass_seconds_best"]), peak
 
 
 def api_under_load(pods: int, rate: float, seconds: float) -> tuple[float, float, str, float, float]:
     """(p99 ms, max ms, errors, server peak RSS MB, estimator child peak RSS MB)."""
     command = [sys.executable, str(HERE / "api_load.py"), "--pods", str(pods), "--rate", str(rate)]
-    command += ["--seconds", str(seconds), "--pipeline-pods", str(pods)]
+    command += ["--seconds", str(seconds)]
     command += ["--poll-interval", "15", "--estimate-interval", "15", "--port", str(free_port())]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=CHECKOUT_ENV)
     peaks = {"server": 0.0, "estimator": 0.0}
@@ -216,7 +217,7 @@ def main() -> int:
     load_after = os.getloadavg()[0]
     print()
     print(
-        "| pods | estimator pass s | pass peak RSS MB | server peak RSS MB | estimator child peak RSS MB | API p99 ms | API max ms | errors |"
+        "| pods | served pass s | pass peak RSS MB | server peak RSS MB | worker peak RSS MB | API p99 ms | API max ms | errors |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for p in points:
