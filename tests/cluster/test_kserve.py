@@ -66,6 +66,8 @@ def two_services(
         yield
     finally:
         for name in (EXTERNAL, DEFAULT_CLASS):
+            # Foreground: the InferenceService goes only after its predictor Deployment, so the next test's
+            # service of the same name never finds the old Deployment still being collected.
             control_plane.kubectl(
                 "delete",
                 "inferenceservice",
@@ -73,6 +75,7 @@ def two_services(
                 "-n",
                 WORKLOAD_NAMESPACE,
                 "--ignore-not-found",
+                "--cascade=foreground",
                 "--wait=true",
             )
 

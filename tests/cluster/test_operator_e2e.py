@@ -272,7 +272,14 @@ def managed_workloads(
             "delete", "powerbudget", "rack-a", "rack-b", "--ignore-not-found", "--wait=true"
         )
         control_plane.kubectl(
-            "delete", "inferenceservice", ISVC, "-n", WORKLOAD_NAMESPACE, "--ignore-not-found"
+            "delete",
+            "inferenceservice",
+            ISVC,
+            "-n",
+            WORKLOAD_NAMESPACE,
+            "--ignore-not-found",
+            "--cascade=foreground",  # its predictor Deployment first: a later test reuses the name
+            "--wait=true",
         )
         delete_workload(admin_api, DEPLOYMENT)
         delete_workload(admin_api, HEATER)

@@ -101,12 +101,22 @@ INFERENCE_SERVICE_LABEL = "serving.kserve.io/inferenceservice"
 
 
 def delete_workload(api: kubernetes.client.ApiClient, name: str, namespace: str = WORKLOAD_NAMESPACE) -> None:
+    """Delete the workload's HPA and Deployment, and wait until the Deployment is gone (foreground: its
+    pods first), so the next test that uses the name never meets the old one being deleted."""
+    apps = kubernetes.client.AppsV1Api(api)
     with contextlib.suppress(kubernetes.client.ApiException):
         kubernetes.client.AutoscalingV2Api(api).delete_namespaced_horizontal_pod_autoscaler(name, namespace)
     with contextlib.suppress(kubernetes.client.ApiException):
-        kubernetes.client.AppsV1Api(api).delete_namespaced_deployment(
-            name, namespace, propagation_policy="Foreground"
-        )
+        apps.delete_namespaced_deployment(name, namespace, propagation_policy="Foreground")
+
+    def gone() -> bool:
+        try:
+            apps.read_namespaced_deployment(name, namespace)
+        except kubernetes.client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_until(gone, timeout_seconds=_TIMEOUT_SECONDS, description=f"Deployment {namespace}/{name} deleted")
 
 
 def running_pods(
