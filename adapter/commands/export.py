@@ -8,13 +8,17 @@ raw series it reads; each is fetched with prometheus-api-client range queries, t
 `timestamp()` of the same series, so every row keeps the instant Prometheus scraped it, not the
 query's step. The rows are then translated step by step by the same collector code the server runs
 (units, resets, one row per GPU, `gpu_assignment_info`), so `wattscale estimate` and the notebooks see
-what the server would have seen. A step of half the scrape interval sees every scrape even when scrapes
-jitter (two scrapes 0.9 s apart can fall between two 1 s steps); a longer one thins them. Output: `timestamp,metric,value,<labels>` (adapter.samples_csv).
+what the server would have seen. A step sees the newest scrape before it, so a scrape that comes less
+than a step after the one before it (a late scrape on a busy Prometheus) falls between two steps: every
+raw sample of the span is therefore also read (`series[span]` at the end), and one that no step saw is
+translated at its own instant. The step only sets how often the series are read together. Output:
+`timestamp,metric,value,<labels>` (adapter.samples_csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
@@ -45,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--step",
         type=duration_seconds,
         default=15.0,
-        help="query resolution; half the scrape interval sees every scrape (default 15s)",
+        help="how often the series are read together, as the server polls them (default 15s); every raw sample is exported whatever the step",
     )
     parser.add_argument(
         "--namespace", default=None, help="only pods of this namespace and the GPUs they hold"
@@ -90,25 +94,58 @@ def _range_rows(
         labels = [c for c in valued.columns if c not in ("timestamp", "value")]
         joined = valued.merge(stamped, on=["timestamp", *labels], how="inner")
         pairs = joined[labels].astype(object).where(joined[labels].notna(), None)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "step_seconds": joined["timestamp"].astype("int64").to_numpy() / 1e9
-                    if pd.api.types.is_datetime64_any_dtype(joined["timestamp"])
-                    else joined["timestamp"].astype(float).to_numpy(),
-                    "name": name,
-                    "labels": [
-                        tuple((k, str(v)) for k, v in zip(labels, row, strict=True) if v is not None)
-                        for row in pairs.itertuples(index=False)
-                    ],
-                    "value": joined["value"].astype(float).to_numpy(),
-                    "timestamp_seconds": joined["timestamp_seconds"].astype(float).to_numpy(),
-                }
-            )
+        stepped = pd.DataFrame(
+            {
+                "step_seconds": joined["timestamp"].astype("int64").to_numpy() / 1e9
+                if pd.api.types.is_datetime64_any_dtype(joined["timestamp"])
+                else joined["timestamp"].astype(float).to_numpy(),
+                "name": name,
+                "labels": [
+                    tuple(sorted((k, str(v)) for k, v in zip(labels, row, strict=True) if v is not None))
+                    for row in pairs.itertuples(index=False)
+                ],
+                "value": joined["value"].astype(float).to_numpy(),
+                "timestamp_seconds": joined["timestamp_seconds"].astype(float).to_numpy(),
+            }
         )
+        frames += [stepped, _unseen_raw_rows(client, name, query, start, end, stepped)]
     if not frames:
         return pd.DataFrame(columns=["step_seconds", "name", "labels", "value", "timestamp_seconds"])
     return pd.concat(frames, ignore_index=True)
+
+
+def _unseen_raw_rows(
+    client: object, name: str, query: str, start: datetime, end: datetime, stepped: pd.DataFrame
+) -> pd.DataFrame:
+    """The raw samples of `query` in [start, end] that no step of `stepped` saw, each as a step of its
+    own at the instant it was scraped (the same columns as `_range_rows`)."""
+    import pandas as pd
+    from prometheus_api_client import PrometheusConnect
+
+    assert isinstance(client, PrometheusConnect)
+    span_ms = max(1, math.ceil((end - start).total_seconds() * 1000))
+    result = client.custom_query(f"{query}[{span_ms}ms]", params={"time": f"{end.timestamp():.3f}"})
+    raw = [
+        (
+            tuple(sorted((k, str(v)) for k, v in series["metric"].items() if k != "__name__")),
+            float(t),
+            float(v),
+        )
+        for series in result
+        for t, v in series.get("values", [])
+    ]
+    seen = set(zip(stepped["labels"], stepped["timestamp_seconds"], strict=True))
+    unseen = [(labels, t, v) for labels, t, v in raw if (labels, t) not in seen]
+    return pd.DataFrame(
+        {
+            "step_seconds": [t for _, t, _ in unseen],
+            "name": name,
+            "labels": [labels for labels, _, _ in unseen],
+            "value": [v for _, _, v in unseen],
+            "timestamp_seconds": [t for _, t, _ in unseen],
+        },
+        columns=["step_seconds", "name", "labels", "value", "timestamp_seconds"],
+    )
 
 
 def _translated(collector: Collector, rows: pd.DataFrame) -> list[Sample]:
