@@ -43,7 +43,6 @@ from estimators.fleet import (
     aggregate_pods,
     estimate_history,
 )
-from estimators.fleet import latest_rack_power as fleet_latest_rack_power
 from estimators.gauge_model import GaugeModels
 from estimators.headroom import ReplicaBudgets
 from estimators.series import HistoryView, SampleStore
@@ -414,16 +413,6 @@ def estimate_pass(
                 round(power_watts), float(at_seconds), 0.0, {"rack": str(rack)}
             )
     return values
-
-
-def latest_rack_power(samples: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Rack -> (newest summed PDU power, oldest reading's time): `estimators.fleet.latest_rack_power`
-    as a mapping."""
-    if samples.empty or "rack" not in samples.columns:
-        return {}
-    frame = samples if "pdu" in samples.columns else samples.assign(pdu=None)
-    latest = fleet_latest_rack_power(frame)
-    return {str(r): (float(w), float(t)) for r, w, t in latest[LATEST_RACK_COLUMNS].itertuples(index=False)}
 
 
 class Estimator(Protocol):

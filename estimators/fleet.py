@@ -821,7 +821,7 @@ def _last_values(rows: Block) -> FloatArray:
     return values
 
 
-def latest_rack_power(samples: pd.DataFrame) -> pd.DataFrame:
+def _latest_rack_power(history: HistoryView) -> pd.DataFrame:
     """Per rack: the sum of its PDUs' newest `pdu_power_watts` and the time of the oldest of those
     readings (`LATEST_RACK_COLUMNS`).
 
@@ -829,11 +829,6 @@ def latest_rack_power(samples: pd.DataFrame) -> pd.DataFrame:
     the newest reading. A PDU that went silent keeps its last reading in the sum, and its age makes
     the whole value stale, so a silent meter never makes a rack look lighter.
     """
-    frame = samples.astype({"value": np.float64, "timestamp_seconds": np.float64})
-    return _latest_rack_power(SampleStore.from_frame(frame).view(np.inf))
-
-
-def _latest_rack_power(history: HistoryView) -> pd.DataFrame:
     readings = history.block("pdu_power_watts", _METER, _UNLABELLED_METER)
     if readings.empty:
         return pd.DataFrame(columns=LATEST_RACK_COLUMNS)
@@ -878,6 +873,5 @@ __all__ = [
     "aggregate_pods",
     "estimate_fleet",
     "estimate_history",
-    "latest_rack_power",
     "replicas_within_budget",
 ]

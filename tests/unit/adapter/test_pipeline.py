@@ -245,7 +245,7 @@ async def test_latest_rack_power_is_the_newest_pdu_reading_and_goes_stale_with_t
 def test_a_silent_pdu_keeps_its_last_reading_and_its_age() -> None:
     import pandas as pd
 
-    from adapter.pipeline import latest_rack_power
+    from estimators.fleet import LATEST_RACK_COLUMNS, estimate_fleet
 
     samples = pd.DataFrame(
         {
@@ -257,7 +257,11 @@ def test_a_silent_pdu_keeps_its_last_reading_and_its_age() -> None:
         }
     )
     # a's newest is 1100 at t=20; b went silent after 2000 at t=12 (9999 at t=11 is older).
-    assert latest_rack_power(samples) == {"r1": (3100.0, 12.0)}
+    racks = pd.DataFrame(columns=["rack", "cap_watts", "margin_ratio"])
+    latest = estimate_fleet(
+        samples, node_racks={}, racks=racks, window_seconds=60.0, now_seconds=30.0
+    ).latest_racks
+    assert latest[LATEST_RACK_COLUMNS].values.tolist() == [["r1", 3100.0, 12.0]]
 
 
 @pytest.mark.parametrize(
