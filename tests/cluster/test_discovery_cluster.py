@@ -30,7 +30,7 @@ from kubeharness.kubeconfig import write_kubeconfig
 from kubeharness.kubelet import POD_IP_ANNOTATION, KubeletStandIn
 from kubeharness.metrics import item_values
 from kubeharness.processes import WATTSCALE_CLI, ManagedProcess, free_port, wait_until
-from kubeharness.workloads import WORKLOAD_NAMESPACE
+from kubeharness.workloads import WORKLOAD_NAMESPACE, wait_until_deleted
 
 pytestmark = pytest.mark.cluster
 
@@ -111,15 +111,7 @@ def delete_pod(api: kubernetes.client.ApiClient) -> None:
     core = kubernetes.client.CoreV1Api(api)
     with contextlib.suppress(kubernetes.client.ApiException):
         core.delete_namespaced_pod(POD, WORKLOAD_NAMESPACE)
-
-    def gone() -> bool:
-        try:
-            core.read_namespaced_pod(POD, WORKLOAD_NAMESPACE)
-        except kubernetes.client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_until(gone, timeout_seconds=TIMEOUT_SECONDS, description=f"{POD} deleted")
+    wait_until_deleted(lambda: core.read_namespaced_pod(POD, WORKLOAD_NAMESPACE), POD, TIMEOUT_SECONDS)
 
 
 @dataclass

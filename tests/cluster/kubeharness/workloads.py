@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes.client
@@ -108,15 +108,24 @@ def delete_workload(api: kubernetes.client.ApiClient, name: str, namespace: str 
         kubernetes.client.AutoscalingV2Api(api).delete_namespaced_horizontal_pod_autoscaler(name, namespace)
     with contextlib.suppress(kubernetes.client.ApiException):
         apps.delete_namespaced_deployment(name, namespace, propagation_policy="Foreground")
+    wait_until_deleted(
+        lambda: apps.read_namespaced_deployment(name, namespace), f"Deployment {namespace}/{name}"
+    )
+
+
+def wait_until_deleted(
+    read: Callable[[], object], what: str, timeout_seconds: float = _TIMEOUT_SECONDS
+) -> None:
+    """Wait until `read` (a read of one object) answers 404."""
 
     def gone() -> bool:
         try:
-            apps.read_namespaced_deployment(name, namespace)
+            read()
         except kubernetes.client.ApiException as exc:
             return exc.status == 404
         return False
 
-    wait_until(gone, timeout_seconds=_TIMEOUT_SECONDS, description=f"Deployment {namespace}/{name} deleted")
+    wait_until(gone, timeout_seconds=timeout_seconds, description=f"{what} deleted")
 
 
 def running_pods(
