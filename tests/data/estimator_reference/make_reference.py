@@ -3,7 +3,7 @@ compares the estimator against.
 
 The reference is what the estimator of commit b8cdeef (the last one that re-read the whole sample
 frame every pass, before samples were kept per series) computed on two inputs built by this
-checkout: a seeded randomised fleet (`estimators.synthetic_fleet.random_fleet`) and the H100 trace
+checkout: a seeded randomised fleet (`tests/unit/estimators/synthetic_fleet.py`) and the H100 trace
 scraped as a cluster would (`estimators.sampling.scrape_trace`), each estimated at several `now`.
 Those outputs were produced with that commit's estimators package, extracted outside the repository:
 
@@ -28,10 +28,12 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "unit" / "estimators"))
+
+from synthetic_fleet import COLUMNS, random_fleet  # noqa: E402
 
 from estimators.energy import Metrics, as_one_pod  # noqa: E402
 from estimators.sampling import ScrapePlan, scrape_trace  # noqa: E402
-from estimators.synthetic_fleet import COLUMNS, random_fleet  # noqa: E402
 
 FLEET_SEED = 0
 H100_SEED = 4

@@ -14,12 +14,12 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_fleet import COLUMNS, random_fleet
 
 from adapter.pipeline import SampleHistory
 from estimators import fleet, gauge_model
 from estimators.fleet import estimate_fleet, estimate_history
 from estimators.gauge_model import GaugeModels
-from estimators.synthetic_fleet import COLUMNS, random_fleet
 
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "estimator_reference"
 WINDOW_SECONDS = 60.0
