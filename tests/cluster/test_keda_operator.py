@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -32,7 +33,7 @@ from kubeharness.keda import (
     token_minting_grant,
 )
 from kubeharness.kubelet import KubeletStandIn
-from kubeharness.metrics import get_raw, node_metric, quantity
+from kubeharness.metrics import get_raw, node_metric, node_metric_after, quantity
 from kubeharness.processes import wait_until
 from kubeharness.workloads import (
     WORKLOAD_NAMESPACE,
@@ -144,7 +145,14 @@ def scaled_app(
 ) -> Iterator[Decimal]:
     """Deployment APP (one replica) and its ScaledObject, with a target of 2/5 of METERED_NODE's idle power;
     yields the target."""
-    idle_watts = node_metric(control_plane, METERED_NODE, "node_power_watts")
+    # The test before may have just removed a heater from METERED_NODE: idle is a reading whose whole
+    # window comes after the fleet last had load there, or the target (and every count) is off.
+    wait_until(
+        lambda: not _loaded_pods(kubelet, METERED_NODE),
+        timeout_seconds=_TIMEOUT_SECONDS,
+        description=f"no loaded pod left on {METERED_NODE}",
+    )
+    idle_watts = node_metric_after(control_plane, METERED_NODE, "node_power_watts", time.time())
     target = (idle_watts * 2 / 5).quantize(Decimal(1))
     create_deployment(admin_api, APP, replicas=1, node="node-2")
     control_plane.apply([_scaled_object(adapter, target, fallback=True)])
@@ -159,6 +167,11 @@ def scaled_app(
             timeout_seconds=_TIMEOUT_SECONDS,
             description=f"{APP} and {HEATER} deleted",
         )
+
+
+def _loaded_pods(kubelet: KubeletStandIn, node: str) -> list[str]:
+    """The pods the simulated fleet runs with some load on `node`."""
+    return [pod["name"] for pod in kubelet.fleet()["pods"] if pod["node"] == node and pod["load"] > 0]
 
 
 def _deployments(api: kubernetes.client.ApiClient, *names: str) -> list[str]:
@@ -263,6 +276,11 @@ def test_keda_metrics_server_down_the_hpa_holds_then_recovers(
         description="HPA ScalingActive=True again",
     )
     assert _follows(control_plane, admin_api, metric, scaled_app) == replicas
+    served, direct = (
+        _keda_value(control_plane, metric),
+        node_metric(control_plane, METERED_NODE, "node_power_watts"),
+    )
+    assert abs(served - direct) <= direct / 10, (served, direct)  # wattscale's number again, not a stale one
 
 
 def test_wattscale_down_keda_fallback_holds_the_replicas_then_recovers(

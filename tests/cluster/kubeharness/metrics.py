@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import urllib.parse
 from decimal import Decimal
@@ -45,6 +46,21 @@ def node_metric(plane: ControlPlane, node: str, metric: str) -> Decimal:
     path = raw_path("v1beta2", f"/nodes/{node}/{metric}")
     return wait_until(
         lambda: item_values(get_raw(plane, path))[node], timeout_seconds=60, description=f"{metric} of {node}"
+    )
+
+
+def node_metric_after(plane: ControlPlane, node: str, metric: str, since_seconds: float) -> Decimal:
+    """A node's value once its whole window lies after `since_seconds` (a Unix time): a reading that no
+    sample from before then (a load since removed) can still be part of."""
+    path = raw_path("v1beta2", f"/nodes/{node}/{metric}")
+
+    def settled() -> Decimal | None:
+        (item,) = get_raw(plane, path)["items"]
+        end = datetime.datetime.fromisoformat(item["timestamp"].replace("Z", "+00:00")).timestamp()
+        return quantity(item["value"]) if end - item["windowSeconds"] >= since_seconds else None
+
+    return wait_until(
+        settled, timeout_seconds=60, description=f"{metric} of {node} from after {since_seconds}"
     )
 
 
