@@ -2,7 +2,7 @@
 
     python bench/recorded_scale.py --pods 50000 [--polls 3] [--api-rate 200 --api-seconds 15]
 
-A real Prometheus (Debian package) scrapes a static file holding, for `--pods` pods, the five series
+A real Prometheus (Debian package) scrapes a static file holding, for `--pods` pods, the four series
 the recording rules in `apiservice/recording-rules/` produce (what a ruler would have written), as
 Prometheus's own series. Then, in this process, as a replica's pipeline does each poll: the
 `prometheus_api` collector reads them (`--polls` times), and one estimator pass turns them into the
@@ -44,12 +44,12 @@ def recorded_exposition(pods: int) -> str:
     for i, (namespace, pod, node) in enumerate(pod_names(pods)):
         identity = f'namespace="{namespace}",pod="{pod}"'
         watts, tokens = 150.0 + i % 250, 100.0 + i % 1700
+        gpu = f'node="{node}",gpu_uuid="GPU-{i}"'
         lines += [
-            f'wattscale:pod_gpu_energy_joules:increase{WINDOW}{{{identity},node="{node}"}} {watts * 60}',
+            f"wattscale:gpu_holder_energy_joules:increase{WINDOW}{{{gpu},{identity}}} {watts * 60}",
             f"wattscale:pod_cpu_energy_joules:increase{WINDOW}{{{identity}}} {20.0 * 60}",
             f"wattscale:pod_generation_tokens:increase{WINDOW}{{{identity}}} {tokens * 60}",
             f"wattscale:pod_prompt_tokens:increase{WINDOW}{{{identity}}} {5 * tokens * 60}",
-            f'wattscale:gpu_energy_joules:increase{WINDOW}{{node="{node}",gpu_uuid="GPU-{i}"}} {watts * 60}',
         ]
     return "\n".join(lines) + "\n"
 
@@ -126,7 +126,7 @@ async def measure(args: argparse.Namespace, base_url: str) -> None:
             "window": WINDOW,
             "timeout_seconds": 120.0,
             "interval_seconds": 120.0,
-            "max_samples": 10 * args.pods,  # five series per pod; the default 200,000 stops at 40,000 pods
+            "max_samples": 10 * args.pods,  # four series per pod; the default 200,000 stops at 40,000 pods
         },
     )
     collector = RecordedSeriesCollector("recorded", settings, registry=CollectorRegistry())

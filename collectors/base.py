@@ -31,7 +31,9 @@ understand (anything else is kept and passed through, never dropped):
     pod_gpu_power_watts              gauge    namespace, pod, node    window averages that recording
     pod_cpu_power_watts              gauge    namespace, pod          rules computed (prometheus_api);
     pod_generation_tokens_per_second gauge    namespace, pod          the estimator takes them as they
-    pod_prompt_tokens_per_second     gauge    namespace, pod          are, newest first
+    pod_prompt_tokens_per_second     gauge    namespace, pod          are, newest first; a holder's GPU
+    gpu_holder_power_watts           gauge    node, gpu_uuid,         power is split among its pods
+                                              namespace, pod
 """
 
 from __future__ import annotations

@@ -1,17 +1,21 @@
-"""Per-pod energy and tokens that Prometheus (or Thanos, Mimir, VictoriaMetrics) already recorded.
+"""Per-GPU-holder energy and per-pod tokens that Prometheus (or Thanos, Mimir, VictoriaMetrics) already
+recorded.
 
-The recording rules in `apiservice/recording-rules/wattscale-rules.yaml` pre-compute, per pod, the
-GPU energy share, the Kepler CPU energy and the generated and prompt tokens of the last window
-(`...:increase1m`), and each GPU's energy. This collector reads only those series, a few per pod,
-and turns each increase into the window's average rate:
+The recording rules in `apiservice/recording-rules/wattscale-rules.yaml` pre-compute each GPU's energy
+once per pod holding it, and per pod the Kepler CPU energy and the generated and prompt tokens of the
+last window (`...:increase1m`). This collector reads only those series, a few per pod, and turns each
+increase into the window's average rate:
 
-    wattscale:pod_gpu_energy_joules:increase<w>   -> pod_gpu_power_watts               namespace, pod, node
-    wattscale:pod_cpu_energy_joules:increase<w>   -> pod_cpu_power_watts               namespace, pod
-    wattscale:pod_generation_tokens:increase<w>   -> pod_generation_tokens_per_second  namespace, pod
-    wattscale:pod_prompt_tokens:increase<w>       -> pod_prompt_tokens_per_second      namespace, pod
-    wattscale:gpu_energy_joules:increase<w>       -> gpu_power_watts                   node, gpu_uuid
+    wattscale:gpu_holder_energy_joules:increase<w> -> gpu_power_watts                  node, gpu_uuid
+                                                      gpu_holder_power_watts           node, gpu_uuid, namespace, pod
+    wattscale:pod_cpu_energy_joules:increase<w>    -> pod_cpu_power_watts              namespace, pod
+    wattscale:pod_generation_tokens:increase<w>    -> pod_generation_tokens_per_second namespace, pod
+    wattscale:pod_prompt_tokens:increase<w>        -> pod_prompt_tokens_per_second     namespace, pod
 
-Each sample is stamped with the rule evaluation that recorded it, so its age is exact.
+A GPU's holder series are copies of one counter: its power is emitted once per GPU (for the node's
+sum) and once per holding pod, which the estimator splits among a shared GPU's pods as it splits one read
+from the exporters (`estimators.recorded`). Each sample
+is stamped with the rule evaluation that recorded it, so its age is exact.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from collectors.base import Sample
 from collectors.prometheus_text import ExporterCollector, ExporterSettings
 from collectors.support import Series
 
-_RECORDED = {
-    "wattscale:pod_gpu_energy_joules": ("pod_gpu_power_watts", ("namespace", "pod", "node")),
-    "wattscale:pod_cpu_energy_joules": ("pod_cpu_power_watts", ("namespace", "pod")),
-    "wattscale:pod_generation_tokens": ("pod_generation_tokens_per_second", ("namespace", "pod")),
-    "wattscale:pod_prompt_tokens": ("pod_prompt_tokens_per_second", ("namespace", "pod")),
-    "wattscale:gpu_energy_joules": ("gpu_power_watts", ("node", "gpu_uuid")),
+_HOLDER_ENERGY = "wattscale:gpu_holder_energy_joules"
+_POD_RECORDED = {
+    "wattscale:pod_cpu_energy_joules": "pod_cpu_power_watts",
+    "wattscale:pod_generation_tokens": "pod_generation_tokens_per_second",
+    "wattscale:pod_prompt_tokens": "pod_prompt_tokens_per_second",
 }
+_GPU = ("node", "gpu_uuid")
+_POD = ("namespace", "pod")
 _DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h)$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
 
@@ -63,26 +68,45 @@ class RecordedSeriesCollector(ExporterCollector):
     settings: RecordedSettings
 
     def query_names(self) -> frozenset[str]:
-        return frozenset(f"{name}:increase{self.settings.window}" for name in _RECORDED)
+        return frozenset(
+            f"{name}:increase{self.settings.window}" for name in (_HOLDER_ENERGY, *_POD_RECORDED)
+        )
 
     def translate(self, series: list[Series], now_seconds: float) -> list[Sample]:
         suffix = f":increase{self.settings.window}"
-        window_seconds = self.settings.window_seconds
         samples: list[Sample] = []
+        gpus: dict[tuple[str, ...], Sample] = {}
         for s in series:
-            recorded = _RECORDED.get(s.name.removesuffix(suffix)) if s.name.endswith(suffix) else None
-            if recorded is None:
-                continue
-            metric, keys = recorded
-            labels = {key: s.labels[key] for key in keys if s.labels.get(key)}
-            if not all(key in labels for key in keys[:2]):
-                continue  # a series without its object's identity describes nothing we serve
-            samples.append(
-                Sample(
-                    metric=metric,
-                    value=s.value / window_seconds,
-                    timestamp_seconds=s.timestamp_seconds if s.timestamp_seconds is not None else now_seconds,
-                    labels=labels,
-                )
-            )
-        return samples
+            if not s.name.endswith(suffix):
+                continue  # another window's rules describe another window
+            name = s.name.removesuffix(suffix)
+            at = s.timestamp_seconds if s.timestamp_seconds is not None else now_seconds
+            if name == _HOLDER_ENERGY:
+                self._holder(s, at, gpus, samples)
+            elif name in _POD_RECORDED and _has(s, _POD):
+                samples.append(self._average(_POD_RECORDED[name], s, _POD, at))
+        return samples + list(gpus.values())
+
+    def _holder(
+        self, s: Series, at: float, gpus: dict[tuple[str, ...], Sample], samples: list[Sample]
+    ) -> None:
+        """One GPU power per GPU (the newest of its copies), and one per holding pod."""
+        if not _has(s, _GPU):
+            return
+        gpu = tuple(s.labels[key] for key in _GPU)
+        known = gpus.get(gpu)
+        if known is None or at > known.timestamp_seconds:
+            gpus[gpu] = self._average("gpu_power_watts", s, _GPU, at)
+        if _has(s, _POD):
+            samples.append(self._average("gpu_holder_power_watts", s, (*_GPU, *_POD), at))
+
+    def _average(self, metric: str, s: Series, keys: tuple[str, ...], at: float) -> Sample:
+        labels = {key: s.labels[key] for key in keys}
+        return Sample(
+            metric=metric, value=s.value / self.settings.window_seconds, timestamp_seconds=at, labels=labels
+        )
+
+
+def _has(s: Series, keys: tuple[str, ...]) -> bool:
+    """Whether the series names its object: one without it describes nothing we serve."""
+    return all(s.labels.get(key) for key in keys)

@@ -45,7 +45,8 @@ Rules, in the order they are applied:
    both are measured against the usable budget (cap minus margin), so at most one is non-zero
    (`estimators.headroom`).
 8. A pod whose figures recording rules already computed in Prometheus (`pod_*` averages from the
-   `prometheus_api` collector) takes those instead of rules 3-5 (`estimators.recorded`).
+   `prometheus_api` collector) takes those instead of rules 3-5 (`estimators.recorded`); its GPU share,
+   where not recorded as such, is rule 3's split of the recorded power of the GPUs it holds.
 9. A GPU with a power gauge but no energy counter, assigned to one pod, takes its token-window
    energy from a power model learned online from past (gauge reading, token rates) pairs blended
    with the readings (`estimators.gauge_model`; method `power_model`) once that model has measured
@@ -71,7 +72,7 @@ from estimators.headroom import (
     replicas_within_budget,
 )
 from estimators.rates import ResetRule, gauge_integral, sorted_counters_at, sorted_series_rates
-from estimators.recorded import RECORDED_COLUMNS, recorded_pods
+from estimators.recorded import RECORDED_METRICS, recorded_pods
 from estimators.series import Block, FloatArray, HistoryView, IntArray, SampleStore
 
 POD_COLUMNS = [
@@ -651,7 +652,7 @@ def _pod_frame(
 
 def _with_recorded(pods: pd.DataFrame, window: _Window) -> pd.DataFrame:
     """Pods whose figures recording rules computed take those (`estimators.recorded`) instead."""
-    recorded = recorded_pods(window.history.frame(list(RECORDED_COLUMNS), window.start), window.seconds)
+    recorded = recorded_pods(window.history.frame(list(RECORDED_METRICS), window.start), window.seconds)
     if recorded.empty:
         return pods
     recorded = recorded.reindex(columns=POD_COLUMNS)

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from integration_peers import NodeAgentProcess, PrometheusServers, ReplayExporter, free_port, wait_for
+from integration_peers import (
+    NodeAgentProcess,
+    PrometheusServers,
+    ReplayExporter,
+    VictoriaMetricsServers,
+    free_port,
+    wait_for,
+)
 from monitoring_stack import Stack, monitoring_stack
 
 
@@ -31,6 +38,13 @@ async def replay_exporter() -> AsyncIterator[Callable[[Callable[[float], str]], 
 @pytest.fixture
 async def start_prometheus(tmp_path: Path) -> AsyncIterator[PrometheusServers]:
     servers = PrometheusServers(tmp_path)
+    yield servers
+    await servers.stop_all()
+
+
+@pytest.fixture
+async def start_victoria_metrics(tmp_path: Path) -> AsyncIterator[VictoriaMetricsServers]:
+    servers = VictoriaMetricsServers(tmp_path)
     yield servers
     await servers.stop_all()
 

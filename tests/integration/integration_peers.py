@@ -105,6 +105,53 @@ class Target:
     job: str
 
 
+def scrape_config(targets: Sequence[Target]) -> dict[str, Any]:
+    """A Prometheus scrape configuration, each target every second (VictoriaMetrics reads it too)."""
+    scrape_configs = []
+    for target in targets:
+        host_port, _, path = target.url.removeprefix("http://").partition("/")
+        scrape_configs.append(
+            {
+                "job_name": target.job,
+                "metrics_path": "/" + path,
+                "static_configs": [{"targets": [host_port], "labels": dict(target.labels)}],
+            }
+        )
+    return {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": scrape_configs,
+    }
+
+
+async def wait_until_answers(process: asyncio.subprocess.Process, url: str, log_file: Path) -> None:
+    """Wait until `url` answers 200; fail with the log's tail if the process exits first."""
+
+    async def ready() -> bool:
+        if process.returncode is not None:
+            log = await asyncio.to_thread(log_file.read_text)
+            raise AssertionError(f"{url}: server exited: {log[-2000:]}")
+        try:
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_for(ready, timeout_seconds=60, what=f"{url} to answer")
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """Terminate, and kill what has not exited 20 s later."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        async with asyncio.timeout(20):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 class StartPrometheus(Protocol):
     """Starts a Prometheus scraping `targets` every second (and evaluating `rule_files` every second,
     when given); returns its base URL once it is ready."""
@@ -126,20 +173,8 @@ class PrometheusServers:
         self._processes: dict[str, asyncio.subprocess.Process] = {}
 
     async def __call__(self, targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> str:
-        scrape_configs = []
-        for target in targets:
-            host_port, _, path = target.url.removeprefix("http://").partition("/")
-            scrape_configs.append(
-                {
-                    "job_name": target.job,
-                    "metrics_path": "/" + path,
-                    "static_configs": [{"targets": [host_port], "labels": dict(target.labels)}],
-                }
-            )
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": scrape_configs,
-        }
+        config = scrape_config(targets)
+        config["global"]["evaluation_interval"] = "1s"
         if rule_files:
             config["rule_files"] = [str(path) for path in rule_files]
         number = len(self._args)
@@ -165,29 +200,74 @@ class PrometheusServers:
                 *self._args[base_url], stdout=log, stderr=subprocess.STDOUT
             )
 
-        async def ready() -> bool:
-            assert process.returncode is None, f"prometheus exited: {log_file.read_text()[-2000:]}"
-            try:
-                async with aiohttp.ClientSession() as session, session.get(f"{base_url}/-/ready") as response:
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(ready, timeout_seconds=60, what="prometheus /-/ready")
+        await wait_until_answers(process, f"{base_url}/-/ready", log_file)
 
     async def stop(self, base_url: str) -> None:
-        process = self._processes.pop(base_url)
-        process.terminate()
-        try:
-            async with asyncio.timeout(20):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_process(self._processes.pop(base_url))
 
     async def stop_all(self) -> None:
         for base_url in list(self._processes):
             await self.stop(base_url)
+
+
+class VictoriaMetricsServers:
+    """Starts a VictoriaMetrics single-node server (Debian `victoria-metrics`) scraping `targets` every
+    second and, with `rule_files`, vmalert evaluating them over it and writing the recorded series back
+    by remote write (see StartPrometheus); returns VictoriaMetrics' URL, which serves the Prometheus
+    query API."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._binaries = {name: shutil.which(name) for name in ("victoria-metrics", "vmalert")}
+        assert all(self._binaries.values()), (
+            "victoria-metrics is not installed: run .ci/setup.d/12-victoriametrics.sh"
+        )
+        self._tmp_path = tmp_path
+        self._processes: list[asyncio.subprocess.Process] = []
+
+    async def __call__(self, targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> str:
+        number = len(self._processes)
+        config_file = self._tmp_path / f"victoria-metrics-{number}.yml"
+        config_file.write_text(yaml.safe_dump(scrape_config(targets)))
+        base_url = f"http://127.0.0.1:{free_port()}"
+        await self._start(
+            "victoria-metrics",
+            f"-promscrape.config={config_file}",
+            f"-storageDataPath={self._tmp_path / f'victoria-metrics-{number}'}",
+            f"-httpListenAddr={base_url.removeprefix('http://')}",
+            # By default the newest 30 s are hidden from queries (for late samples) and answers are
+            # cached: a test reading what was just scraped or recorded needs neither.
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+        )
+        await wait_until_answers(self._processes[-1], f"{base_url}/health", self._log(number))
+        if rule_files:
+            alert_url = f"http://127.0.0.1:{free_port()}"
+            await self._start(
+                "vmalert",
+                *(f"-rule={path}" for path in rule_files),
+                f"-datasource.url={base_url}",
+                f"-remoteWrite.url={base_url}",
+                "-remoteWrite.flushInterval=1s",
+                "-evaluationInterval=1s",
+                f"-httpListenAddr={alert_url.removeprefix('http://')}",
+            )
+            await wait_until_answers(self._processes[-1], f"{alert_url}/health", self._log(number + 1))
+        return base_url
+
+    def _log(self, number: int) -> Path:
+        return self._tmp_path / f"victoria-metrics-process-{number}.log"
+
+    async def _start(self, name: str, *args: str) -> None:
+        with self._log(len(self._processes)).open("ab") as log:
+            self._processes.append(
+                await asyncio.create_subprocess_exec(
+                    str(self._binaries[name]), *args, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+
+    async def stop_all(self) -> None:
+        for process in reversed(self._processes):
+            await stop_process(process)
 
 
 async def prometheus_has(base_url: str, promql: str) -> bool:

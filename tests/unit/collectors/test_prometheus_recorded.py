@@ -16,25 +16,36 @@ def test_increases_become_averages_over_the_rules_window() -> None:
         RecordedSeriesCollector, CollectorRegistry(), prometheus_url="http://p:9090", window="2m"
     )
     pod = {"namespace": "llm", "pod": "llama-0"}
+    gpu = {"node": "n1", "gpu_uuid": "GPU-1"}
+    holder = "wattscale:gpu_holder_energy_joules:increase2m"
     samples = collector.translate(
         [
-            Series("wattscale:pod_gpu_energy_joules:increase2m", {**pod, "node": "n1"}, 7500.0, 100.0),
+            # One GPU held by two pods: two copies of its energy, and an unheld GPU (no pod).
+            Series(holder, {**gpu, **pod}, 30000.0, 99.0),
+            Series(holder, {**gpu, "namespace": "llm", "pod": "llama-1"}, 30000.0, 99.0),
+            Series(holder, {"node": "n1", "gpu_uuid": "GPU-2"}, 6000.0, 99.0),
             Series("wattscale:pod_generation_tokens:increase2m", pod, 60000.0, 100.0),
-            Series(
-                "wattscale:gpu_energy_joules:increase2m", {"node": "n1", "gpu_uuid": "GPU-1"}, 30000.0, 99.0
-            ),
             # Another window's rules, and a series that lost its pod: neither describes what we serve.
             Series("wattscale:pod_generation_tokens:increase1m", pod, 1.0, 100.0),
             Series("wattscale:pod_cpu_energy_joules:increase2m", {"namespace": "llm"}, 1.0, 100.0),
         ],
         now_seconds=130.0,
     )
-    got = {(s.metric, tuple(sorted(s.labels.items()))): (s.value, s.timestamp_seconds) for s in samples}
-    assert got == {
-        ("pod_gpu_power_watts", (("namespace", "llm"), ("node", "n1"), ("pod", "llama-0"))): (62.5, 100.0),
-        ("pod_generation_tokens_per_second", (("namespace", "llm"), ("pod", "llama-0"))): (500.0, 100.0),
-        ("gpu_power_watts", (("gpu_uuid", "GPU-1"), ("node", "n1"))): (250.0, 99.0),
-    }
+    got = sorted((s.metric, sorted(s.labels.items()), s.value, s.timestamp_seconds) for s in samples)
+    assert got == sorted(
+        [
+            ("gpu_power_watts", sorted(gpu.items()), 250.0, 99.0),
+            ("gpu_power_watts", [("gpu_uuid", "GPU-2"), ("node", "n1")], 50.0, 99.0),
+            ("gpu_holder_power_watts", sorted({**gpu, **pod}.items()), 250.0, 99.0),
+            (
+                "gpu_holder_power_watts",
+                sorted({**gpu, "namespace": "llm", "pod": "llama-1"}.items()),
+                250.0,
+                99.0,
+            ),
+            ("pod_generation_tokens_per_second", sorted(pod.items()), 500.0, 100.0),
+        ]
+    )
     assert "wattscale:pod_prompt_tokens:increase2m" in collector.query_names()
 
 
