@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ from adapter.catalogue import (
     PODS,
     POWER_BUDGETS,
 )
-from adapter.objects import KubeObject, ObjectIndex
+from adapter.objects import ObjectIndex
 from adapter.selfmetrics import PipelineMetrics
 from adapter.settings import RackSettings, Settings
 from adapter.store import GroupKey, Key, MetricStore, ObjectRef, StoredValue
@@ -45,6 +45,8 @@ from estimators.headroom import ReplicaBudgets
 from estimators.series import HistoryView, SampleStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TOKEN_METRICS = frozenset({"watts_per_token", "generation_tokens_per_second"})
 POD_METRICS = ("gpu_power_watts", "power_watts", "generation_tokens_per_second", "watts_per_token")
@@ -100,11 +102,12 @@ class SampleHistory:
 def node_racks(
     index: ObjectIndex, racks: Sequence[RackSettings], labelled: Iterable[tuple[str, str]]
 ) -> dict[str, str]:
-    """Node -> rack: the racks' node selectors over node labels, else the `rack` label on the node's
-    samples (`labelled`: the (node, rack) label pairs of the samples)."""
+    """Node -> rack: the first rack whose node selector matches the node's labels, else the `rack`
+    label on the node's samples (`labelled`: the (node, rack) label pairs of the samples)."""
+    rack_of = FirstMatch((rack.node_selector, rack.name) for rack in racks)
     mapping: dict[str, str] = {}
     for node in index.objects(NODES, None):
-        rack = next((r.name for r in racks if r.node_selector.matches(node.labels)), None)
+        rack = rack_of.first(node.labels)
         if rack is not None:
             mapping[node.name] = rack
     for node_name, rack_name in labelled:
@@ -113,28 +116,46 @@ def node_racks(
 
 
 def _selector_anchors(selector: Selector) -> list[tuple[str, str]] | None:
-    """(key, value) pairs of which a matching pod must carry one: the values of the selector's
-    first `=`/`in` requirement. None when it has no such requirement (it must be checked on every pod)."""
+    """(key, value) pairs of which matching labels must hold one: the values of the selector's
+    first `=`/`in` requirement. None when it has no such requirement (it must be checked on every set)."""
     for requirement in selector.requirements:
         if requirement.operator in ("=", "in"):
             return [(requirement.key, value) for value in requirement.values]
     return None
 
 
+class FirstMatch(Generic[T]):
+    """Of selectors in order, the first that matches a set of labels: its candidates are found by a
+    lookup per label of the set, not by trying every selector (thousands of Deployments or racks)."""
+
+    def __init__(self, selectors: Iterable[tuple[Selector, T]]) -> None:
+        self._anchored: dict[tuple[str, str], list[tuple[int, Selector, T]]] = {}
+        self._unanchored: list[tuple[int, Selector, T]] = []
+        for order, (selector, found) in enumerate(selectors):
+            anchors = _selector_anchors(selector)
+            if anchors is None:
+                self._unanchored.append((order, selector, found))
+            for anchor in anchors or ():
+                self._anchored.setdefault(anchor, []).append((order, selector, found))
+
+    def first(self, labels: Mapping[str, str]) -> T | None:
+        candidates = list(self._unanchored)
+        for pair in labels.items():
+            candidates.extend(self._anchored.get(pair, ()))
+        for _, selector, found in sorted(candidates, key=lambda candidate: candidate[0]):
+            if selector.matches(labels):
+                return found
+        return None
+
+
 def deployment_of_pods(index: ObjectIndex, pods: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(namespace, pod) -> name of the first Deployment (in index order) whose selector matches the
-    pod's labels. An index lookup per label of the pod, not a scan of every Deployment per pod."""
-    anchored: dict[tuple[str, str, str], list[tuple[int, KubeObject]]] = {}
-    unanchored: dict[str, list[tuple[int, KubeObject]]] = {}
-    for order, deployment in enumerate(index.objects(DEPLOYMENTS, None)):
-        if deployment.pod_selector is None:
-            continue
-        anchors = _selector_anchors(deployment.pod_selector)
-        if anchors is None:
-            unanchored.setdefault(deployment.namespace, []).append((order, deployment))
-            continue
-        for key, value in anchors:
-            anchored.setdefault((deployment.namespace, key, value), []).append((order, deployment))
+    pod's labels."""
+    selectors: dict[str, list[tuple[Selector, str]]] = {}
+    for deployment in index.objects(DEPLOYMENTS, None):
+        if deployment.pod_selector is not None:
+            selectors.setdefault(deployment.namespace, []).append((deployment.pod_selector, deployment.name))
+    owner_in = {namespace: FirstMatch(found) for namespace, found in selectors.items()}
     labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
     owners: dict[tuple[str, str], str] = {}
     # The replicas of one workload carry the same labels: match each distinct set once.
@@ -143,27 +164,12 @@ def deployment_of_pods(index: ObjectIndex, pods: Iterable[tuple[str, str]]) -> d
         labels = labels_of.get((namespace, pod), {})
         label_set = (namespace, frozenset(labels.items()))
         if label_set not in owner_of_labels:
-            owner_of_labels[label_set] = _first_owner(namespace, labels, anchored, unanchored)
+            matcher = owner_in.get(namespace)
+            owner_of_labels[label_set] = matcher.first(labels) if matcher is not None else None
         owner = owner_of_labels[label_set]
         if owner is not None:
             owners[(namespace, pod)] = owner
     return owners
-
-
-def _first_owner(
-    namespace: str,
-    labels: Mapping[str, str],
-    anchored: Mapping[tuple[str, str, str], list[tuple[int, KubeObject]]],
-    unanchored: Mapping[str, list[tuple[int, KubeObject]]],
-) -> str | None:
-    candidates = list(unanchored.get(namespace, ()))
-    for key, value in labels.items():
-        candidates.extend(anchored.get((namespace, key, value), ()))
-    for _, deployment in sorted(candidates, key=lambda candidate: candidate[0]):
-        assert deployment.pod_selector is not None
-        if deployment.pod_selector.matches(labels):
-            return deployment.name
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
