@@ -14,6 +14,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -80,15 +81,19 @@ def value_group(
 ) -> ValueGroup:
     """A group from columns; a scalar timestamp, window or label id is every value's."""
     named = tuple(names)
-    shape = (len(named),)
     return ValueGroup(
         named,
-        np.broadcast_to(np.asarray(values, dtype=np.float64), shape),
-        np.broadcast_to(np.asarray(timestamps, dtype=np.float64), shape),
-        np.broadcast_to(np.asarray(windows, dtype=np.float64), shape),
+        _column(values, len(named), np.float64),
+        _column(timestamps, len(named), np.float64),
+        _column(windows, len(named), np.float64),
         label_sets,
-        np.broadcast_to(np.asarray(label_ids, dtype=np.uint32), shape),
+        _column(label_ids, len(named), np.uint32),
     )
+
+
+def _column(values: npt.ArrayLike, length: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
+    column = np.asarray(values, dtype=dtype)
+    return column if column.ndim else np.full(length, column, dtype=dtype)
 
 
 class ValueTable(Mapping[Key, StoredValue]):
