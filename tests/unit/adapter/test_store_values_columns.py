@@ -5,8 +5,8 @@ randomised fleets with missing, infinite and tied numbers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -286,3 +286,46 @@ def test_column_values_equal_row_by_row_values(seed: int) -> None:
         assert _objects_by_group(found) == _objects_by_group(expected)
         different = [key for key in expected if not _same(found[key], expected[key])]
         assert not different, [(key, found[key], expected[key]) for key in different[:5]]
+
+
+class FakeVersionedIndex:
+    """An object index whose objects can be replaced, its version counting the replacements."""
+
+    def __init__(self, objects: list[KubeObject]) -> None:
+        self.index, self.changes = StaticObjectIndex(objects), 0
+
+    def replace(self, objects: list[KubeObject]) -> None:
+        self.index, self.changes = StaticObjectIndex(objects), self.changes + 1
+
+    def synced(self) -> bool:
+        return True
+
+    def version(self) -> int:
+        return self.changes
+
+    def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]:
+        return self.index.objects(resource, namespace)
+
+
+def test_workloads_are_found_again_when_the_object_index_changes() -> None:
+    estimate, static_index, racks_of_nodes = random_fleet(0)
+    index = FakeVersionedIndex(
+        list(static_index.objects(PODS, None)) + list(static_index.objects(DEPLOYMENTS, None))
+    )
+    options: dict[str, Any] = {
+        "racks_of_nodes": racks_of_nodes,
+        "window_seconds": 60.0,
+        "workloads": PodWorkloads(),
+    }
+    before = store_values(estimate, index=index, **options)
+    deployments = {ref.name for ref, _ in before if ref.resource == DEPLOYMENTS}
+    assert deployments
+    # Every Deployment renamed: the next pass (same pods) serves the new names only.
+    index.replace(
+        list(static_index.objects(PODS, None))
+        + [replace(d, name=f"{d.name}-v2") for d in static_index.objects(DEPLOYMENTS, None)]
+    )
+    after = store_values(estimate, index=index, **options)
+    renamed = {ref.name for ref, _ in after if ref.resource == DEPLOYMENTS}
+    assert renamed == {f"{name}-v2" for name in deployments}
+    assert dict(after) == dict(store_values(estimate, index=index, **options | {"workloads": PodWorkloads()}))
