@@ -158,11 +158,12 @@ def deployment_of_pods(index: ObjectIndex, pods: Iterable[tuple[str, str]]) -> d
     owner_in = {namespace: FirstMatch(found) for namespace, found in selectors.items()}
     labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
     owners: dict[tuple[str, str], str] = {}
-    # The replicas of one workload carry the same labels: match each distinct set once.
-    owner_of_labels: dict[tuple[str, frozenset[tuple[str, str]]], str | None] = {}
+    # The replicas of one workload carry the same labels (from one template, in one order): match
+    # each distinct set once.
+    owner_of_labels: dict[tuple[str, tuple[tuple[str, str], ...]], str | None] = {}
     for namespace, pod in pods:
         labels = labels_of.get((namespace, pod), {})
-        label_set = (namespace, frozenset(labels.items()))
+        label_set = (namespace, tuple(labels.items()))
         if label_set not in owner_of_labels:
             matcher = owner_in.get(namespace)
             owner_of_labels[label_set] = matcher.first(labels) if matcher is not None else None
