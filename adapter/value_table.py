@@ -207,8 +207,13 @@ class ColumnEncoder:
             found = self._label_ids[key] = len(self._label_ids)
         return found
 
-    def _global_label_ids(self, group: ValueGroup) -> LabelIds:
-        ids = np.fromiter((self._label_id(labels) for labels in group.label_sets), dtype=np.uint32)
+    def _global_label_ids(self, group: ValueGroup, known: dict[int, LabelIds]) -> LabelIds:
+        """Each value's label set as an id of the layout's; `known`: the ids of the label sets met in
+        this pass so far (by identity: groups share them, such as one per rack)."""
+        ids = known.get(id(group.label_sets))
+        if ids is None:
+            ids = np.fromiter((self._label_id(labels) for labels in group.label_sets), dtype=np.uint32)
+            known[id(group.label_sets)] = ids
         return ids[group.label_ids]
 
     def encode(self, values: Mapping[Key, StoredValue]) -> tuple[Layout | None, Columns]:
@@ -220,7 +225,8 @@ class ColumnEncoder:
         objects_changed = arranged is None
         if arranged is None:
             arranged = list(table.groups.values())
-        labels = [self._global_label_ids(group) for group in arranged]
+        known: dict[int, LabelIds] = {}
+        labels = [self._global_label_ids(group, known) for group in arranged]
         new_layout = None
         if previous is None or objects_changed or len(self._label_ids) != label_count:
             groups = (
