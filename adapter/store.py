@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import time
-from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -95,7 +94,8 @@ def _index(values: Mapping[Key, StoredValue]) -> dict[GroupKey, dict[str, Stored
 # Pickling a dict of 40,000 `StoredValue`s takes about a second each way; the server would hold the
 # GIL that long on every pass. Instead the worker sends the object names once (a `Layout`, again only
 # when the set of objects changes) and each pass as four flat arrays in the layout's order, which
-# unpickle as a memory copy. The server builds a `StoredValue` only when a request reads one.
+# unpickle as a memory copy. The server builds a `StoredValue` only when a request reads one. The
+# worker's side, `ColumnEncoder`, is in `adapter.value_table`.
 
 
 LabelSet = tuple[tuple[str, str], ...]
@@ -117,65 +117,6 @@ class Columns:
     windows: bytes
     labels: bytes
     """uint32 index into the layout's label sets, one per value."""
-
-
-class ColumnEncoder:
-    """The worker's side: a store's values as columns, with a new layout only when objects change."""
-
-    def __init__(self) -> None:
-        self._layout: Layout | None = None
-        self._label_ids: dict[LabelSet, int] = {}
-
-    def _label_id(self, labels: Mapping[str, str]) -> int:
-        key = tuple(labels.items())
-        found = self._label_ids.get(key)
-        if found is None:
-            found = self._label_ids[key] = len(self._label_ids)
-        return found
-
-    def encode(self, values: Mapping[Key, StoredValue]) -> tuple[Layout | None, Columns]:
-        """The columns of `values`, and the layout to send first when it is new (else None)."""
-        grouped: dict[GroupKey, dict[str, StoredValue]] = defaultdict(dict)
-        for (ref, metric), value in values.items():
-            grouped[(ref.resource, ref.namespace, metric)][ref.name] = value
-        label_count = len(self._label_ids)
-        previous = self._layout
-        if previous is not None and _fits(previous, grouped):
-            groups, groups_changed = previous.groups, False
-        else:
-            groups, groups_changed = tuple((key, tuple(members)) for key, members in grouped.items()), True
-        numbers, timestamps, windows, labels = array("d"), array("d"), array("d"), array("I")
-        for key, names in groups:
-            members = grouped[key]
-            for name in names:
-                value = members[name]
-                numbers.append(value.value)
-                timestamps.append(value.timestamp_seconds)
-                windows.append(value.window_seconds)
-                labels.append(self._label_id(value.labels))
-        new_layout = None
-        if groups_changed or len(self._label_ids) != label_count:
-            new_layout = Layout((previous.layout_id + 1) if previous else 1, groups, tuple(self._label_ids))
-            self._layout = new_layout
-        assert self._layout is not None
-        columns = Columns(
-            self._layout.layout_id,
-            numbers.tobytes(),
-            timestamps.tobytes(),
-            windows.tobytes(),
-            labels.tobytes(),
-        )
-        return new_layout, columns
-
-
-def _fits(layout: Layout, grouped: Mapping[GroupKey, Mapping[str, StoredValue]]) -> bool:
-    if len(layout.groups) != len(grouped):
-        return False
-    for key, names in layout.groups:
-        members = grouped.get(key)
-        if members is None or len(members) != len(names) or not all(name in members for name in names):
-            return False
-    return True
 
 
 class ServedLayout:

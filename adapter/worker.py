@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, REGISTRY
 from prometheus_client.metrics_core import Metric
@@ -35,9 +35,12 @@ from adapter.kube_cache import IndexDelta, KubeObjectCache, MirrorIndex
 from adapter.objects import KubeObject, ObjectIndex, PodDirectory, StaticObjectIndex, StoreObjectIndex
 from adapter.selfmetrics import PipelineMetrics, SelfMetrics
 from adapter.settings import RackSettings, Settings
-from adapter.store import ColumnEncoder, Columns, Key, Layout, MetricStore, ServedLayout, StoredValue
+from adapter.store import Columns, Key, Layout, MetricStore, ServedLayout, StoredValue
 from adapter.supervise import Supervisor
 from collectors.base import Collector, DiscoversPods, PodEndpoint
+
+if TYPE_CHECKING:
+    from adapter.value_table import ColumnEncoder
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +137,10 @@ class Report:
 
 
 class _Outbox:
-    def __init__(self, connection: Connection, metrics: PipelineMetrics) -> None:
+    def __init__(self, connection: Connection, metrics: PipelineMetrics, encoder: ColumnEncoder) -> None:
         self._connection = connection
         self._metrics = metrics
-        self._encoder = ColumnEncoder()
+        self._encoder = encoder
         self._restarts: list[str] = []
         self.index: ObjectIndex | None = None
         self.supervisor: Supervisor | None = None
@@ -212,9 +215,10 @@ def worker_main(spec: WorkerSpec, connection: Connection) -> None:
 
 async def _work(spec: WorkerSpec, connection: Connection) -> None:
     from adapter.pipeline import Pipeline  # pandas and the estimators: only ever in the worker
+    from adapter.value_table import ColumnEncoder  # numpy likewise
 
     metrics = PipelineMetrics()
-    outbox = _Outbox(connection, metrics)
+    outbox = _Outbox(connection, metrics, ColumnEncoder())
     try:
         collectors = spec.collectors()
     except ConfigError as exc:

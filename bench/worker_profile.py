@@ -28,7 +28,8 @@ from adapter.pipeline import Pipeline
 from adapter.provider import StoreProvider
 from adapter.query import parse_custom
 from adapter.selfmetrics import PipelineMetrics
-from adapter.store import ColumnEncoder, MetricStore, ServedLayout
+from adapter.store import MetricStore, ServedLayout
+from adapter.value_table import ColumnEncoder
 from adapter.worker import Report, settle_garbage_collection
 
 

@@ -8,7 +8,7 @@ import math
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -52,7 +52,7 @@ def test_promtool_accepts_the_shipped_rules() -> None:
     assert "SUCCESS: 4 rules found" in checked.stdout
 
 
-def _served(samples: Sequence[Sample], window_seconds: float) -> dict[Key, StoredValue]:
+def _served(samples: Sequence[Sample], window_seconds: float) -> Mapping[Key, StoredValue]:
     frame = pd.DataFrame(
         [
             {"metric": s.metric, "value": s.value, "timestamp_seconds": s.timestamp_seconds, **s.labels}

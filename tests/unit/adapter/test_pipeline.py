@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from adapter.catalogue import NODES, PODS, POWER_BUDGETS
 from adapter.errors import ConfigError, StaleMetricError
-from adapter.objects import StaticObjectIndex
-from adapter.pipeline import Pipeline
+from adapter.objects import KubeObject, StaticObjectIndex
+from adapter.pipeline import Pipeline, node_racks
 from adapter.plugins import load_collectors
+from adapter.selectors import parse_selector
 from adapter.selfmetrics import PipelineMetrics
-from adapter.settings import Settings
+from adapter.settings import RackSettings, Settings
 from adapter.store import MetricStore, ObjectRef
 from collectors.base import CollectorError, Sample
 from collectors.simulated import Fleet, SimNode, SimPod, SimulatedCollector, SimulatedSettings
@@ -314,3 +316,34 @@ async def test_a_pass_runs_only_when_samples_arrived_or_objects_changed(clock: l
     assert pipeline.due()
     await pipeline.estimate_once()
     assert not pipeline.due()
+
+
+def test_each_node_goes_to_the_first_rack_whose_selector_matches_else_to_its_samples_rack() -> None:
+    rng = np.random.default_rng(0)
+    selectors = ["rack={r}", "zone in (z{r},z99),rack!=r0", "!gpu,zone=z{r}", "rack={r},row=a"]
+    racks = [
+        RackSettings(
+            name=f"rack-{r}", cap_watts=1.0, node_selector=parse_selector(selectors[r % 4].format(r=r))
+        )
+        for r in range(40)
+    ]
+    nodes = []
+    for n in range(400):
+        labels = {
+            "rack": str(rng.integers(45)),
+            "zone": f"z{rng.integers(45)}",
+            "row": str(rng.choice(["a", "b"])),
+        }
+        if rng.random() < 0.5:
+            labels["gpu"] = "h100"
+        nodes.append(KubeObject(NODES, "", f"node-{n}", labels=labels))
+    labelled = [(f"node-{n}", f"sampled-{n % 3}") for n in range(0, 420, 2)]
+    found = node_racks(StaticObjectIndex(nodes), racks, labelled)
+    by_selector = {
+        node.name: rack.name
+        for node in nodes
+        for rack in reversed(racks)  # the first match written last
+        if rack.node_selector.matches(node.labels)
+    }
+    assert found == {name: by_selector.get(name, rack) for name, rack in labelled} | by_selector
+    assert 100 < len(by_selector) < len(nodes)  # nodes of a rack by selector, and by samples only

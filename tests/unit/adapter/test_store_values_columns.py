@@ -1,32 +1,76 @@
 """`store_values` builds the store's values column by column; row by row (as it did before, kept
-here as the reference) gives exactly the same values, in the same order, on randomised fleets with
-missing, infinite and tied numbers."""
+here as the reference) gives exactly the same values, each group of objects in the same order, on
+randomised fleets with missing, infinite and tied numbers."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from adapter.catalogue import DEPLOYMENTS, KSERVE_LABEL, NAMESPACES, NODES, PODS, POWER_BUDGETS
+from adapter.catalogue import (
+    DEPLOYMENTS,
+    INFERENCE_SERVICES,
+    KSERVE_LABEL,
+    METRICS_BY_NAME,
+    NAMESPACES,
+    NODES,
+    PODS,
+    POWER_BUDGETS,
+)
 from adapter.objects import KubeObject, ObjectIndex, StaticObjectIndex
 from adapter.pipeline import (
     POD_METRICS,
     RACK_METRICS,
     TOKEN_METRICS,
-    _groups,
-    _Put,
-    _records,
+    PodWorkloads,
+    deployment_of_pods,
     store_values,
 )
 from adapter.selectors import parse_selector
-from adapter.store import Key, ObjectRef, StoredValue
+from adapter.store import GroupKey, Key, ObjectRef, StoredValue
 from estimators.fleet import FleetEstimate, aggregate_pods
 from estimators.headroom import ReplicaBudgets
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    values: dict[Key, StoredValue]
+
+    def add(
+        self, ref: ObjectRef, metric: str, value: float, end: float, window: float, **labels: str
+    ) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        resolution = METRICS_BY_NAME[metric].resolution
+        rounded = round(float(value) / resolution) * resolution
+        self.values[(ref, metric)] = StoredValue(rounded, float(end), float(window), labels)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(key): value for key, value in row.items()} for row in frame.to_dict("records")]
+
+
+def _groups(pods: pd.DataFrame, index: ObjectIndex) -> dict[str, pd.Series]:
+    """Pod rows -> workload keys "resource|namespace|name", per workload resource; and namespaces."""
+    keys = list(zip(pods["namespace"], pods["pod"], strict=True))
+    owners = deployment_of_pods(index, keys)
+    labels_of = {(obj.namespace, obj.name): obj.labels for obj in index.objects(PODS, None)}
+    by_deployment = [f"{ns}|{owners[(ns, pod)]}" if (ns, pod) in owners else None for ns, pod in keys]
+    services = [labels_of.get(key, {}).get(KSERVE_LABEL) for key in keys]
+    by_service = [
+        f"{ns}|{service}" if service else None for (ns, _), service in zip(keys, services, strict=True)
+    ]
+    return {
+        DEPLOYMENTS: pd.Series(by_deployment, index=pods.index, dtype=object),
+        INFERENCE_SERVICES: pd.Series(by_service, index=pods.index, dtype=object),
+        NAMESPACES: pods["namespace"].astype(object),
+    }
 
 
 def _estimate_labels(row: Mapping[str, Any]) -> dict[str, str]:
@@ -222,14 +266,66 @@ def _same(found: StoredValue, expected: StoredValue) -> bool:
     )
 
 
+def _objects_by_group(values: Mapping[Key, StoredValue]) -> dict[GroupKey, list[str]]:
+    """(resource, namespace, metric) -> its objects' names, in order: the order a list answers in."""
+    found: dict[GroupKey, list[str]] = {}
+    for ref, metric in values:
+        found.setdefault((ref.resource, ref.namespace, metric), []).append(ref.name)
+    return found
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_column_values_equal_row_by_row_values(seed: int) -> None:
     estimate, index, racks_of_nodes = random_fleet(seed)
     options: dict[str, Any] = {"index": index, "racks_of_nodes": racks_of_nodes, "window_seconds": 60.0}
-    expected_budgets, found_budgets = ReplicaBudgets(), ReplicaBudgets()
-    for _ in range(2):  # the second pass also sees the first's replica peaks
+    expected_budgets, found_budgets, workloads = ReplicaBudgets(), ReplicaBudgets(), PodWorkloads()
+    for _ in range(2):  # the second pass also sees the first's replica peaks, and reuses the workloads
         expected = row_by_row_store_values(estimate, replica_budgets=expected_budgets, **options)
-        found = store_values(estimate, replica_budgets=found_budgets, **options)
-        assert list(found) == list(expected)
+        found = store_values(estimate, replica_budgets=found_budgets, workloads=workloads, **options)
+        assert len(found) == len(expected)
+        assert _objects_by_group(found) == _objects_by_group(expected)
         different = [key for key in expected if not _same(found[key], expected[key])]
         assert not different, [(key, found[key], expected[key]) for key in different[:5]]
+
+
+class FakeVersionedIndex:
+    """An object index whose objects can be replaced, its version counting the replacements."""
+
+    def __init__(self, objects: list[KubeObject]) -> None:
+        self.index, self.changes = StaticObjectIndex(objects), 0
+
+    def replace(self, objects: list[KubeObject]) -> None:
+        self.index, self.changes = StaticObjectIndex(objects), self.changes + 1
+
+    def synced(self) -> bool:
+        return True
+
+    def version(self) -> int:
+        return self.changes
+
+    def objects(self, resource: str, namespace: str | None) -> Sequence[KubeObject]:
+        return self.index.objects(resource, namespace)
+
+
+def test_workloads_are_found_again_when_the_object_index_changes() -> None:
+    estimate, static_index, racks_of_nodes = random_fleet(0)
+    index = FakeVersionedIndex(
+        list(static_index.objects(PODS, None)) + list(static_index.objects(DEPLOYMENTS, None))
+    )
+    options: dict[str, Any] = {
+        "racks_of_nodes": racks_of_nodes,
+        "window_seconds": 60.0,
+        "workloads": PodWorkloads(),
+    }
+    before = store_values(estimate, index=index, **options)
+    deployments = {ref.name for ref, _ in before if ref.resource == DEPLOYMENTS}
+    assert deployments
+    # Every Deployment renamed: the next pass (same pods) serves the new names only.
+    index.replace(
+        list(static_index.objects(PODS, None))
+        + [replace(d, name=f"{d.name}-v2") for d in static_index.objects(DEPLOYMENTS, None)]
+    )
+    after = store_values(estimate, index=index, **options)
+    renamed = {ref.name for ref, _ in after if ref.resource == DEPLOYMENTS}
+    assert renamed == {f"{name}-v2" for name in deployments}
+    assert dict(after) == dict(store_values(estimate, index=index, **options | {"workloads": PodWorkloads()}))

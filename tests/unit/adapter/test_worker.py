@@ -25,8 +25,9 @@ from adapter.commands.demo import demo_collectors, demo_objects
 from adapter.selfmetrics import SelfMetrics
 from adapter.server import Running, ServingSettings, running, serving_tls
 from adapter.settings import Settings
-from adapter.store import ColumnEncoder, MetricStore, ObjectRef, ServedLayout, StoredValue
+from adapter.store import MetricStore, ObjectRef, ServedLayout, StoredValue
 from adapter.supervise import Backoff, Supervisor
+from adapter.value_table import ColumnEncoder
 from adapter.worker import StaticIndexSource, WorkerProcess, WorkerSpec
 
 DEADLINE_SECONDS = 90.0
