@@ -6,7 +6,6 @@ library is blocking (requests) and each poll must stay cancellable by its timeou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -60,18 +59,26 @@ class PrometheusClient:
 
         An instant query answers with the evaluation time; rates computed from that are off by up to
         a scrape interval. `timestamp(selector)` gives each sample's own time but drops the metric
-        name, so it is asked once per name and joined on the labels. Every query is evaluated at the
-        same `at_seconds`, so all of them see the same samples."""
+        name, so each name's times come back marked with it (`SAMPLE_TIME_OF`) and are joined to the
+        values on the labels. Values and times are asked in ONE query: Prometheus stamps a scrape with
+        its start and commits it when the answer is in, so two queries at the same `time` may see it
+        on either side of the commit, pairing one scrape's value with another's time."""
         names = sorted(set(names))
         selector = '{__name__=~"' + "|".join(re.escape(name) for name in names) + '"}'
-        answers = await asyncio.gather(
-            self.query(selector, at_seconds=at_seconds),
-            *(self.query(f'timestamp({{__name__="{name}"}})', at_seconds=at_seconds) for name in names),
+        stamps = (
+            f'label_replace(timestamp({{__name__="{name}"}}), "{SAMPLE_TIME_OF}", "{name}", "", "")'
+            for name in names
         )
+        answer = await self.query(" or ".join([selector, *stamps]), at_seconds=at_seconds)
         stamp_of: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-        for name, stamps in zip(names, answers[1:], strict=True):
-            for stamp in stamps:
-                stamp_of[(name, frozenset(stamp.labels.items()))] = stamp.value
+        values: list[Series] = []
+        for s in answer:
+            of = s.labels.get(SAMPLE_TIME_OF)
+            if of is None:
+                values.append(s)
+            else:
+                labels = frozenset((k, v) for k, v in s.labels.items() if k != SAMPLE_TIME_OF)
+                stamp_of[(of, labels)] = s.value
         return [
             Series(
                 name=s.name,
@@ -79,8 +86,12 @@ class PrometheusClient:
                 value=s.value,
                 timestamp_seconds=stamp_of.get((s.name, frozenset(s.labels.items())), s.timestamp_seconds),
             )
-            for s in answers[0]
+            for s in values
         ]
+
+
+SAMPLE_TIME_OF = "wattscale_sample_time_of"
+"""The label marking a `latest_samples` answer's series as the sample times of the metric it names."""
 
 
 def parse_query_answer(body: bytes, what: str) -> list[Series]:

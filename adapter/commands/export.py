@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from adapter.samples_csv import STDIO, timestamp_seconds, write_table
 from collectors.durations import duration_seconds
+from collectors.prometheus_api import SAMPLE_TIME_OF
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,17 +81,23 @@ def _range_rows(
     frames = []
     for name in sorted(names):
         query = _matchers(name, selector)
-        values = client.custom_query_range(query, start_time=start, end_time=end, step=step)
-        stamps = client.custom_query_range(f"timestamp({query})", start_time=start, end_time=end, step=step)
-        if not values or not stamps:
+        # Values and their scrape times in one query, as `PrometheusClient.latest_samples` asks them:
+        # a scrape committed between two queries would pair one scrape's value with another's time.
+        stamps = f'label_replace(timestamp({query}), "{SAMPLE_TIME_OF}", "{name}", "", "")'
+        answer = client.custom_query_range(f"{query} or {stamps}", start_time=start, end_time=end, step=step)
+        if not answer:
             continue
         with warnings.catch_warnings():
             # prometheus-api-client 0.7 still calls set_index(inplace=True), which pandas 3.1 deprecates.
             warnings.filterwarnings("ignore", message="The inplace keyword")
-            valued = MetricRangeDataFrame(values).drop(columns="__name__", errors="ignore").reset_index()
-            stamped = (
-                MetricRangeDataFrame(stamps).reset_index().rename(columns={"value": "timestamp_seconds"})
-            )
+            both = MetricRangeDataFrame(answer).drop(columns="__name__", errors="ignore").reset_index()
+        if SAMPLE_TIME_OF not in both.columns:
+            continue
+        is_stamp = both[SAMPLE_TIME_OF].notna()
+        valued = both.loc[~is_stamp].drop(columns=SAMPLE_TIME_OF)
+        stamped = (
+            both.loc[is_stamp].drop(columns=SAMPLE_TIME_OF).rename(columns={"value": "timestamp_seconds"})
+        )
         labels = [c for c in valued.columns if c not in ("timestamp", "value")]
         joined = valued.merge(stamped, on=["timestamp", *labels], how="inner")
         pairs = joined[labels].astype(object).where(joined[labels].notna(), None)

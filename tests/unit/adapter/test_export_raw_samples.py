@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 
 from adapter.commands.export import _range_rows
+from collectors.prometheus_api import SAMPLE_TIME_OF
 
 NAME = "vllm:generation_tokens_total"
 LABELS = {"namespace": "llm", "pod": "llama-0", "job": "vllm"}
@@ -18,8 +19,8 @@ RAW = [(0.5, 10.0), (1.3, 20.0), (1.8, 30.0), (2.0, 40.0), (3.0, 50.0)]
 
 
 class FakePrometheus(PrometheusConnect):
-    """Range queries give each step the newest raw sample at or before it (`timestamp(...)` its time);
-    a range selector gives the raw samples in (time - range, time]."""
+    """A range query for values and their times gives each step the newest raw sample at or before it,
+    and its time (`timestamp(...)`, marked); a range selector gives the raw samples in (time - range, time]."""
 
     def __init__(self) -> None:  # no HTTP session: nothing is fetched
         pass
@@ -27,16 +28,18 @@ class FakePrometheus(PrometheusConnect):
     def custom_query_range(
         self, query: str, start_time: datetime, end_time: datetime, step: str, **_: Any
     ) -> Any:
+        assert query.endswith(
+            f'or label_replace(timestamp({{__name__="{NAME}"}}), "{SAMPLE_TIME_OF}", "{NAME}", "", "")'
+        )
         first, last, every = start_time.timestamp(), end_time.timestamp(), float(step)
         steps = [first + k * every for k in range(int((last - first) / every) + 1)]
-        values = []
-        for at in steps:
-            seen = [(t, v) for t, v in RAW if t <= at]
-            if seen:
-                t, v = seen[-1]
-                values.append([at, str(t if query.startswith("timestamp(") else v)])
-        metric = dict(LABELS) if query.startswith("timestamp(") else {"__name__": NAME, **LABELS}
-        return [{"metric": metric, "values": values}]
+        newest = [max(((t, v) for t, v in RAW if t <= at), default=None) for at in steps]
+        values = [[at, str(seen[1])] for at, seen in zip(steps, newest, strict=True) if seen]
+        stamps = [[at, str(seen[0])] for at, seen in zip(steps, newest, strict=True) if seen]
+        return [
+            {"metric": {"__name__": NAME, **LABELS}, "values": values},
+            {"metric": {**LABELS, SAMPLE_TIME_OF: NAME}, "values": stamps},
+        ]
 
     def custom_query(self, query: str, params: dict[str, Any] | None = None) -> Any:
         assert params is not None and query.endswith("ms]")
