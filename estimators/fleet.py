@@ -339,12 +339,15 @@ def _token_windows(window: _Window) -> tuple[_Figures, FloatArray]:
     latest_of[groups] = newest
     latest = latest_of[rows.group]
     early = np.flatnonzero((latest >= window.start) & (rows.times <= latest - 0.5 * window.seconds))
-    distance = np.abs(rows.times[early] - (latest[early] - window.seconds))
-    # Nearest to one window back; on a tie (a dropped scrape) the later sample, a longer span.
-    early = early[np.lexsort((-rows.times[early], distance, rows.group[early]))]
-    chosen = early[np.append(True, rows.group[early][1:] != rows.group[early][:-1])] if early.size else early
-    if chosen.size == 0:
+    if early.size == 0:
         return _NO_FIGURES, np.zeros(0)
+    distance = np.abs(rows.times[early] - (latest[early] - window.seconds))
+    # Nearest to one window back; on a tie (a dropped scrape) the later sample, a longer span. The
+    # samples are in (group, time) order, so the last of a group's nearest ones is that sample.
+    runs = np.flatnonzero(np.append(True, rows.group[early][1:] != rows.group[early][:-1]))
+    nearest = np.minimum.reduceat(distance, runs)
+    closest = early[distance == np.repeat(nearest, np.diff(np.append(runs, early.size)))]
+    chosen = closest[np.append(rows.group[closest][1:] != rows.group[closest][:-1], True)]
     at = sorted_counters_at(
         rows.group,
         rows.times,

@@ -326,6 +326,29 @@ def counters_at(
     )
 
 
+def _median_intervals(sid: IntArray, dt: FloatArray, series: IntArray) -> FloatArray:
+    """Median sample interval (`dt`, NaN at each series' first sample) of each of `series` (NaN for
+    one without an interval), as pandas' groupby median gives it: the mean of the middle two."""
+    if series.size == 0:
+        return np.zeros(0)
+    wanted = np.isin(sid, series, kind="table")
+    sid, dt = sid[wanted], dt[wanted]
+    first = np.append(True, sid[1:] != sid[:-1])
+    run = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    rank = np.arange(sid.size) - starts[run]
+    # One row per series, its intervals sorted; the missing ones (inf) sort after them.
+    table = np.full((starts.size, int(rank.max()) + 1), np.inf)
+    table[run, rank] = np.where(np.isnan(dt), np.inf, dt)
+    table.sort(axis=1)
+    count = np.bincount(run, ~np.isnan(dt), minlength=starts.size).astype(np.int64)
+    rows = np.arange(starts.size)
+    middle = 0.5 * (table[rows, np.maximum(count - 1, 0) // 2] + table[rows, count // 2])
+    median = np.where(count > 0, middle, np.nan)
+    found: FloatArray = median[np.searchsorted(sid[starts], series)]
+    return found
+
+
 def sorted_counters_at(
     series: IntArray,
     times: FloatArray,
@@ -356,11 +379,6 @@ def sorted_counters_at(
     counter = np.cumsum(step)
     counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))
 
-    medians = pd.Series(dt).groupby(sid).median()
-    max_extrapolation = max_extrapolation_factor * medians.reindex(np.arange(int(sid.max()) + 1)).to_numpy(
-        np.float64
-    )
-
     qsid = np.where(query_series <= sid.max(), query_series, -1)
     at = np.asarray(at_seconds, dtype=np.float64)
     origin = float(t.min())
@@ -379,7 +397,6 @@ def sorted_counters_at(
     has_right = (right < n) & (qsid >= 0) & (sid[np.clip(right, 0, n - 1)] == qsid)
     lc = np.clip(left, 0, n - 1)
     rc = np.clip(right, 0, n - 1)
-    limit = max_extrapolation[np.clip(qsid, 0, None)]
 
     inside = has_left & has_right
     span_lr = t[rc] - t[lc]
@@ -393,12 +410,16 @@ def sorted_counters_at(
     before_last = np.clip(lc - 1, 0, n - 1)
     has_rate = after & (lc >= 1) & (sid[before_last] == qsid)
     tail_rate = (counter[lc] - counter[before_last]) / np.where(has_rate, t[lc] - t[before_last], 1.0)
-    extend = has_rate & (at - t[lc] <= limit)
-    out = np.where(extend, counter[lc] + tail_rate * (at - t[lc]), out)
-
     before = ~has_left & has_right
     after_first = np.clip(rc + 1, 0, n - 1)
     has_head = before & (rc + 1 < n) & (sid[after_first] == qsid)
+    # The median interval only bounds extrapolation: it is worked out for the series that need it.
+    limit = np.full(qsid.shape, np.nan)
+    outside = (has_rate & (at != t[lc])) | has_head
+    limit[outside] = max_extrapolation_factor * _median_intervals(sid, dt, qsid[outside])
+    extend = has_rate & (at - t[lc] <= limit)
+    out = np.where(extend, counter[lc] + tail_rate * (at - t[lc]), out)
+
     head_rate = (counter[after_first] - counter[rc]) / np.where(has_head, t[after_first] - t[rc], 1.0)
     unwind = has_head & (t[rc] - at <= limit)
     out = np.where(unwind, np.maximum(-v[rc], head_rate * (at - t[rc])), out)
