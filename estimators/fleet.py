@@ -654,7 +654,8 @@ def _label_nodes(window: _Window) -> IntArray:
 
 def _pod_frame(
     window: _Window, gpus: _Power, node_power: FloatArray, gauge_models: GaugeModels | None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, IntArray]:
+    """The pod frame (rules 3-5 and 9), and each row's node id (-1: unknown)."""
     load = _pod_load(window)
     cpu = _counter_rate(window, "pod_cpu_energy_joules_total", _POD, "neighbour_rate")
     kepler = _counter_rate(window, "pod_gpu_energy_joules_total", _POD, "neighbour_rate")
@@ -724,7 +725,7 @@ def _pod_frame(
             per_pod.has[pods], per_pod.end[pods], _on(pod_size, kepler.ids, kepler.end)[pods]
         ),
     }
-    return _pod_table(window, columns, ends)
+    return _pod_table(window, columns, ends), node
 
 
 def _unless(taken: BoolArray, labels: ObjectArray) -> ObjectArray:
@@ -800,19 +801,22 @@ def _names(space: KeySpace, ids: IntArray) -> ObjectArray:
     return out
 
 
-def _with_recorded(pods: pd.DataFrame, window: _Window) -> pd.DataFrame:
-    """Pods whose figures recording rules computed take those (`estimators.recorded`) instead."""
+def _with_recorded(pods: pd.DataFrame, nodes: IntArray, window: _Window) -> tuple[pd.DataFrame, IntArray]:
+    """Pods whose figures recording rules computed take those (`estimators.recorded`) instead; and
+    each row's node id."""
     if not any(metric in window.history.metrics for metric in RECORDED_COLUMNS):
-        return pods  # the usual pass, without a prometheus_api collector
+        return pods, nodes  # the usual pass, without a prometheus_api collector
     recorded = recorded_pods(window.history.frame(list(RECORDED_COLUMNS), window.start), window.seconds)
     if recorded.empty:
-        return pods
+        return pods, nodes
     recorded = recorded.reindex(columns=POD_COLUMNS)
     others = pods.merge(recorded[_POD], on=_POD, how="left", indicator=True)["_merge"] == "left_only"
-    if not others.any():
-        return recorded.sort_values(_POD, ignore_index=True)
-    both = pd.concat([pods.loc[others.to_numpy()], recorded], ignore_index=True)
-    return both.sort_values(_POD, ignore_index=True)
+    both = pd.concat([pods.loc[others.to_numpy()], recorded], ignore_index=True) if others.any() else recorded
+    both = both.sort_values(_POD, ignore_index=True)
+    known = both["node"].notna().to_numpy(bool)
+    node_ids = np.full(len(both), -1, np.int64)
+    node_ids[known] = window.space(["node"]).ids((str(n),) for n in both["node"][known])
+    return both, node_ids
 
 
 def _node_frame(
@@ -820,13 +824,15 @@ def _node_frame(
     gpus: _Power,
     measured: tuple[FloatArray, FloatArray],
     pods: pd.DataFrame,
+    pod_nodes: IntArray,
     configured: IntArray,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, IntArray]:
     """Per node: measured power (rule 6) where it has a meter, else the sum of its GPUs and its pods' CPU
-    power. `configured`: node ids the racks name."""
+    power; and each row's node id. `pod_nodes`: each pod row's node id; `configured`: node ids the
+    racks name."""
     space = window.space(["node"])
     node_of_gpu = window.space(_GPU).project(space)[gpus.figures.ids]
-    cpu_node, cpu_power = _pod_cpu_by_node(space, pods)
+    cpu_node, cpu_power = _pod_cpu_by_node(pods, pod_nodes)
     size = space.size  # after every node id this frame uses is interned
     gpu_watts = _sum_into(size, node_of_gpu, gpus.figures.value)
     gpu_end = _oldest_into(size, node_of_gpu, gpus.figures.end)
@@ -836,7 +842,7 @@ def _node_frame(
     meter_watts, meter_end = measured[0][nodes], measured[1][nodes]
     estimated = np.isnan(meter_watts)
     end = np.where(estimated, gpu_end[nodes], meter_end)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "node": space.columns(nodes)["node"],
             "node_power_watts": np.where(estimated, _add(gpu_watts[nodes], cpu_watts[nodes]), meter_watts),
@@ -845,18 +851,22 @@ def _node_frame(
             "estimated": estimated,
         }
     )
+    return frame, nodes
 
 
-def _pod_cpu_by_node(space: KeySpace, pods: pd.DataFrame) -> tuple[IntArray, FloatArray]:
+def _pod_cpu_by_node(pods: pd.DataFrame, pod_nodes: IntArray) -> tuple[IntArray, FloatArray]:
     """(node id, CPU power) of each pod with a node and a power figure."""
-    with_node = pods.loc[pods["node"].notna() & pods["power_watts"].notna()]
-    node = space.ids((str(n),) for n in with_node["node"])
-    power = with_node["power_watts"].to_numpy(np.float64)
-    return node, power - np.nan_to_num(with_node["gpu_power_watts"].to_numpy(np.float64))
+    power = pods["power_watts"].to_numpy(np.float64)
+    with_node = (pod_nodes >= 0) & ~np.isnan(power)
+    gpu = np.nan_to_num(pods["gpu_power_watts"].to_numpy(np.float64)[with_node])
+    return pod_nodes[with_node], power[with_node] - gpu
 
 
 def _rack_frame(
-    window: _Window, nodes: pd.DataFrame, membership: tuple[IntArray, IntArray], racks: pd.DataFrame
+    window: _Window,
+    nodes: tuple[pd.DataFrame, IntArray],
+    membership: tuple[IntArray, IntArray],
+    racks: pd.DataFrame,
 ) -> pd.DataFrame:
     """Per rack (rule 7): its PDUs' power when any reports, else its nodes' sum; margin, headroom and
     overdraw against its configured cap. `membership`: (node id, rack id) of each configured node."""
@@ -867,13 +877,13 @@ def _rack_frame(
     config = racks.astype({"rack": object}).drop_duplicates("rack", keep="last")
     configured = rack_space.ids((str(r),) for r in config["rack"])
     node_space = window.space(["node"])
-    node_ids = node_space.ids((str(n),) for n in nodes["node"])
+    node_frame, node_ids = nodes
     size = rack_space.size  # after every rack id this frame uses is interned
     pdu_racks = rack_of_meter[pdus.ids]
     measured = _sum_into(size, pdu_racks, pdus.value)
     measured_end = _oldest_into(size, pdu_racks, pdus.end)
-    node_power = _on(node_space.size, node_ids, nodes["node_power_watts"].to_numpy(np.float64))
-    node_end = _on(node_space.size, node_ids, nodes["window_end_seconds"].to_numpy(np.float64))
+    node_power = _on(node_space.size, node_ids, node_frame["node_power_watts"].to_numpy(np.float64))
+    node_end = _on(node_space.size, node_ids, node_frame["window_end_seconds"].to_numpy(np.float64))
     member, rack_of_member = membership
     summed = _sum_into(size, rack_of_member, node_power[member])
     summed_end = _oldest_into(size, rack_of_member, node_end[member])
@@ -985,14 +995,14 @@ def estimate_history(
     # Each GPU's and node's power once per pass: the pod and node frames both start from them.
     gpus = _power(window, "gpu_energy_joules_total", "gpu_power_watts", _GPU)
     measured = _measured_node_power(window)
-    pods = _with_recorded(_pod_frame(window, gpus, measured[0], gauge_models), window)
+    pods, pod_nodes = _with_recorded(*_pod_frame(window, gpus, measured[0], gauge_models), window)
     if gauge_models is not None and gauge_models.models:
         gauges = window.rows("gpu_power_watts", _GPU)
         seen = gauges.space.columns(gauges.ids[gauges.present()[0]])
         gauge_models.retain(set(zip(seen["node"], seen["gpu_uuid"], strict=True)))
-    nodes = _node_frame(window, gpus, measured, pods, membership[0])
+    nodes = _node_frame(window, gpus, measured, pods, pod_nodes, membership[0])
     rack_frame = _rack_frame(window, nodes, membership, racks)
-    return FleetEstimate(pods=pods, nodes=nodes, racks=rack_frame, latest_racks=_latest_rack_power(window))
+    return FleetEstimate(pods=pods, nodes=nodes[0], racks=rack_frame, latest_racks=_latest_rack_power(window))
 
 
 def _last_known(rows: Block) -> IntArray:

@@ -363,11 +363,14 @@ def sorted_counters_at(
     `query_series[i]` (-1: none) at `at_seconds[i]`. Samples without a value are left out, and of
     samples at one instant the last counts (a re-scrape)."""
     out = np.full(query_series.shape, np.nan)
-    known = np.isfinite(values)
-    sid, t, v = series[known], times[known], values[known]
+    sid, t, v = series, times, values
+    known = np.isfinite(v)
+    if not known.all():  # copies only where there is something to leave out
+        sid, t, v = sid[known], t[known], v[known]
     if sid.size:
         later = np.append((sid[1:] != sid[:-1]) | (t[1:] != t[:-1]), True)
-        sid, t, v = sid[later], t[later], v[later]
+        if not later.all():
+            sid, t, v = sid[later], t[later], v[later]
     if sid.size == 0 or query_series.size == 0:
         return out
     first = np.ones(sid.size, dtype=bool)
