@@ -72,7 +72,7 @@ from estimators.headroom import (
     margin_watts,
     replicas_within_budget,
 )
-from estimators.rates import ResetRule, gauge_integral, sorted_counters_at, sorted_series_rates
+from estimators.rates import ResetRule, gauge_integral, read_counters, sorted_series_rates
 from estimators.recorded import RECORDED_COLUMNS, recorded_pods
 from estimators.series import Block, BoolArray, FloatArray, HistoryView, IntArray, KeySpace, SampleStore
 
@@ -222,13 +222,8 @@ def _rates(window: _Window, rows: Block, on_reset: ResetRule = "post_value") -> 
     groups, end = groups[live], newest[live]
     if groups.size == 0:
         return _NO_FIGURES
-    at = sorted_counters_at(
-        rows.group,
-        rows.times,
-        rows.values,
-        np.concatenate((groups, groups)),
-        np.concatenate((end - window.seconds, end)),
-        on_reset=on_reset,
+    at = read_counters(
+        rows.counters(on_reset), np.concatenate((groups, groups)), np.concatenate((end - window.seconds, end))
     ).reshape(2, groups.size)
     rate = (at[1] - at[0]) / window.seconds
     covered = np.isfinite(rate)
@@ -348,10 +343,8 @@ def _token_windows(window: _Window) -> tuple[_Figures, FloatArray]:
     nearest = np.minimum.reduceat(distance, runs)
     closest = early[distance == np.repeat(nearest, np.diff(np.append(runs, early.size)))]
     chosen = closest[np.append(rows.group[closest][1:] != rows.group[closest][:-1], True)]
-    at = sorted_counters_at(
-        rows.group,
-        rows.times,
-        rows.values,
+    at = read_counters(
+        rows.counters("post_value"),
         np.concatenate((rows.group[chosen], rows.group[chosen])),
         np.concatenate((rows.times[chosen], latest[chosen])),
     ).reshape(2, chosen.size)
@@ -374,13 +367,8 @@ def _series_increase(
     if rows.empty or ids.size == 0:
         return np.full(ids.size, np.nan)
     asked = _local_groups(rows, ids)
-    at = sorted_counters_at(
-        rows.group,
-        rows.times,
-        rows.values,
-        np.concatenate((asked, asked)),
-        np.concatenate((start, end)),
-        on_reset="neighbour_rate",
+    at = read_counters(
+        rows.counters("neighbour_rate"), np.concatenate((asked, asked)), np.concatenate((start, end))
     ).reshape(2, ids.size)
     increase: FloatArray = at[1] - at[0]
     return increase

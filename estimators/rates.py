@@ -362,7 +362,28 @@ def sorted_counters_at(
     """`counters_at` over samples sorted by (series, time), ties in arrival order: the counter of series
     `query_series[i]` (-1: none) at `at_seconds[i]`. Samples without a value are left out, and of
     samples at one instant the last counts (a re-scrape)."""
-    out = np.full(query_series.shape, np.nan)
+    counters = prepare_counters(series, times, values, on_reset=on_reset)
+    return read_counters(
+        counters, query_series, at_seconds, max_extrapolation_factor=max_extrapolation_factor
+    )
+
+
+class Counters(NamedTuple):
+    """Samples sorted by (series, time) made ready for `read_counters` (`prepare_counters`): a pass
+    that reads one metric's counters several times prepares them once."""
+
+    series: IntArray
+    times: FloatArray
+    values: FloatArray
+    counter: FloatArray  # reset-corrected, 0 at each series' first sample
+    intervals: FloatArray  # since the series' sample before (NaN at its first)
+
+
+def prepare_counters(
+    series: IntArray, times: FloatArray, values: FloatArray, *, on_reset: ResetRule = "post_value"
+) -> Counters:
+    """`sorted_counters_at`'s samples, without those lacking a value and with the last of several
+    at one instant, and their reset-corrected counters."""
     sid, t, v = series, times, values
     known = np.isfinite(v)
     if not known.all():  # copies only where there is something to leave out
@@ -371,17 +392,28 @@ def sorted_counters_at(
         later = np.append((sid[1:] != sid[:-1]) | (t[1:] != t[:-1]), True)
         if not later.all():
             sid, t, v = sid[later], t[later], v[later]
-    if sid.size == 0 or query_series.size == 0:
-        return out
     first = np.ones(sid.size, dtype=bool)
     first[1:] = sid[1:] != sid[:-1]
-
     step, _ = reset_steps(t, v, first, on_reset=on_reset)
-    dt = np.where(first, np.nan, np.diff(t, prepend=t[0]))
+    dt = np.where(first, np.nan, np.diff(t, prepend=t[:1]))
     start_of = np.flatnonzero(first)
     counter = np.cumsum(step)
     counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))
+    return Counters(sid, t, v, counter, dt)
 
+
+def read_counters(
+    counters: Counters,
+    query_series: IntArray,
+    at_seconds: FloatArray,
+    *,
+    max_extrapolation_factor: float = 1.1,
+) -> FloatArray:
+    """The counter of series `query_series[i]` (-1: none) at `at_seconds[i]` (`sorted_counters_at`)."""
+    out = np.full(query_series.shape, np.nan)
+    sid, t, v, counter, dt = counters
+    if sid.size == 0 or query_series.size == 0:
+        return out
     qsid = np.where(query_series <= sid.max(), query_series, -1)
     at = np.asarray(at_seconds, dtype=np.float64)
     origin = float(t.min())

@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from estimators.rates import Counters, ResetRule, prepare_counters
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -107,6 +109,7 @@ class _MetricSeries:
     values: FloatArray = field(default_factory=lambda: np.full((0, _INITIAL_SLOTS), np.nan))
     received: FloatArray = field(default_factory=lambda: np.full((0, _INITIAL_SLOTS), np.inf))
     counts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    newest: float = -np.inf  # no sample is later (eviction may leave it later than any)
     _label_columns: dict[str, npt.NDArray[np.object_]] | None = None
     _groupings: dict[
         tuple[tuple[str, ...], tuple[tuple[str, str], ...]],
@@ -163,11 +166,30 @@ class _MetricSeries:
         self.values[series, slot] = values
         self.received[series, slot] = received
         np.add.at(self.counts, series, 1)
+        self.newest = max(self.newest, float(times.max()))
         if resort.size:
             by_time = np.argsort(self.times[resort], axis=1, kind="stable")
             for name in ("times", "values", "received"):
                 array = getattr(self, name)
                 array[resort] = np.take_along_axis(array[resort], by_time, axis=1)
+
+    def samples_until(self, now_seconds: float) -> _Samples:
+        """The samples up to `now_seconds`, sorted by (series, time)."""
+        counts = self.counts[: self.size]
+        if self.newest <= now_seconds and counts.size and (counts == counts[0]).all():
+            # Every sample is in, each series has as many: the first slots of each row, in order.
+            held = int(counts[0])
+            times = self.times[: self.size, :held]
+            newest = times[:, held - 1] if held else np.full(self.size, -np.inf)
+            series = np.repeat(np.arange(self.size, dtype=np.int64), held)
+            return _Samples(self, series, times.ravel(), self.values[: self.size, :held].ravel(), newest)
+        mask = self.times[: self.size] <= min(now_seconds, _LATEST)  # empty slots hold +inf
+        series = np.nonzero(mask)[0].astype(np.int64)
+        times = self.times[: self.size][mask]
+        last = np.append(series[1:] != series[:-1], True)[: series.size]  # each series' last sample
+        newest = np.full(self.size, -np.inf)
+        newest[series[last]] = times[last]
+        return _Samples(self, series, times, self.values[: self.size][mask], newest)
 
     def evict(self, oldest_received: float) -> None:
         """Drop the samples of batches received before `oldest_received`; the rest move left."""
@@ -331,9 +353,7 @@ class SampleStore:
         """The samples up to `now_seconds`, per metric, sorted by (series, time)."""
         metrics: dict[str, _Samples] = {}
         for metric, store in self._metrics.items():
-            mask = store.times <= min(now_seconds, _LATEST)  # empty slots hold +inf
-            series, _ = np.nonzero(mask)
-            metrics[metric] = _Samples(store, series.astype(np.int64), store.times[mask], store.values[mask])
+            metrics[metric] = store.samples_until(now_seconds)
         return HistoryView(metrics, self._spaces)
 
     @classmethod
@@ -349,6 +369,7 @@ class _Samples:
     series: IntArray
     times: FloatArray
     values: FloatArray
+    newest: FloatArray  # per series, its newest time (-inf: none)
 
 
 @dataclass(frozen=True)
@@ -363,6 +384,7 @@ class Block:
     values: FloatArray
     space: KeySpace
     ids: IntArray  # each group's id in `space`
+    _counters: dict[ResetRule, Counters] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -370,6 +392,15 @@ class Block:
 
     def where(self, keep: BoolArray) -> Block:
         return Block(self.labels, self.group[keep], self.times[keep], self.values[keep], self.space, self.ids)
+
+    def counters(self, on_reset: ResetRule) -> Counters:
+        """The samples as counters (`estimators.rates.prepare_counters`), prepared once per block."""
+        found = self._counters.get(on_reset)
+        if found is None:
+            found = self._counters[on_reset] = prepare_counters(
+                self.group, self.times, self.values, on_reset=on_reset
+            )
+        return found
 
     def since(self, start_seconds: float) -> Block:
         return self.where(self.times >= start_seconds)
@@ -459,14 +490,13 @@ class HistoryView:
         space = self.space(keys)
         ids, times = [np.zeros(0, np.int64)], [np.zeros(0)]
         for samples in self.metrics.values():
-            recent = np.flatnonzero(samples.times >= start_seconds)
+            recent = np.flatnonzero(samples.newest >= start_seconds)
             if recent.size == 0:
                 continue
-            newest = recent[np.append(samples.series[recent][1:] != samples.series[recent][:-1], True)]
             group_of_series, _, _, group_ids = samples.store.grouping(tuple(keys), {}, space)
-            group = group_of_series[samples.series[newest]]
+            group = group_of_series[recent]
             ids.append(group_ids[group[group >= 0]])
-            times.append(samples.times[newest][group >= 0])
+            times.append(samples.newest[recent][group >= 0])
         return np.concatenate(ids), np.concatenate(times)
 
     def frame(self, metrics: Sequence[str], start_seconds: float) -> pd.DataFrame:
