@@ -640,16 +640,10 @@ def _label_nodes(window: _Window) -> IntArray:
     return out
 
 
-def _pod_frame(
-    window: _Window, gpus: _Power, node_power: FloatArray, gauge_models: GaugeModels | None
-) -> tuple[pd.DataFrame, IntArray]:
-    """The pod frame (rules 3-5 and 9), and each row's node id (-1: unknown)."""
-    load = _pod_load(window)
-    cpu = _counter_rate(window, "pod_cpu_energy_joules_total", _POD, "neighbour_rate")
-    kepler = _counter_rate(window, "pod_gpu_energy_joules_total", _POD, "neighbour_rate")
-    utilization = _gauge_mean(window.current("pod_gpu_utilization_ratio", _POD))
-    label_node = _label_nodes(window)
+def _pod_gpus(window: _Window, gpus: _Power, load: _PodLoad, gauge_models: GaugeModels | None) -> _PodGpus:
+    """Per pod: its shares of its GPUs (rule 3), their energy over its token window (rules 5, 9)."""
     pod_size = window.space(_POD).size
+    utilization = _gauge_mean(window.current("pod_gpu_utilization_ratio", _POD))
     shares = _split(window, gpus, load.tokens_per_second, _on(pod_size, utilization.ids, utilization.value))
     # Energy of each GPU share over the pod's token window (rule 5), from the energy counter read at
     # the span's edges, else from the power gauge over that same span.
@@ -664,8 +658,19 @@ def _pod_frame(
             window, "gpu_power_watts", _GPU, shares.gpu[missing], span[0][missing], span[1][missing]
         )
     method, confidence, joules = _with_gauge_models(window, shares, span, span_energy, gauge_models)
-    per_pod = _per_pod(window, shares, gpus, shares.ratio * joules, method, confidence)
+    return _per_pod(window, shares, gpus, shares.ratio * joules, method, confidence)
 
+
+def _pod_frame(
+    window: _Window, gpus: _Power, node_power: FloatArray, gauge_models: GaugeModels | None
+) -> tuple[pd.DataFrame, IntArray]:
+    """The pod frame (rules 3-5 and 9), and each row's node id (-1: unknown)."""
+    load = _pod_load(window)
+    per_pod = _pod_gpus(window, gpus, load, gauge_models)
+    cpu = _counter_rate(window, "pod_cpu_energy_joules_total", _POD, "neighbour_rate")
+    kepler = _counter_rate(window, "pod_gpu_energy_joules_total", _POD, "neighbour_rate")
+    label_node = _label_nodes(window)
+    pod_size = window.space(_POD).size
     pods = np.flatnonzero(
         per_pod.has
         | ~np.isnan(load.tokens_per_second)

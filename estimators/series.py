@@ -424,16 +424,6 @@ class Block:
         """Index of each group's last sample, given where each starts (`present`)."""
         return np.append(starts[1:], self.group.size)[: starts.size] - 1
 
-    def group_of(self, frame: pd.DataFrame, keys: Sequence[str]) -> IntArray:
-        """The group of each row of `frame` (its `keys` columns), -1 where there is none."""
-        table = self.labels.assign(_group=np.arange(len(self.labels), dtype=np.int64))
-        found = (
-            frame[list(keys)]
-            .astype(object)
-            .merge(table.astype({k: object for k in keys}), on=list(keys), how="left")
-        )
-        return found["_group"].fillna(-1).to_numpy(np.int64)
-
 
 @dataclass(frozen=True)
 class HistoryView:
