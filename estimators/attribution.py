@@ -106,11 +106,11 @@ def cpu_scale(
     CPU power (NaN where unknown), its node's measured power (NaN: not measured). Returns the CPU
     power and where it was scaled."""
     known = node >= 0
-    where = node[known]
+    on, gpu, cpu = node[known], gpu_watts[known], cpu_watts[known]
     gpu_sum = np.full(node.size, np.nan)
     cpu_sum = np.full(node.size, np.nan)
-    gpu_sum[known] = np.bincount(where, np.nan_to_num(gpu_watts[known]))[where]
-    cpu_sum[known] = np.bincount(where, np.nan_to_num(cpu_watts[known]))[where]
+    gpu_sum[known] = np.bincount(on, np.where(np.isnan(gpu), 0.0, gpu))[on]
+    cpu_sum[known] = np.bincount(on, np.where(np.isnan(cpu), 0.0, cpu))[on]
     with np.errstate(invalid="ignore", divide="ignore"):
         allowance = np.maximum(measured_watts - gpu_sum, 0.0)
         factor = np.minimum(allowance / np.where(cpu_sum > 0, cpu_sum, np.nan), 1.0)

@@ -189,10 +189,15 @@ def _has(size: int, ids: IntArray) -> BoolArray:
     return out
 
 
+def _or_zero(values: FloatArray) -> FloatArray:
+    """`values` with the unknown (NaN) ones 0; infinities stay (as pandas' fillna keeps them)."""
+    return np.where(np.isnan(values), 0.0, values)
+
+
 def _add(a: FloatArray, b: FloatArray) -> FloatArray:
     """a + b with an unknown part counted as 0; unknown only where both are."""
     both_unknown = np.isnan(a) & np.isnan(b)
-    return np.where(both_unknown, np.nan, np.nan_to_num(a) + np.nan_to_num(b))
+    return np.where(both_unknown, np.nan, _or_zero(a) + _or_zero(b))
 
 
 def _sum_into(size: int, into: IntArray, values: FloatArray) -> FloatArray:
@@ -560,7 +565,7 @@ def _per_pod(
     end = _on(gpu_size, gpus.figures.ids, gpus.figures.end)[shares.gpu]
     latest_start = np.full(size, np.nan)
     np.fmax.at(latest_start, pod, start)
-    watts = np.nan_to_num(_sum_into(size, pod, shares.watts))  # a pod's share of unknown power is 0
+    watts = _or_zero(_sum_into(size, pod, shares.watts))  # a pod's share of unknown power is 0
     first = np.full(size, -1, np.int64)
     first[pod[::-1]] = np.arange(pod.size - 1, -1, -1)  # written last to first: the first row stays
     has = first >= 0
@@ -851,7 +856,7 @@ def _pod_cpu_by_node(pods: pd.DataFrame, pod_nodes: IntArray) -> tuple[IntArray,
     """(node id, CPU power) of each pod with a node and a power figure."""
     power = pods["power_watts"].to_numpy(np.float64)
     with_node = (pod_nodes >= 0) & ~np.isnan(power)
-    gpu = np.nan_to_num(pods["gpu_power_watts"].to_numpy(np.float64)[with_node])
+    gpu = _or_zero(pods["gpu_power_watts"].to_numpy(np.float64)[with_node])
     return pod_nodes[with_node], power[with_node] - gpu
 
 
@@ -885,7 +890,7 @@ def _rack_frame(
     power = np.where(estimated, summed[names], measured[names])
     end = np.where(estimated, summed_end[names], measured_end[names])
     cap = _on(size, configured, config["cap_watts"].to_numpy(np.float64))[names]
-    margin_ratio = np.nan_to_num(_on(size, configured, config["margin_ratio"].to_numpy(np.float64))[names])
+    margin_ratio = _or_zero(_on(size, configured, config["margin_ratio"].to_numpy(np.float64))[names])
     error_ratio = np.where(estimated, SUMMED_ESTIMATE_ERROR_RATIO, PDU_SENSOR_ERROR_RATIO)
     rise = _sum_into(size, rack_of_meter[rises.ids], rises.value)[names]
     margin = margin_watts(cap, margin_ratio, rise, power, error_ratio)
@@ -1031,7 +1036,7 @@ def _latest_rack_power(window: _Window) -> pd.DataFrame:
     rack_space = window.space(["rack"])
     rack = readings.space.project(rack_space)[readings.ids[meters]]
     names = rack_space.sorted(np.unique(rack))
-    total = np.bincount(rack, np.nan_to_num(value[meters]), minlength=rack_space.size)
+    total = np.bincount(rack, _or_zero(value[meters]), minlength=rack_space.size)
     return pd.DataFrame(
         {
             "rack": rack_space.columns(names)["rack"],
