@@ -182,7 +182,9 @@ class _MetricSeries:
             times = self.times[: self.size, :held]
             newest = times[:, held - 1] if held else np.full(self.size, -np.inf)
             series = np.repeat(np.arange(self.size, dtype=np.int64), held)
-            return _Samples(self, series, times.ravel(), self.values[: self.size, :held].ravel(), newest)
+            # Copies (flatten), so later polls written into the layout never change a view.
+            values = self.values[: self.size, :held].flatten()
+            return _Samples(self, series, times.flatten(), values, newest.copy())
         mask = self.times[: self.size] <= min(now_seconds, _LATEST)  # empty slots hold +inf
         series = np.nonzero(mask)[0].astype(np.int64)
         times = self.times[: self.size][mask]
@@ -459,9 +461,10 @@ class HistoryView:
             none = np.zeros(0, np.int64)
             return Block(empty, none, np.zeros(0), np.zeros(0), space, none)
         group_of_series, labels, injective, ids = samples.store.grouping(tuple(keys), fill or {}, space)
-        group = group_of_series[samples.series]
+        group, times, values = group_of_series[samples.series], samples.times, samples.values
         keep = group >= 0
-        group, times, values = group[keep], samples.times[keep], samples.values[keep]
+        if not keep.all():  # copies only where some series lack a key
+            group, times, values = group[keep], times[keep], values[keep]
         if not injective:  # several series per group: merge them by time, ties in arrival order
             order = np.lexsort((times, group))
             group, times, values = group[order], times[order], values[order]
