@@ -5,6 +5,9 @@ polls arrive: `estimate_history`), or a long sample frame (`estimate_fleet`: col
 `value`, `timestamp_seconds` and one column per label key `node`, `gpu_uuid`, `namespace`, `pod`,
 `rack`, `pdu`, NaN where a sample lacks it), which is put in a store first. Both run the same rules.
 Output is frames (pods, nodes, racks, latest rack readings) whose columns are the served metrics.
+Inside a pass figures are arrays over the ids of a `estimators.series.KeySpace` (one entry per pod,
+GPU, node or rack), so the rules below join metrics by indexing; the labels come back only in the
+output frames.
 
 Rules, in the order they are applied:
 

@@ -8,6 +8,10 @@ samples than it has slots. A batch (one collector's poll) costs a lookup per sam
 groups series by the labels a rule needs (`HistoryView.block`) from a table of one row per series,
 never by factorising or sorting the samples themselves.
 
+Each group of series also gets an integer id in a `KeySpace` (one per set of keys: pods, GPUs,
+nodes, ...) shared by every metric, given when the grouping is first built: a pass meets one pod's
+figures from several metrics by indexing arrays with those ids, never by joining frames on strings.
+
 Samples live while their batch does: a batch received before `now - keep_seconds` goes, with all its
 samples, as in a history of whole batches (the estimators' window rules assume those samples are
 still there).
