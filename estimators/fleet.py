@@ -592,9 +592,14 @@ def _joined_methods(size: int, pod: IntArray, method: ObjectArray, first: IntArr
     out = np.full(size, None, dtype=object)
     has = first >= 0
     out[has] = method[first[has]]
-    several = np.flatnonzero(np.bincount(pod, minlength=size) > 1)
-    for p in several:
-        out[p] = ",".join(sorted(set(method[pod == p])))
+    codes, names = pd.factorize(method)
+    if names.size > 1:  # only then may a pod mix methods: find those pods without a loop over shares
+        kinds = np.unique(pod * names.size + codes)  # sorted: each pod's kinds lie together
+        owner = kinds // names.size
+        mixed = np.flatnonzero(np.bincount(owner, minlength=size) > 1)
+        bounds = zip(np.searchsorted(owner, mixed), np.searchsorted(owner, mixed, side="right"), strict=True)
+        for p, (lo, hi) in zip(mixed, bounds, strict=True):
+            out[p] = ",".join(sorted(names[kinds[lo:hi] % names.size]))
     return out
 
 
@@ -791,6 +796,8 @@ def _pod_table(
     # Labels stay objects (NaN or None where unknown) and methods text, the dtypes the pipeline reads.
     typed = {name: pd.Series(frame[name], dtype=object) for name in (*_POD, "node", "confidence")}
     typed["method"] = pd.Series(frame["method"], dtype=str)
+    if typed["confidence"].notna().any():  # as a merge of text columns leaves it
+        typed["confidence"] = typed["confidence"].astype(str)
     return pd.DataFrame({name: typed.get(name, frame[name]) for name in POD_COLUMNS})
 
 
