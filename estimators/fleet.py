@@ -163,6 +163,7 @@ class _Window:
         return self.rows(metric, keys, fill).since(self.start)
 
     def space(self, keys: list[str]) -> KeySpace:
+        """The ids of `keys`' labels (`estimators.series.KeySpace`)."""
         return self.history.space(keys)
 
 
@@ -187,6 +188,7 @@ def _on(size: int, ids: IntArray, values: npt.ArrayLike, fill: float = np.nan) -
 
 
 def _has(size: int, ids: IntArray) -> BoolArray:
+    """Which ids of a key space are among `ids`."""
     out = np.zeros(size, dtype=bool)
     out[ids] = True
     return out
@@ -561,6 +563,7 @@ def _per_pod(
     method: ObjectArray,
     confidence: ObjectArray,
 ) -> _PodGpus:
+    """The shares summed per pod; `joules` is each share's energy over its pod's token window."""
     size = window.space(_POD).size
     pod = shares.pod
     gpu_size = window.space(_GPU).size
