@@ -377,6 +377,9 @@ class Counters(NamedTuple):
     values: FloatArray
     counter: FloatArray  # reset-corrected, 0 at each series' first sample
     intervals: FloatArray  # since the series' sample before (NaN at its first)
+    origin: float  # the earliest time
+    band: float  # each series' stretch of `keys`, wider than twice the time the samples span
+    keys: FloatArray  # series x band + band / 2 + time - origin: sorted, one search finds any sample
 
 
 def prepare_counters(
@@ -399,7 +402,9 @@ def prepare_counters(
     start_of = np.flatnonzero(first)
     counter = np.cumsum(step)
     counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))
-    return Counters(sid, t, v, counter, dt)
+    origin = float(t.min()) if t.size else 0.0
+    band = 4.0 * (float(np.max(t - origin, initial=0.0)) + 1.0)
+    return Counters(sid, t, v, counter, dt, origin, band, sid * band + band / 2 + (t - origin))
 
 
 def read_counters(
@@ -411,20 +416,18 @@ def read_counters(
 ) -> FloatArray:
     """The counter of series `query_series[i]` (-1: none) at `at_seconds[i]` (`sorted_counters_at`)."""
     out = np.full(query_series.shape, np.nan)
-    sid, t, v, counter, dt = counters
+    sid, t, v, counter, dt, origin, band, keys = counters
     if sid.size == 0 or query_series.size == 0:
         return out
     qsid = np.where(query_series <= sid.max(), query_series, -1)
     at = np.asarray(at_seconds, dtype=np.float64)
-    origin = float(t.min())
     asked = np.isfinite(at)
-    reach = max(float(np.max(np.abs(t - origin))), float(np.max(np.abs(at[asked] - origin), initial=0.0)))
-    span = 4.0 * (reach + 1.0)
     qsid = np.where(asked, qsid, -1)
     at = np.where(asked, at, origin)
-    composite = sid * span + span / 2 + (t - origin)
-    wanted_key = qsid * span + span / 2 + (at - origin)
-    position = np.searchsorted(composite, wanted_key, side="right")
+    # An instant far outside every sample is searched as one just outside them (still inside its
+    # series' band): it lands at the same place.
+    offset = np.clip(at - origin, -0.375 * band, 0.375 * band)
+    position = np.searchsorted(keys, qsid * band + band / 2 + offset, side="right")
     left = position - 1
     right = position
     n = sid.size
