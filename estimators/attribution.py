@@ -17,7 +17,10 @@ CPU and DRAM power
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+
+FloatArray = npt.NDArray[np.float64]
 
 GPU_KEYS = ["node", "gpu_uuid"]
 POD_KEYS = ["namespace", "pod"]
@@ -43,26 +46,36 @@ def split_gpu_power(gpus: pd.DataFrame, assignments: pd.DataFrame, pod_load: pd.
     )
     if shares.empty:
         return pd.DataFrame(columns=[*GPU_KEYS, *POD_KEYS, "share_ratio", "gpu_share_watts", "method"])
-    # One integer per GPU, factorised once: every per-GPU sum below groups by it, not by strings.
-    by_gpu = shares.groupby(GPU_KEYS, sort=False).ngroup().to_numpy()
-    pods_on_gpu = shares.groupby(by_gpu)["pod"].transform("size").to_numpy(np.float64)
-    weight = 1.0 / pods_on_gpu
-    split = np.where(pods_on_gpu > 1, "/equal_share", "")
-    # Utilisation first, then tokens, so tokens win where both are usable.
-    for column, label in (
-        ("utilization_ratio", "/utilization_share"),
-        ("generation_tokens_per_second", "/token_share"),
-    ):
-        values = shares[column].astype(np.float64)
-        total = values.groupby(by_gpu).transform("sum").to_numpy(np.float64)
-        complete = ~values.isna().groupby(by_gpu).transform("any").to_numpy(bool)
-        usable = complete & (total > 0) & (pods_on_gpu > 1)
-        weight = np.where(usable, values.to_numpy(np.float64) / np.where(total > 0, total, 1.0), weight)
-        split = np.where(usable, label, split)
+    # One integer per GPU, factorised once: every per-GPU sum groups by it, not by strings.
+    by_gpu = shares.groupby(GPU_KEYS, sort=False).ngroup().to_numpy(np.int64).astype(np.int64)
+    weight, split = share_weights(
+        by_gpu,
+        shares["generation_tokens_per_second"].to_numpy(np.float64),
+        shares["utilization_ratio"].to_numpy(np.float64),
+    )
     shares["share_ratio"] = weight
     shares["gpu_share_watts"] = shares["power_watts"].to_numpy(np.float64) * weight
     shares["method"] = shares["method"].astype(str) + split
     return shares[[*GPU_KEYS, *POD_KEYS, "share_ratio", "gpu_share_watts", "method"]]
+
+
+def share_weights(
+    by_gpu: npt.NDArray[np.int64], tokens_per_second: FloatArray, utilization: FloatArray
+) -> tuple[FloatArray, npt.NDArray[np.str_]]:
+    """Each share's fraction of its GPU (`by_gpu`: one integer per GPU, one row per pod on it) and
+    the split's label ("", "/token_share", "/utilization_share" or "/equal_share")."""
+    pods_on_gpu = np.bincount(by_gpu)[by_gpu].astype(np.float64)
+    weight = 1.0 / pods_on_gpu
+    split = np.where(pods_on_gpu > 1, "/equal_share", "")
+    # Utilisation first, then tokens, so tokens win where both are usable.
+    for values, label in ((utilization, "/utilization_share"), (tokens_per_second, "/token_share")):
+        unknown = np.isnan(values)
+        total = np.bincount(by_gpu, np.where(unknown, 0.0, values))[by_gpu]
+        complete = np.bincount(by_gpu, unknown)[by_gpu] == 0
+        usable = complete & (total > 0) & (pods_on_gpu > 1)
+        weight = np.where(usable, values / np.where(total > 0, total, 1.0), weight)
+        split = np.where(usable, label, split)
+    return weight, split
 
 
 def fit_cpu_to_node(pods: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataFrame:
@@ -73,14 +86,33 @@ def fit_cpu_to_node(pods: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataF
     and a boolean `cpu_scaled` column.
     """
     out = pods.copy()
-    gpu = out["gpu_power_watts"].fillna(0.0)
-    cpu = out["cpu_power_watts"]
-    measured = out["node"].map(node_power_watts).astype(np.float64)
-    gpu_sum = gpu.groupby(out["node"]).transform("sum")
-    cpu_sum = cpu.fillna(0.0).groupby(out["node"]).transform("sum")
-    allowance = (measured - gpu_sum).clip(lower=0.0)
-    factor = (allowance / cpu_sum.where(cpu_sum > 0)).clip(upper=1.0)
-    scale = measured.notna() & cpu.notna() & (factor < 1.0)
-    out["cpu_power_watts"] = cpu.where(~scale, cpu * factor)
-    out["cpu_scaled"] = scale.to_numpy(bool)
+    node = pd.factorize(out["node"])[0].astype(np.int64)  # -1 where a pod's node is unknown
+    measured = out["node"].map(node_power_watts).to_numpy(np.float64)
+    cpu, scaled = cpu_scale(
+        node,
+        out["gpu_power_watts"].to_numpy(np.float64),
+        out["cpu_power_watts"].to_numpy(np.float64),
+        measured,
+    )
+    out["cpu_power_watts"] = cpu
+    out["cpu_scaled"] = scaled
     return out
+
+
+def cpu_scale(
+    node: npt.NDArray[np.int64], gpu_watts: FloatArray, cpu_watts: FloatArray, measured_watts: FloatArray
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """`fit_cpu_to_node` over arrays, one entry per pod: its node as an integer (-1: unknown), GPU and
+    CPU power (NaN where unknown), its node's measured power (NaN: not measured). Returns the CPU
+    power and where it was scaled."""
+    known = node >= 0
+    on, gpu, cpu = node[known], gpu_watts[known], cpu_watts[known]
+    gpu_sum = np.full(node.size, np.nan)
+    cpu_sum = np.full(node.size, np.nan)
+    gpu_sum[known] = np.bincount(on, np.where(np.isnan(gpu), 0.0, gpu))[on]
+    cpu_sum[known] = np.bincount(on, np.where(np.isnan(cpu), 0.0, cpu))[on]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        allowance = np.maximum(measured_watts - gpu_sum, 0.0)
+        factor = np.minimum(allowance / np.where(cpu_sum > 0, cpu_sum, np.nan), 1.0)
+    scale = ~np.isnan(measured_watts) & ~np.isnan(cpu_watts) & (factor < 1.0)
+    return np.where(scale, cpu_watts * factor, cpu_watts), scale

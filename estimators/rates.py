@@ -326,6 +326,29 @@ def counters_at(
     )
 
 
+def _median_intervals(sid: IntArray, dt: FloatArray, series: IntArray) -> FloatArray:
+    """Median sample interval (`dt`, NaN at each series' first sample) of each of `series` (NaN for
+    one without an interval), as pandas' groupby median gives it: the mean of the middle two."""
+    if series.size == 0:
+        return np.zeros(0)
+    wanted = np.isin(sid, series, kind="table")
+    sid, dt = sid[wanted], dt[wanted]
+    first = np.append(True, sid[1:] != sid[:-1])
+    run = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    rank = np.arange(sid.size) - starts[run]
+    # One row per series, its intervals sorted; the missing ones (inf) sort after them.
+    table = np.full((starts.size, int(rank.max()) + 1), np.inf)
+    table[run, rank] = np.where(np.isnan(dt), np.inf, dt)
+    table.sort(axis=1)
+    count = np.bincount(run, ~np.isnan(dt), minlength=starts.size).astype(np.int64)
+    rows = np.arange(starts.size)
+    middle = 0.5 * (table[rows, np.maximum(count - 1, 0) // 2] + table[rows, count // 2])
+    median = np.where(count > 0, middle, np.nan)
+    found: FloatArray = median[np.searchsorted(sid[starts], series)]
+    return found
+
+
 def sorted_counters_at(
     series: IntArray,
     times: FloatArray,
@@ -339,39 +362,72 @@ def sorted_counters_at(
     """`counters_at` over samples sorted by (series, time), ties in arrival order: the counter of series
     `query_series[i]` (-1: none) at `at_seconds[i]`. Samples without a value are left out, and of
     samples at one instant the last counts (a re-scrape)."""
-    out = np.full(query_series.shape, np.nan)
-    known = np.isfinite(values)
-    sid, t, v = series[known], times[known], values[known]
+    counters = prepare_counters(series, times, values, on_reset=on_reset)
+    return read_counters(
+        counters, query_series, at_seconds, max_extrapolation_factor=max_extrapolation_factor
+    )
+
+
+class Counters(NamedTuple):
+    """Samples sorted by (series, time) made ready for `read_counters` (`prepare_counters`): a pass
+    that reads one metric's counters several times prepares them once."""
+
+    series: IntArray
+    times: FloatArray
+    values: FloatArray
+    counter: FloatArray  # reset-corrected, 0 at each series' first sample
+    intervals: FloatArray  # since the series' sample before (NaN at its first)
+    origin: float  # the earliest time
+    band: float  # each series' stretch of `keys`, wider than twice the time the samples span
+    keys: FloatArray  # series x band + band / 2 + time - origin: sorted, one search finds any sample
+
+
+def prepare_counters(
+    series: IntArray, times: FloatArray, values: FloatArray, *, on_reset: ResetRule = "post_value"
+) -> Counters:
+    """`sorted_counters_at`'s samples, without those lacking a value and with the last of several
+    at one instant, and their reset-corrected counters."""
+    sid, t, v = series, times, values
+    known = np.isfinite(v)
+    if not known.all():  # copies only where there is something to leave out
+        sid, t, v = sid[known], t[known], v[known]
     if sid.size:
         later = np.append((sid[1:] != sid[:-1]) | (t[1:] != t[:-1]), True)
-        sid, t, v = sid[later], t[later], v[later]
-    if sid.size == 0 or query_series.size == 0:
-        return out
+        if not later.all():
+            sid, t, v = sid[later], t[later], v[later]
     first = np.ones(sid.size, dtype=bool)
     first[1:] = sid[1:] != sid[:-1]
-
     step, _ = reset_steps(t, v, first, on_reset=on_reset)
-    dt = np.where(first, np.nan, np.diff(t, prepend=t[0]))
+    dt = np.where(first, np.nan, np.diff(t, prepend=t[:1]))
     start_of = np.flatnonzero(first)
     counter = np.cumsum(step)
     counter = counter - np.repeat(counter[start_of], np.diff(np.append(start_of, sid.size)))
+    origin = float(t.min()) if t.size else 0.0
+    band = 4.0 * (float(np.max(t - origin, initial=0.0)) + 1.0)
+    return Counters(sid, t, v, counter, dt, origin, band, sid * band + band / 2 + (t - origin))
 
-    medians = pd.Series(dt).groupby(sid).median()
-    max_extrapolation = max_extrapolation_factor * medians.reindex(np.arange(int(sid.max()) + 1)).to_numpy(
-        np.float64
-    )
 
+def read_counters(
+    counters: Counters,
+    query_series: IntArray,
+    at_seconds: FloatArray,
+    *,
+    max_extrapolation_factor: float = 1.1,
+) -> FloatArray:
+    """The counter of series `query_series[i]` (-1: none) at `at_seconds[i]` (`sorted_counters_at`)."""
+    out = np.full(query_series.shape, np.nan)
+    sid, t, v, counter, dt, origin, band, keys = counters
+    if sid.size == 0 or query_series.size == 0:
+        return out
     qsid = np.where(query_series <= sid.max(), query_series, -1)
     at = np.asarray(at_seconds, dtype=np.float64)
-    origin = float(t.min())
     asked = np.isfinite(at)
-    reach = max(float(np.max(np.abs(t - origin))), float(np.max(np.abs(at[asked] - origin), initial=0.0)))
-    span = 4.0 * (reach + 1.0)
     qsid = np.where(asked, qsid, -1)
     at = np.where(asked, at, origin)
-    composite = sid * span + span / 2 + (t - origin)
-    wanted_key = qsid * span + span / 2 + (at - origin)
-    position = np.searchsorted(composite, wanted_key, side="right")
+    # An instant far outside every sample is searched as one just outside them (still inside its
+    # series' band): it lands at the same place.
+    offset = np.clip(at - origin, -0.375 * band, 0.375 * band)
+    position = np.searchsorted(keys, qsid * band + band / 2 + offset, side="right")
     left = position - 1
     right = position
     n = sid.size
@@ -379,7 +435,6 @@ def sorted_counters_at(
     has_right = (right < n) & (qsid >= 0) & (sid[np.clip(right, 0, n - 1)] == qsid)
     lc = np.clip(left, 0, n - 1)
     rc = np.clip(right, 0, n - 1)
-    limit = max_extrapolation[np.clip(qsid, 0, None)]
 
     inside = has_left & has_right
     span_lr = t[rc] - t[lc]
@@ -393,12 +448,16 @@ def sorted_counters_at(
     before_last = np.clip(lc - 1, 0, n - 1)
     has_rate = after & (lc >= 1) & (sid[before_last] == qsid)
     tail_rate = (counter[lc] - counter[before_last]) / np.where(has_rate, t[lc] - t[before_last], 1.0)
-    extend = has_rate & (at - t[lc] <= limit)
-    out = np.where(extend, counter[lc] + tail_rate * (at - t[lc]), out)
-
     before = ~has_left & has_right
     after_first = np.clip(rc + 1, 0, n - 1)
     has_head = before & (rc + 1 < n) & (sid[after_first] == qsid)
+    # The median interval only bounds extrapolation: it is worked out for the series that need it.
+    limit = np.full(qsid.shape, np.nan)
+    outside = (has_rate & (at != t[lc])) | has_head
+    limit[outside] = max_extrapolation_factor * _median_intervals(sid, dt, qsid[outside])
+    extend = has_rate & (at - t[lc] <= limit)
+    out = np.where(extend, counter[lc] + tail_rate * (at - t[lc]), out)
+
     head_rate = (counter[after_first] - counter[rc]) / np.where(has_head, t[after_first] - t[rc], 1.0)
     unwind = has_head & (t[rc] - at <= limit)
     out = np.where(unwind, np.maximum(-v[rc], head_rate * (at - t[rc])), out)

@@ -8,6 +8,10 @@ samples than it has slots. A batch (one collector's poll) costs a lookup per sam
 groups series by the labels a rule needs (`HistoryView.block`) from a table of one row per series,
 never by factorising or sorting the samples themselves.
 
+Each group of series also gets an integer id in a `KeySpace` (one per set of keys: pods, GPUs,
+nodes, ...) shared by every metric, given when the grouping is first built: a pass meets one pod's
+figures from several metrics by indexing arrays with those ids, never by joining frames on strings.
+
 Samples live while their batch does: a batch received before `now - keep_seconds` goes, with all its
 samples, as in a history of whole batches (the estimators' window rules assume those samples are
 still there).
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+from estimators.rates import Counters, ResetRule, prepare_counters
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -40,6 +46,64 @@ def _label(value: object) -> str | None:
     return str(value)
 
 
+class KeySpace:
+    """Integer ids for the label values of one set of keys (a pod is (namespace, pod), a GPU (node,
+    gpu_uuid)), shared by every metric of a store: figures of one pod from several metrics meet at
+    its id by array indexing, not by joining frames on strings. Ids only grow; the store starts new
+    spaces when it forgets series (`SampleStore.evict`), so they stay bounded."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self._index: dict[tuple[str, ...], int] = {}
+        self._labels: list[tuple[str, ...]] = []
+        self._columns: tuple[int, list[npt.NDArray[np.object_]]] = (-1, [])
+        self._projections: dict[tuple[str, ...], IntArray] = {}
+        self._rank: IntArray = np.zeros(0, np.int64)
+
+    @property
+    def size(self) -> int:
+        return len(self._labels)
+
+    def ids(self, rows: Iterable[tuple[str, ...]]) -> IntArray:
+        """The id of each row of label values, interning new ones."""
+        index, labels = self._index, self._labels
+        out = []
+        for row in rows:
+            found = index.get(row)
+            if found is None:
+                found = index[row] = len(labels)
+                labels.append(row)
+            out.append(found)
+        return np.asarray(out, dtype=np.int64)
+
+    def columns(self, ids: IntArray) -> dict[str, npt.NDArray[np.object_]]:
+        """The label values of `ids`, one object array per key."""
+        if self._columns[0] != self.size:
+            table = np.empty((self.size, len(self.keys)), dtype=object)
+            for row, labels in enumerate(self._labels):
+                table[row] = labels
+            self._columns = (self.size, [table[:, i] for i in range(len(self.keys))])
+        return {key: column[ids] for key, column in zip(self.keys, self._columns[1], strict=True)}
+
+    def project(self, target: KeySpace) -> IntArray:
+        """Per id of this space, the id in `target` (whose keys are some of these) of its labels."""
+        found = self._projections.get(target.keys, np.zeros(0, np.int64))
+        if found.size < self.size:
+            positions = [self.keys.index(key) for key in target.keys]
+            new = target.ids(tuple(row[p] for p in positions) for row in self._labels[found.size :])
+            found = self._projections[target.keys] = np.concatenate((found, new))
+        return found
+
+    def sorted(self, ids: IntArray) -> IntArray:
+        """`ids` in order of their label values (as a frame sorted by the keys orders them)."""
+        if self._rank.size != self.size:
+            order = sorted(range(self.size), key=self._labels.__getitem__)
+            self._rank = np.empty(self.size, np.int64)
+            self._rank[order] = np.arange(self.size)
+        sorted_ids: IntArray = ids[np.argsort(self._rank[ids], kind="stable")]
+        return sorted_ids
+
+
 @dataclass
 class _MetricSeries:
     """One metric's series: labels per series and the 2-D sample layout."""
@@ -49,9 +113,11 @@ class _MetricSeries:
     values: FloatArray = field(default_factory=lambda: np.full((0, _INITIAL_SLOTS), np.nan))
     received: FloatArray = field(default_factory=lambda: np.full((0, _INITIAL_SLOTS), np.inf))
     counts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    newest: float = -np.inf  # no sample is later (eviction may leave it later than any)
     _label_columns: dict[str, npt.NDArray[np.object_]] | None = None
     _groupings: dict[
-        tuple[tuple[str, ...], tuple[tuple[str, str], ...]], tuple[int, IntArray, pd.DataFrame, bool]
+        tuple[tuple[str, ...], tuple[tuple[str, str], ...]],
+        tuple[int, KeySpace, IntArray, pd.DataFrame, bool, IntArray],
     ] = field(default_factory=dict)
 
     @property
@@ -104,11 +170,32 @@ class _MetricSeries:
         self.values[series, slot] = values
         self.received[series, slot] = received
         np.add.at(self.counts, series, 1)
+        self.newest = max(self.newest, float(times.max()))
         if resort.size:
             by_time = np.argsort(self.times[resort], axis=1, kind="stable")
             for name in ("times", "values", "received"):
                 array = getattr(self, name)
                 array[resort] = np.take_along_axis(array[resort], by_time, axis=1)
+
+    def samples_until(self, now_seconds: float) -> _Samples:
+        """The samples up to `now_seconds`, sorted by (series, time)."""
+        counts = self.counts[: self.size]
+        if self.newest <= now_seconds and counts.size and (counts == counts[0]).all():
+            # Every sample is in, each series has as many: the first slots of each row, in order.
+            held = int(counts[0])
+            times = self.times[: self.size, :held]
+            newest = times[:, held - 1] if held else np.full(self.size, -np.inf)
+            series = np.repeat(np.arange(self.size, dtype=np.int64), held)
+            # Copies (flatten), so later polls written into the layout never change a view.
+            values = self.values[: self.size, :held].flatten()
+            return _Samples(self, series, times.flatten(), values, newest.copy())
+        mask = self.times[: self.size] <= min(now_seconds, _LATEST)  # empty slots hold +inf
+        series = np.nonzero(mask)[0].astype(np.int64)
+        times = self.times[: self.size][mask]
+        last = np.append(series[1:] != series[:-1], True)[: series.size]  # each series' last sample
+        newest = np.full(self.size, -np.inf)
+        newest[series[last]] = times[last]
+        return _Samples(self, series, times, self.values[: self.size][mask], newest)
 
     def evict(self, oldest_received: float) -> None:
         """Drop the samples of batches received before `oldest_received`; the rest move left."""
@@ -134,14 +221,16 @@ class _MetricSeries:
         self._label_columns = None
         self._groupings.clear()
 
-    def grouping(self, keys: tuple[str, ...], fill: Mapping[str, str]) -> tuple[IntArray, pd.DataFrame, bool]:
-        """Each series' group by `keys` (-1 where it lacks one), the groups' labels, and whether every
-        group is one series. Numbered by first series, so with one series per group the numbers rise
-        with the series'. Cached until a series is added."""
+    def grouping(
+        self, keys: tuple[str, ...], fill: Mapping[str, str], space: KeySpace
+    ) -> tuple[IntArray, pd.DataFrame, bool, IntArray]:
+        """Each series' group by `keys` (-1 where it lacks one), the groups' labels, whether every
+        group is one series, and each group's id in `space`. Numbered by first series, so with one
+        series per group the numbers rise with the series'. Cached until a series is added."""
         cache_key = (keys, tuple(sorted(fill.items())))
         found = self._groupings.get(cache_key)
-        if found is not None and found[0] == self.size:
-            return found[1], found[2], found[3]
+        if found is not None and found[0] == self.size and found[1] is space:
+            return found[2], found[3], found[4], found[5]
         columns = self.label_columns()
         combined = np.zeros(self.size, dtype=np.int64)
         missing = np.zeros(self.size, dtype=bool)
@@ -161,8 +250,9 @@ class _MetricSeries:
         _, first = np.unique(codes, return_index=True)
         labels = pd.DataFrame({key: filled[key][valid[first]] for key in keys}, dtype=object)
         injective = len(groups) == valid.size
-        self._groupings[cache_key] = (self.size, group, labels, injective)
-        return group, labels, injective
+        ids = space.ids(zip(*(labels[key].to_numpy(object) for key in keys), strict=True))
+        self._groupings[cache_key] = (self.size, space, group, labels, injective, ids)
+        return group, labels, injective, ids
 
 
 class SampleStore:
@@ -171,6 +261,7 @@ class SampleStore:
     def __init__(self) -> None:
         self._metrics: dict[str, _MetricSeries] = {}
         self._series: dict[tuple[str, tuple[str | None, ...]], int] = {}
+        self._spaces: dict[tuple[str, ...], KeySpace] = {}
 
     def add_rows(
         self, rows: Iterable[tuple[str, float, float, Mapping[str, str]]], received_seconds: float
@@ -243,6 +334,7 @@ class SampleStore:
                     if not kept:
                         del self._series[(metric, labels)]
                 store.keep_series(held)
+                self._spaces = {}  # forgotten series' labels go with their ids; views keep the old
                 for number, labels in enumerate(store.labels):
                     self._series[(metric, labels)] = number
 
@@ -267,10 +359,8 @@ class SampleStore:
         """The samples up to `now_seconds`, per metric, sorted by (series, time)."""
         metrics: dict[str, _Samples] = {}
         for metric, store in self._metrics.items():
-            mask = store.times <= min(now_seconds, _LATEST)  # empty slots hold +inf
-            series, _ = np.nonzero(mask)
-            metrics[metric] = _Samples(store, series.astype(np.int64), store.times[mask], store.values[mask])
-        return HistoryView(metrics)
+            metrics[metric] = store.samples_until(now_seconds)
+        return HistoryView(metrics, self._spaces)
 
     @classmethod
     def from_frame(cls, samples: pd.DataFrame) -> SampleStore:
@@ -285,6 +375,7 @@ class _Samples:
     series: IntArray
     times: FloatArray
     values: FloatArray
+    newest: FloatArray  # per series, its newest time (-inf: none)
 
 
 @dataclass(frozen=True)
@@ -297,13 +388,25 @@ class Block:
     group: IntArray
     times: FloatArray
     values: FloatArray
+    space: KeySpace
+    ids: IntArray  # each group's id in `space`
+    _counters: dict[ResetRule, Counters] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
         return self.group.size == 0
 
     def where(self, keep: BoolArray) -> Block:
-        return Block(self.labels, self.group[keep], self.times[keep], self.values[keep])
+        return Block(self.labels, self.group[keep], self.times[keep], self.values[keep], self.space, self.ids)
+
+    def counters(self, on_reset: ResetRule) -> Counters:
+        """The samples as counters (`estimators.rates.prepare_counters`), prepared once per block."""
+        found = self._counters.get(on_reset)
+        if found is None:
+            found = self._counters[on_reset] = prepare_counters(
+                self.group, self.times, self.values, on_reset=on_reset
+            )
+        return found
 
     def since(self, start_seconds: float) -> Block:
         return self.where(self.times >= start_seconds)
@@ -327,22 +430,13 @@ class Block:
         """Index of each group's last sample, given where each starts (`present`)."""
         return np.append(starts[1:], self.group.size)[: starts.size] - 1
 
-    def group_of(self, frame: pd.DataFrame, keys: Sequence[str]) -> IntArray:
-        """The group of each row of `frame` (its `keys` columns), -1 where there is none."""
-        table = self.labels.assign(_group=np.arange(len(self.labels), dtype=np.int64))
-        found = (
-            frame[list(keys)]
-            .astype(object)
-            .merge(table.astype({k: object for k in keys}), on=list(keys), how="left")
-        )
-        return found["_group"].fillna(-1).to_numpy(np.int64)
-
 
 @dataclass(frozen=True)
 class HistoryView:
     """Every metric's samples up to a pass's `now` (`SampleStore.view`), grouped on demand."""
 
     metrics: dict[str, _Samples]
+    spaces: dict[tuple[str, ...], KeySpace]
     _blocks: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], Block] = field(
         default_factory=dict
     )
@@ -356,40 +450,51 @@ class HistoryView:
             found = self._blocks[cache_key] = self._block(metric, keys, fill)
         return found
 
+    def space(self, keys: Sequence[str]) -> KeySpace:
+        """The ids of `keys`' label values, shared by every metric (`KeySpace`)."""
+        found = self.spaces.get(tuple(keys))
+        if found is None:
+            found = self.spaces[tuple(keys)] = KeySpace(tuple(keys))
+        return found
+
     def _block(self, metric: str, keys: Sequence[str], fill: Mapping[str, str] | None) -> Block:
         samples = self.metrics.get(metric)
+        space = self.space(keys)
         if samples is None:
             empty = pd.DataFrame({key: pd.Series(dtype=object) for key in keys})
-            return Block(empty, np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
-        group_of_series, labels, injective = samples.store.grouping(tuple(keys), fill or {})
-        group = group_of_series[samples.series]
+            none = np.zeros(0, np.int64)
+            return Block(empty, none, np.zeros(0), np.zeros(0), space, none)
+        group_of_series, labels, injective, ids = samples.store.grouping(tuple(keys), fill or {}, space)
+        group, times, values = group_of_series[samples.series], samples.times, samples.values
         keep = group >= 0
-        group, times, values = group[keep], samples.times[keep], samples.values[keep]
+        if not keep.all():  # copies only where some series lack a key
+            group, times, values = group[keep], times[keep], values[keep]
         if not injective:  # several series per group: merge them by time, ties in arrival order
             order = np.lexsort((times, group))
             group, times, values = group[order], times[order], values[order]
-        return Block(labels, group, times, values)
+        return Block(labels, group, times, values, space, ids)
 
-    def newest_labels(self, keys: Sequence[str], start_seconds: float) -> pd.DataFrame:
-        """Per metric and series with all of `keys` and a sample at or after `start_seconds`: its `keys`
-        labels and newest sample's `timestamp_seconds` (one frame over all metrics, metric by metric)."""
-        frames = [pd.DataFrame({key: pd.Series(dtype=object) for key in keys}).assign(timestamp_seconds=0.0)]
+    def intern(self, keys: Sequence[str]) -> None:
+        """Give the labels of every metric's series that has all of `keys` an id in `space(keys)`."""
+        space = self.space(keys)
         for samples in self.metrics.values():
-            columns = samples.store.label_columns()
-            if any(pd.isna(columns[key]).all() for key in keys):
-                continue  # no series of this metric has every key
-            recent = np.flatnonzero(samples.times >= start_seconds)
+            samples.store.grouping(tuple(keys), {}, space)
+
+    def newest_ids(self, keys: Sequence[str], start_seconds: float) -> tuple[IntArray, FloatArray]:
+        """Per metric and series with all of `keys` and a sample at or after `start_seconds`: the id of
+        its `keys` labels (`space(keys)`) and its newest sample's time; metric by metric, series by
+        series."""
+        space = self.space(keys)
+        ids, times = [np.zeros(0, np.int64)], [np.zeros(0)]
+        for samples in self.metrics.values():
+            recent = np.flatnonzero(samples.newest >= start_seconds)
             if recent.size == 0:
                 continue
-            newest = recent[np.append(samples.series[recent][1:] != samples.series[recent][:-1], True)]
-            series = samples.series[newest]
-            labelled = {key: columns[key][series] for key in keys}
-            complete = np.ones(series.size, dtype=bool)
-            for values in labelled.values():
-                complete &= pd.notna(values)
-            frame = pd.DataFrame({key: values[complete] for key, values in labelled.items()}, dtype=object)
-            frames.append(frame.assign(timestamp_seconds=samples.times[newest][complete]))
-        return pd.concat(frames, ignore_index=True)
+            group_of_series, _, _, group_ids = samples.store.grouping(tuple(keys), {}, space)
+            group = group_of_series[recent]
+            ids.append(group_ids[group[group >= 0]])
+            times.append(samples.newest[recent][group >= 0])
+        return np.concatenate(ids), np.concatenate(times)
 
     def frame(self, metrics: Sequence[str], start_seconds: float) -> pd.DataFrame:
         """The long sample frame (metric, value, timestamp_seconds, `LABELS`) of `metrics`' samples at or

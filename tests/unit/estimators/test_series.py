@@ -45,3 +45,28 @@ def test_memory_follows_the_series_and_samples_kept_not_how_often_the_layout_gre
         store.evict(second - 120.0)
     kept = 121 * 1_000 * 3 * 8  # 121 samples of 1,000 series, three float64 arrays
     assert kept <= store.nbytes <= 4 * kept
+
+
+def test_a_view_leaves_out_samples_after_its_now_even_when_every_series_has_as_many() -> None:
+    """A pass at `now` must not see a poll stamped after it, whichever way the view reads the layout."""
+    store = SampleStore()
+    for at in (0.0, 15.0, 30.0):
+        store.add_rows(_rows(range(3), at), received_seconds=at)
+    early = store.view(20.0).block("generation_tokens_total", ["namespace", "pod"])
+    assert early.times.tolist() == [0.0, 15.0] * 3
+    late = store.view(30.0).block("generation_tokens_total", ["namespace", "pod"])
+    assert late.times.tolist() == [0.0, 15.0, 30.0] * 3
+    assert late.values.tolist() == [0.0, 150.0, 300.0] * 3
+
+
+def test_one_pod_has_one_id_in_every_metric_until_the_store_forgets_series() -> None:
+    store = SampleStore()
+    rows = _rows(range(2), 0.0)
+    store.add_rows(rows + [("prompt_tokens_total", 1.0, 0.0, labels) for _, _, _, labels in rows[::-1]], 1.0)
+    view = store.view(10.0)
+    generated = view.block("generation_tokens_total", ["namespace", "pod"])
+    prompted = view.block("prompt_tokens_total", ["namespace", "pod"])
+    assert list(generated.labels["pod"]) == ["p0", "p1"] and list(prompted.labels["pod"]) == ["p1", "p0"]
+    assert generated.ids.tolist() == prompted.ids[::-1].tolist()
+    names = view.space(["namespace", "pod"]).columns(generated.ids)
+    assert names["pod"].tolist() == ["p0", "p1"]
