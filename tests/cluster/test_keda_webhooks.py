@@ -4,7 +4,9 @@ operator's included, is validated by KEDA before it is stored.
 
 KEDA refuses a ScaledObject for a Deployment that another ScaledObject, or an HPA of someone else, already
 scales (two autoscalers on one Deployment fight over its replicas); the refusal reaches the client as the API
-server's answer, with KEDA's message, and nothing is stored.
+server's answer, with KEDA's message, and nothing is stored. What the wattscale operator renders for a managed
+workload (poweroperator.keda: scalingModifiers over demand and power triggers, fallback, a bound-token
+TriggerAuthentication) passes KEDA's validation.
 """
 
 from __future__ import annotations
@@ -19,11 +21,21 @@ from kubeharness.controlplane import ControlPlane
 from kubeharness.keda import SCALED_OBJECT_WEBHOOK, DeployedKeda, dry_run_create
 from kubeharness.kubelet import KubeletStandIn
 from kubeharness.processes import wait_until
-from kubeharness.workloads import WORKLOAD_NAMESPACE, create_deployment, create_hpa, delete_workload
+from kubeharness.workloads import (
+    WORKLOAD_NAMESPACE,
+    create_deployment,
+    create_hpa,
+    delete_workload,
+    wait_until_deleted,
+)
+
+from poweroperator import keda as operator_keda
+from poweroperator.budget import parse_budget
 
 pytestmark = pytest.mark.cluster
 
 TARGET = "webhook-target"
+MANAGED = "webhook-managed"  # another Deployment: KEDA's HPA for TARGET outlives its ScaledObject a moment
 FIRST, SECOND = "webhook-first", "webhook-second"
 _TIMEOUT_SECONDS = 60.0
 
@@ -91,6 +103,13 @@ def target(
             "delete", "scaledobject", FIRST, SECOND, "-n", WORKLOAD_NAMESPACE, "--ignore-not-found", "--wait"
         )
         delete_workload(admin_api, TARGET)
+        autoscaling = kubernetes.client.AutoscalingV2Api(admin_api)
+        wait_until_deleted(
+            lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler(
+                f"keda-hpa-{FIRST}", WORKLOAD_NAMESPACE
+            ),
+            f"KEDA's HPA keda-hpa-{FIRST}",
+        )
 
 
 def test_keda_webhook_refuses_a_second_scaled_object_for_a_deployment_keda_scales(
@@ -139,3 +158,54 @@ def test_keda_webhook_refuses_a_scaled_object_for_a_deployment_an_hpa_scales(
     refusal = _create(control_plane, document)
     assert f'admission webhook "{SCALED_OBJECT_WEBHOOK}" denied the request: {message}' in refusal
     assert not _exists(control_plane, FIRST)
+
+
+QUEUE = {
+    "name": "queue",
+    "type": "kubernetes-resource",
+    "metadata": {"resourceKind": "ConfigMap", "resourceName": "demand", "key": "queue", "targetValue": "1"},
+    "replicaTarget": 4,
+}
+TOKENS = {
+    "name": "tokens",
+    "type": "metrics-api",
+    "metadata": {"url": "http://127.0.0.1:1/tokens", "valueLocation": "value", "targetValue": "1"},
+    "replicaTarget": 1000,
+}
+
+
+@pytest.mark.parametrize(
+    "demand", [[QUEUE], [QUEUE, TOKENS]], ids=["one-demand-trigger", "two-demand-triggers"]
+)
+def test_keda_webhook_admits_what_the_wattscale_operator_renders(
+    control_plane: ControlPlane, keda: DeployedKeda, demand: list[dict[str, Any]]
+) -> None:
+    budget = parse_budget(
+        {
+            "metadata": {
+                "name": "rack-webhook",
+                "uid": "00000000-0000-0000-0000-000000000001",
+                "generation": 1,
+            },
+            "spec": {
+                "nodeSelector": {"matchLabels": {"wattscale.io/rack": "rack-webhook"}},
+                "capWatts": 10_000,
+                "mode": "enforce",
+                "workloads": [
+                    {
+                        "kind": "Deployment",
+                        "namespace": WORKLOAD_NAMESPACE,
+                        "name": MANAGED,
+                        "scaling": {"mode": "managed", "maxReplicas": 8, "demand": demand},
+                    }
+                ],
+            },
+        }
+    )
+    settings = operator_keda.KedaSettings(adapter_url="https://wattscale.wattscale.svc:443")
+    validated = keda.scaled_object_validations(WORKLOAD_NAMESPACE, "create")
+    for document in operator_keda.workload_objects(settings, budget, budget.workloads[0]):
+        done = dry_run_create(control_plane, document)
+        assert done.returncode == 0, f"KEDA refused the operator's {document['kind']}:\n{done.stderr}"
+    # The ScaledObject went through KEDA's validation (a dry run is validated like a create).
+    assert keda.scaled_object_validations(WORKLOAD_NAMESPACE, "create") == validated + 1

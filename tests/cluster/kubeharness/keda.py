@@ -276,8 +276,12 @@ def deploy_keda(
         user=f"system:serviceaccount:{KEDA_NAMESPACE}:{KEDA_ACCOUNT}",
         token=token,
     )
+    # Every port before any process starts: a port probed free while a process is still binding its own
+    # could be the one it was given.
     grpc_address = f"127.0.0.1:{free_port()}"
     probe_port = free_port()
+    operator_metrics_port, metrics_server_metrics_port = free_port(), free_port()
+    webhooks_port, webhooks_probe_port, webhooks_metrics_port = free_port(), free_port(), free_port()
     env = {
         "KUBECONFIG": str(kubeconfig),
         # Running on the host: never in-cluster discovery.
@@ -299,7 +303,7 @@ def deploy_keda(
         [
             plane.binaries.path("keda-operator"),
             "--leader-elect=false",
-            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            f"--metrics-bind-address=127.0.0.1:{operator_metrics_port}",
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-service-bind-address={grpc_address}",
             f"--cert-dir={cert_dir}",
@@ -332,14 +336,13 @@ def deploy_keda(
             f"--authorization-kubeconfig={kubeconfig}",
             f"--metrics-service-address={grpc_address}",
             # Its plain-HTTP /metrics listener binds every interface; a free port keeps it out of the way.
-            f"--port={free_port()}",
+            f"--port={metrics_server_metrics_port}",
             "--zap-log-level=info",
             "--zap-encoder=console",
         ],
         logs / "keda-metrics-apiserver.log",
         env=env,
     )
-    webhooks_port, webhooks_probe_port, webhooks_metrics_port = free_port(), free_port(), free_port()
     webhooks = ManagedProcess(
         "keda-admission-webhooks",
         [
