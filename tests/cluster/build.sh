@@ -3,7 +3,7 @@
 #   ${WATTSCALE_CACHE:-$HOME/.cache/wattscale}/k8s/<kubernetes version>/bin
 # outside the clone, so later runs (and fresh clones on the same machine) reuse it: etcd (./etcd),
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (./k8s), the compiled KEDA client test and
-# KEDA's operator and metrics API server (./keda), and the KServe controller (./kserve). The manifests the
+# KEDA's operator, metrics API server and admission webhooks (./keda), and the KServe controller (./kserve). The manifests the
 # harness applies for KEDA and KServe (CRDs, RBAC, KServe's inferenceservice-config) are copied from the same
 # module versions into ../manifests/<module>-<version>/config.
 # The Go build and module caches live beside it. Each piece is skipped when its output exists. The versions
@@ -21,7 +21,7 @@ kserve_version="$(awk '$1 == "github.com/kserve/kserve" {print $2} $1 == "requir
     || { echo "build.sh: versions not found in the go.mod files" >&2; exit 1; }
 bin_dir="$cache/$k8s_version/bin"
 k8s_binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-keda_binaries=(keda-operator keda-adapter)
+keda_binaries=(keda-operator keda-adapter keda-admission-webhooks)
 manifests_dir="$cache/$k8s_version/manifests"
 keda_manifests="$manifests_dir/keda-$keda_version"
 kserve_manifests="$manifests_dir/kserve-$kserve_version"
@@ -94,13 +94,15 @@ copy_module_config() { # <module dir here> <module path> <destination>
 
 if [ "$need_keda_peers" = 1 ]; then
     # Same module as the client test, so the scalers it links are compiled once for both.
-    echo "building KEDA $keda_version operator and metrics API server"
+    echo "building KEDA $keda_version operator, metrics API server and admission webhooks"
     (cd "$here/keda" && nice -n 10 go build -trimpath \
         -ldflags="-s -w -X github.com/kedacore/keda/v2/version.Version=$keda_version" -o "$staging/" \
-        github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter)
+        github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter \
+        github.com/kedacore/keda/v2/cmd/webhooks)
     copy_module_config "$here/keda" github.com/kedacore/keda/v2 "$keda_manifests"
     mv -f "$staging/operator" "$bin_dir/keda-operator"
     mv -f "$staging/adapter" "$bin_dir/keda-adapter"
+    mv -f "$staging/webhooks" "$bin_dir/keda-admission-webhooks"
 fi
 
 if [ "$need_kserve" = 1 ]; then

@@ -4,10 +4,11 @@ module wattscale.test/kedaclient
 
 go 1.26.0
 
-// KEDA's operator and metrics API server, run by the cluster harness (kubeharness/keda.py).
+// KEDA's operator, metrics API server and admission webhooks, run by the cluster harness (kubeharness/keda.py).
 tool (
 	github.com/kedacore/keda/v2/cmd/adapter
 	github.com/kedacore/keda/v2/cmd/operator
+	github.com/kedacore/keda/v2/cmd/webhooks
 )
 
 require github.com/kedacore/keda/v2 v2.21.0

@@ -54,6 +54,12 @@ def http_ok(url: str) -> bool:
         return bool(answer.status == 200)
 
 
+def http_get_text(url: str) -> str:
+    """The body of a plain-HTTP GET on loopback (a controller's /metrics, say); an HTTP error raises."""
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return str(answer.read().decode())
+
+
 def wait_for_probe(process: ManagedProcess, url: str, *, timeout_seconds: float) -> None:
     """Wait until `process` answers 200 on its probe `url`; fail at once if it exits."""
 

@@ -1,10 +1,12 @@
-"""KEDA's operator and metrics API server (built from github.com/kedacore/keda/v2 by build.sh), on the host.
+"""KEDA's operator, metrics API server and admission webhooks (built from github.com/kedacore/keda/v2 by
+build.sh), on the host.
 
 Installed the way KEDA's own manifests install it, from the `config/` folder of the same module version: the
 CRDs, the `keda` namespace, the `keda-operator` ServiceAccount and KEDA's RBAC (operator role, auth delegation,
-the HPA controller's grant on external.metrics.k8s.io) and the `v1beta1.external.metrics.k8s.io` APIService.
-Both processes act as `keda/keda-operator` (a token from the TokenRequest API), so KEDA's own RBAC is what
-is tested, including `serviceaccounts/token` for `boundServiceAccountToken` authentication.
+the HPA controller's grant on external.metrics.k8s.io), the `v1beta1.external.metrics.k8s.io` APIService and
+the `keda-admission` ValidatingWebhookConfiguration. The three processes act as `keda/keda-operator` (a token
+from the TokenRequest API, the ServiceAccount KEDA's manifests give all three), so KEDA's own RBAC is what is
+tested, including `serviceaccounts/token` for `boundServiceAccountToken` authentication.
 
 What a host-run KEDA needs, and nothing else, is changed:
 * the metrics server's Service becomes an ExternalName to localhost and the APIService points at the port it
@@ -12,6 +14,10 @@ What a host-run KEDA needs, and nothing else, is changed:
 * certificates come from a harness CA instead of KEDA's cert rotation (`--enable-cert-rotation=false`, KEDA's
   documented way to bring your own): one pair in `--cert-dir` (`ca.crt`, `tls.crt`, `tls.key`) serves the
   APIService and the operator<->metrics-server gRPC link, which is mutual TLS;
+* the admission webhooks serve the same pair (a real install mounts one `kedaorg-certs` Secret into all three)
+  and are registered with `clientConfig.url` on 127.0.0.1 instead of their Service, with `failurePolicy: Fail`
+  instead of KEDA's `Ignore`: a webhook that does not answer fails the request rather than letting an
+  unvalidated ScaledObject through unnoticed, so every ScaledObject a test writes is known to be validated;
 * `--ca-dir` holds the CAs KEDA trusts for scaler HTTPS calls (the wattscale adapter's CA);
 * `KEDA_SERVICE_ACCOUNT_TOKEN_AUDIENCES` names the ServiceAccounts KEDA may mint `boundServiceAccountToken`s
   for (KEDA 2.21 refuses any other in its default `enforce-audience` mode), with the API server's audience,
@@ -24,6 +30,7 @@ import base64
 import contextlib
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,10 +38,11 @@ from typing import Any
 
 import kubernetes.client
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubeharness.adapter import wait_for_api_service
 from kubeharness.controlplane import API_AUDIENCE, ControlPlane
-from kubeharness.https import wait_for_probe
+from kubeharness.https import http_get_text, wait_for_probe
 from kubeharness.identities import service_account_token
 from kubeharness.kubeconfig import write_kubeconfig
 from kubeharness.pki import CertificateAuthority
@@ -44,6 +52,9 @@ KEDA_NAMESPACE = "keda"
 KEDA_ACCOUNT = "keda-operator"
 METRICS_SERVICE = "keda-metrics-apiserver"
 EXTERNAL_METRICS_API_SERVICE = "v1beta1.external.metrics.k8s.io"
+WEBHOOK_CONFIGURATION = "keda-admission"
+SCALED_OBJECT_WEBHOOK = "vscaledobject.kb.io"
+_VALIDATIONS_METRIC = "keda_webhook_scaled_object_validations"
 _MANIFESTS = (
     "general/namespace.yaml",
     "service_account/service_account.yaml",
@@ -63,16 +74,41 @@ def load_documents(paths: list[Path]) -> list[dict[str, Any]]:
 
 @dataclass
 class DeployedKeda:
+    plane: ControlPlane
     operator: ManagedProcess
     metrics_server: ManagedProcess
+    webhooks: ManagedProcess
+    webhooks_metrics_url: str
 
     @property
     def processes(self) -> list[ManagedProcess]:
-        return [self.operator, self.metrics_server]
+        return [self.operator, self.metrics_server, self.webhooks]
 
     def stop(self) -> None:
+        # Unregistered first: with failurePolicy Fail a registered, stopped webhook refuses every ScaledObject
+        # write, including the finalizer removals that let the ones still there be deleted.
+        self.plane.kubectl(
+            "delete",
+            "validatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "--ignore-not-found",
+            check=False,
+        )
+        self.webhooks.stop()
         self.metrics_server.stop()
         self.operator.stop()
+
+    def scaled_object_validations(self, namespace: str, action: str) -> int:
+        """How many ScaledObject writes (`action` "create" or "update") in `namespace` KEDA's webhook has
+        validated: its own `keda_webhook_scaled_object_validations_total` counter."""
+        page = http_get_text(self.webhooks_metrics_url)
+        return sum(
+            int(sample.value)
+            for family in text_string_to_metric_families(page)
+            if family.name == _VALIDATIONS_METRIC
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels == {"namespace": namespace, "action": action}
+        )
 
 
 def host_run_documents(config: Path, ca_pem: bytes, port: int) -> list[dict[str, Any]]:
@@ -90,6 +126,84 @@ def host_run_documents(config: Path, ca_pem: bytes, port: int) -> list[dict[str,
             doc["spec"].pop("insecureSkipTLSVerify", None)
             doc["spec"]["caBundle"] = base64.b64encode(ca_pem).decode()
     return documents
+
+
+def host_run_webhooks(documents: list[dict[str, Any]], port: int, ca_pem: bytes) -> list[dict[str, Any]]:
+    """Webhook configurations whose Service references are replaced by the URL of a webhook server on the
+    host (same path), trusted through `ca_pem`."""
+    for doc in documents:
+        for webhook in doc["webhooks"]:
+            path = webhook["clientConfig"]["service"]["path"]
+            webhook["clientConfig"] = {
+                "url": f"https://127.0.0.1:{port}{path}",
+                "caBundle": base64.b64encode(ca_pem).decode(),
+            }
+    return documents
+
+
+def webhook_documents(config: Path, port: int, ca_pem: bytes) -> list[dict[str, Any]]:
+    """KEDA's ValidatingWebhookConfiguration, pointed at the host-run webhook server and failing closed."""
+    documents = host_run_webhooks(
+        load_documents([config / "webhooks" / "validation_webhooks.yaml"]), port, ca_pem
+    )
+    for doc in documents:
+        for webhook in doc["webhooks"]:
+            webhook["failurePolicy"] = "Fail"
+    return documents
+
+
+def probe_scaled_object(trigger_names: tuple[str, ...]) -> dict[str, Any]:
+    """A ScaledObject in KEDA's namespace with one cron trigger per name, for server-side dry runs; the CRD
+    schema accepts repeated names, KEDA's webhook does not."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "webhook-probe", "namespace": KEDA_NAMESPACE},
+        "spec": {
+            "scaleTargetRef": {"name": "webhook-probe"},
+            "triggers": [
+                {
+                    "type": "cron",
+                    "name": name,
+                    "metadata": {
+                        "timezone": "UTC",
+                        "start": "0 8 * * *",
+                        "end": "0 9 * * *",
+                        "desiredReplicas": "1",
+                    },
+                }
+                for name in trigger_names
+            ],
+        },
+    }
+
+
+def dry_run_create(plane: ControlPlane, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`kubectl create --dry-run=server`: the API server admits it (webhooks included) and stores nothing."""
+    return plane.kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(document), check=False)
+
+
+def wait_for_webhooks(plane: ControlPlane, webhooks: ManagedProcess) -> None:
+    """Wait until the API server calls KEDA's ScaledObject webhook (a dry run only it refuses is refused, with
+    its message), then check that it admits a valid ScaledObject."""
+    refused_message = 'triggerName "repeated" is defined multiple times'
+
+    def refused_by_keda() -> bool:
+        webhooks.check_running()
+        done = dry_run_create(plane, probe_scaled_object(("repeated", "repeated")))
+        return (
+            done.returncode != 0 and SCALED_OBJECT_WEBHOOK in done.stderr and refused_message in done.stderr
+        )
+
+    wait_until(
+        refused_by_keda,
+        timeout_seconds=_START_TIMEOUT_SECONDS,
+        description=f"KEDA's webhook {SCALED_OBJECT_WEBHOOK} to refuse repeated trigger names",
+        on_timeout=webhooks.tail,
+    )
+    admitted = dry_run_create(plane, probe_scaled_object(("once",)))
+    if admitted.returncode != 0:
+        raise AssertionError(f"KEDA's webhook refused a valid ScaledObject:\n{admitted.stderr}")
 
 
 def apply_crds(plane: ControlPlane, crds: list[dict[str, Any]]) -> None:
@@ -120,8 +234,9 @@ def install_crds(plane: ControlPlane, config: Path) -> None:
 def deploy_keda(
     plane: ControlPlane, config: Path, trusted_cas: list[Path], token_accounts: list[tuple[str, str]]
 ) -> DeployedKeda:
-    """Install KEDA from `config` (the module's config/ folder), start both processes and wait until the
-    external metrics APIService is Available. `token_accounts` are the (namespace, ServiceAccount) pairs
+    """Install KEDA from `config` (the module's config/ folder), start its three processes and wait until the
+    external metrics APIService is Available and the API server sends ScaledObjects to KEDA's webhook.
+    `token_accounts` are the (namespace, ServiceAccount) pairs
     KEDA may mint bound tokens for."""
     workdir = plane.workdir / "keda"
     workdir.mkdir()
@@ -161,8 +276,12 @@ def deploy_keda(
         user=f"system:serviceaccount:{KEDA_NAMESPACE}:{KEDA_ACCOUNT}",
         token=token,
     )
+    # Every port before any process starts: a port probed free while a process is still binding its own
+    # could be the one it was given.
     grpc_address = f"127.0.0.1:{free_port()}"
     probe_port = free_port()
+    operator_metrics_port, metrics_server_metrics_port = free_port(), free_port()
+    webhooks_port, webhooks_probe_port, webhooks_metrics_port = free_port(), free_port(), free_port()
     env = {
         "KUBECONFIG": str(kubeconfig),
         # Running on the host: never in-cluster discovery.
@@ -184,7 +303,7 @@ def deploy_keda(
         [
             plane.binaries.path("keda-operator"),
             "--leader-elect=false",
-            f"--metrics-bind-address=127.0.0.1:{free_port()}",
+            f"--metrics-bind-address=127.0.0.1:{operator_metrics_port}",
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             f"--metrics-service-bind-address={grpc_address}",
             f"--cert-dir={cert_dir}",
@@ -217,17 +336,42 @@ def deploy_keda(
             f"--authorization-kubeconfig={kubeconfig}",
             f"--metrics-service-address={grpc_address}",
             # Its plain-HTTP /metrics listener binds every interface; a free port keeps it out of the way.
-            f"--port={free_port()}",
+            f"--port={metrics_server_metrics_port}",
             "--zap-log-level=info",
             "--zap-encoder=console",
         ],
         logs / "keda-metrics-apiserver.log",
         env=env,
     )
-    keda = DeployedKeda(operator=operator, metrics_server=metrics_server)
+    webhooks = ManagedProcess(
+        "keda-admission-webhooks",
+        [
+            plane.binaries.path("keda-admission-webhooks"),
+            f"--port={webhooks_port}",
+            f"--cert-dir={cert_dir}",
+            f"--metrics-bind-address=127.0.0.1:{webhooks_metrics_port}",
+            f"--health-probe-bind-address=127.0.0.1:{webhooks_probe_port}",
+            "--zap-log-level=info",
+            "--zap-encoder=console",
+        ],
+        logs / "keda-admission-webhooks.log",
+        env=env,
+    )
+    keda = DeployedKeda(
+        plane=plane,
+        operator=operator,
+        metrics_server=metrics_server,
+        webhooks=webhooks,
+        webhooks_metrics_url=f"http://127.0.0.1:{webhooks_metrics_port}/metrics",
+    )
     try:
         plane.apply([doc for doc in documents if doc.get("kind") == "APIService"], "--force-conflicts")
         wait_for_api_service(api, EXTERNAL_METRICS_API_SERVICE, metrics_server)
+        wait_for_probe(
+            webhooks, f"http://127.0.0.1:{webhooks_probe_port}/readyz", timeout_seconds=_START_TIMEOUT_SECONDS
+        )
+        plane.apply(webhook_documents(config, webhooks_port, ca.cert_pem), "--force-conflicts")
+        wait_for_webhooks(plane, webhooks)
     except BaseException:
         with contextlib.suppress(Exception):
             keda.stop()

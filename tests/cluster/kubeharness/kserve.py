@@ -15,7 +15,6 @@ Host-run changes, and only these:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from kubeharness.controlplane import ControlPlane
 from kubeharness.https import wait_for_probe
 from kubeharness.identities import service_account_token
-from kubeharness.keda import apply_crds, load_documents
+from kubeharness.keda import apply_crds, host_run_webhooks, load_documents
 from kubeharness.kubeconfig import write_kubeconfig
 from kubeharness.pki import CertificateAuthority
 from kubeharness.processes import ManagedProcess, free_port
@@ -76,15 +75,7 @@ def config_map(config: Path) -> dict[str, Any]:
 
 def webhook_documents(config: Path, port: int, ca_pem: bytes) -> list[dict[str, Any]]:
     """KServe's webhook configurations, pointed at the host-run controller's webhook server."""
-    documents = load_documents([config / "webhook" / "manifests.yaml"])
-    for doc in documents:
-        for webhook in doc["webhooks"]:
-            path = webhook["clientConfig"]["service"]["path"]
-            webhook["clientConfig"] = {
-                "url": f"https://127.0.0.1:{port}{path}",
-                "caBundle": base64.b64encode(ca_pem).decode(),
-            }
-    return documents
+    return host_run_webhooks(load_documents([config / "webhook" / "manifests.yaml"]), port, ca_pem)
 
 
 def deploy_kserve(plane: ControlPlane, config: Path) -> ManagedProcess:
