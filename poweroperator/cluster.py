@@ -348,6 +348,7 @@ _PATHS: dict[tuple[str, str], tuple[str, str]] = {
     ("keda.sh/v1alpha1", "TriggerAuthentication"): ("/apis/keda.sh/v1alpha1", "triggerauthentications"),
     ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("serving.kserve.io/v1beta1", "InferenceService"): (
         "/apis/serving.kserve.io/v1beta1",
         "inferenceservices",

@@ -6,6 +6,10 @@ created and no longer needs (a workload removed or unmanaged; the garbage collec
 PowerBudget through the ownerReferences), and hand an InferenceService's autoscaler class back once it
 is no longer managed. A dryRun budget writes nothing: every object is applied with `dryRun=All`, so the
 API server validates it, and what would change is reported (Event + status.workloads).
+
+An InferenceService's ScaledObject waits while KServe's own HPA of the predictor exists: KEDA's admission
+webhook refuses a second autoscaler for a Deployment, and KServe removes its HPA only after the class
+turned external (under a dryRun budget, never).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ TRIGGER_AUTHENTICATION = (keda.KEDA_API, "TriggerAuthentication")
 SERVICE_ACCOUNT = ("v1", "ServiceAccount")
 ROLE_BINDING = ("rbac.authorization.k8s.io/v1", "RoleBinding")
 INFERENCE_SERVICE = ("serving.kserve.io/v1beta1", "InferenceService")
+HPA = ("autoscaling/v2", "HorizontalPodAutoscaler")
 PER_WORKLOAD = (TRIGGER_AUTHENTICATION, SCALED_OBJECT)
 PER_NAMESPACE = (SERVICE_ACCOUNT, ROLE_BINDING)
 NAMESPACE_OBJECT_NAMES = {keda.READER_ACCOUNT, keda.TOKEN_BINDING}
@@ -60,6 +65,8 @@ class WorkloadStatus:
             "message": self.message,
         }
 
+
+_REPORTED_ONCE = frozenset({"WouldApplyScaledObject", "WaitingForKServeHPA"})
 
 EventSink = Callable[[BudgetSpec, str, str, bool], Awaitable[None]]
 """(budget, reason, message, warning)."""
@@ -109,6 +116,7 @@ class ScalingReconciler:
         dry_run = not budget.enforce
         try:
             changed = []
+            kserve_hpa = None
             if workload.kind == "InferenceService":
                 if await self.objects.get(INFERENCE_SERVICE, workload.namespace, workload.name) is None:
                     return WorkloadStatus(
@@ -118,13 +126,18 @@ class ScalingReconciler:
                     keda.inference_service_class(workload, managed=True), dry_run=dry_run
                 )
                 changed += ["autoscalerClass annotation"] if result.changed else []
+                kserve_hpa = await self._kserve_hpa(workload)
             for obj in keda.workload_objects(self.settings, budget, workload):
+                if kserve_hpa is not None and obj["kind"] == SCALED_OBJECT[1]:
+                    continue  # KEDA's admission webhook refuses a second autoscaler for the Deployment
                 result = await self.objects.apply(obj, dry_run=dry_run)
                 if result.changed:
                     changed.append(f"{obj['kind']} {'updated' if result.existed else 'created'}")
         except ObjectError as exc:
             await self._report(budget, workload, "ScaledObjectFailed", str(exc), warning=True)
             return WorkloadStatus(workload, name, False, str(exc))
+        if kserve_hpa is not None:
+            return await self._waiting_for_kserve(budget, workload, kserve_hpa, dry_run=dry_run)
         verb = "would apply" if dry_run else "applied"
         message = f"{verb} ScaledObject {workload.namespace}/{name}" + (
             f" ({', '.join(changed)})" if changed else ""
@@ -134,12 +147,36 @@ class ScalingReconciler:
             await self._report(budget, workload, reason, message, warning=False)
         return WorkloadStatus(workload, name, not dry_run, message)
 
+    async def _kserve_hpa(self, workload: Workload) -> str | None:
+        """The HPA KServe made for the predictor (named after it, owned by the InferenceService) while it
+        still exists: KServe deletes it once autoscalerClass is external, not at once."""
+        target = keda.target_deployment(workload)
+        hpa = await self.objects.get(HPA, workload.namespace, target)
+        owners = (hpa or {}).get("metadata", {}).get("ownerReferences") or []
+        owned = any(o.get("kind") == "InferenceService" and o.get("name") == workload.name for o in owners)
+        return f"{workload.namespace}/{target}" if owned else None
+
+    async def _waiting_for_kserve(
+        self, budget: BudgetSpec, workload: Workload, hpa: str, *, dry_run: bool
+    ) -> WorkloadStatus:
+        name = keda.scaled_object_name(workload)
+        if dry_run:  # the class is not changed, so KServe keeps its HPA: say what enforcing would do
+            message = (
+                f"would apply ScaledObject {workload.namespace}/{name} once KServe removes its HPA {hpa} "
+                "(autoscalerClass external)"
+            )
+            await self._report(budget, workload, "WouldApplyScaledObject", message, warning=False)
+        else:
+            message = f"waiting for KServe to remove its HPA {hpa} before applying ScaledObject {name}"
+            await self._report(budget, workload, "WaitingForKServeHPA", message, warning=False)
+        return WorkloadStatus(workload, name, False, message)
+
     async def _report(
         self, budget: BudgetSpec, workload: Workload, reason: str, message: str, *, warning: bool
     ) -> None:
         key = (budget.name, workload.namespace, workload.name)
-        if self.reported.get(key) == f"{reason}: {message}" and reason == "WouldApplyScaledObject":
-            return  # dryRun reports the same plan once, not every period
+        if self.reported.get(key) == f"{reason}: {message}" and reason in _REPORTED_ONCE:
+            return  # the same plan or wait is reported once, not every period
         self.reported[key] = f"{reason}: {message}"
         log.info(
             "operator.scaling." + reason,

@@ -285,6 +285,47 @@ def managed_workloads(
         delete_workload(admin_api, HEATER)
 
 
+def test_a_dry_run_budget_previews_an_inference_service_that_kserves_hpa_still_scales(
+    control_plane: ControlPlane, operator: ManagedProcess, managed_workloads: None
+) -> None:
+    # KServe made its own HPA for the predictor; KEDA's admission webhook refuses a second autoscaler for the
+    # Deployment, and a dryRun budget never changes the class that would make KServe remove it.
+    kserve_hpa = wait_until(
+        partial(_get, control_plane, "hpa", PREDICTOR),
+        timeout_seconds=_TIMEOUT_SECONDS,
+        description=f"KServe's HPA {PREDICTOR}",
+    )
+    assert kserve_hpa["metadata"]["ownerReferences"][0]["kind"] == "InferenceService"
+    preview = _budget("rack-b", 1e6, [_managed("InferenceService", ISVC, max_replicas=4)])
+    preview["spec"]["mode"] = "dryRun"
+    control_plane.apply([preview], "--force-conflicts")
+
+    def reported() -> list[dict[str, Any]] | None:
+        operator.check_running()
+        workloads = _get(control_plane, "powerbudget", "rack-b", None).get("status", {}).get("workloads")
+        return workloads or None
+
+    (status,) = wait_until(
+        reported, timeout_seconds=_TIMEOUT_SECONDS, description="status.workloads", on_timeout=operator.tail
+    )
+    assert status["applied"] is False
+    assert status["message"] == (
+        f"would apply ScaledObject {WORKLOAD_NAMESPACE}/{PREDICTOR}-wattscale once KServe removes its HPA "
+        f"{WORKLOAD_NAMESPACE}/{PREDICTOR} (autoscalerClass external)"
+    )
+    uid = _get(control_plane, "powerbudget", "rack-b", None)["metadata"]["uid"]
+    events = json.loads(
+        control_plane.kubectl(
+            "get", "events", "-A", "--field-selector", f"involvedObject.uid={uid}", "-o", "json"
+        ).stdout
+    )["items"]
+    assert {e["reason"] for e in events} == {"WouldApplyScaledObject"}, events
+    # A preview changes nothing: KServe keeps scaling its predictor.
+    assert _get(control_plane, "hpa", PREDICTOR)["metadata"]["uid"] == kserve_hpa["metadata"]["uid"]
+    annotations = _get(control_plane, "inferenceservice", ISVC)["metadata"].get("annotations", {})
+    assert "serving.kserve.io/autoscalerClass" not in annotations
+
+
 def test_operator_scales_managed_workloads_on_demand_within_the_rack_budget(
     control_plane: ControlPlane,
     admin_api: kubernetes.client.ApiClient,

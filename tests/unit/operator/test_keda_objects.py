@@ -326,6 +326,79 @@ async def test_an_inference_service_gets_the_external_class_and_gets_it_back_whe
     assert h.objects.stored(SCALED_OBJECT[1], "llm", "chat-predictor-wattscale") is None
 
 
+def _chat_with_kserve_hpa(h: Harness) -> None:
+    """InferenceService chat on KServe's default autoscaler: KServe made HPA chat-predictor for it."""
+    h.objects.put_foreign("InferenceService", "llm", "chat", {"metadata": {"name": "chat"}, "spec": {}})
+    owner = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "chat"}
+    h.objects.put_foreign(
+        "HorizontalPodAutoscaler",
+        "llm",
+        "chat-predictor",
+        {"metadata": {"name": "chat-predictor", "ownerReferences": [owner]}},
+    )
+
+
+async def test_an_inference_service_scaled_object_waits_until_kserve_removed_its_hpa() -> None:
+    # KEDA's admission webhook refuses a ScaledObject for a Deployment another HPA scales (seen with the real
+    # webhook): KServe removes its HPA only after autoscalerClass turned external.
+    h = Harness()
+    _chat_with_kserve_hpa(h)
+    spec = budget(managed(kind="InferenceService", name="chat"))
+
+    statuses = await h.reconciler.reconcile([spec])
+    await h.reconciler.reconcile([spec])
+
+    assert h.objects.stored(SCALED_OBJECT[1], "llm", "chat-predictor-wattscale") is None
+    stored = h.objects.stored(INFERENCE_SERVICE[1], "llm", "chat")
+    assert (
+        stored is not None
+        and stored["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    )
+    (status,) = statuses["rack-a"]
+    assert (
+        status.applied is False
+        and "waiting for KServe to remove its HPA llm/chat-predictor" in status.message
+    )
+    assert [e[1] for e in h.events] == ["WaitingForKServeHPA"]  # once, and not as a failure
+
+    await h.objects.delete(("autoscaling/v2", "HorizontalPodAutoscaler"), "llm", "chat-predictor")
+    statuses = await h.reconciler.reconcile([spec])
+
+    assert h.objects.stored(SCALED_OBJECT[1], "llm", "chat-predictor-wattscale") is not None
+    assert statuses["rack-a"][0].applied is True
+    assert h.events[-1][1] == "ScaledObjectApplied"
+
+
+async def test_a_dry_run_inference_service_on_kserves_hpa_reports_the_plan_not_a_failure() -> None:
+    h = Harness()
+    _chat_with_kserve_hpa(h)
+    spec = budget(managed(kind="InferenceService", name="chat"), mode="dryRun")
+
+    statuses = await h.reconciler.reconcile([spec])
+    await h.reconciler.reconcile([spec])
+
+    assert h.kinds() == set()
+    (status,) = statuses["rack-a"]
+    assert status.message == (
+        "would apply ScaledObject llm/chat-predictor-wattscale once KServe removes its HPA llm/chat-predictor "
+        "(autoscalerClass external)"
+    )
+    assert [e[1] for e in h.events] == ["WouldApplyScaledObject"]
+
+
+async def test_a_users_own_hpa_named_like_the_predictor_does_not_hold_the_scaled_object_back() -> None:
+    # Only KServe removes its HPA by itself; KEDA's webhook then refuses ours, and that refusal is what is shown.
+    h = Harness()
+    h.objects.put_foreign("InferenceService", "llm", "chat", {"metadata": {"name": "chat"}, "spec": {}})
+    h.objects.put_foreign(
+        "HorizontalPodAutoscaler", "llm", "chat-predictor", {"metadata": {"name": "chat-predictor"}}
+    )
+
+    await h.reconciler.reconcile([budget(managed(kind="InferenceService", name="chat"))])
+
+    assert h.objects.stored(SCALED_OBJECT[1], "llm", "chat-predictor-wattscale") is not None
+
+
 async def test_a_missing_inference_service_is_reported_not_created() -> None:
     h = Harness()
     statuses = await h.reconciler.reconcile([budget(managed(kind="InferenceService", name="ghost"))])
