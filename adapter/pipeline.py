@@ -39,7 +39,7 @@ from adapter.supervise import Supervisor
 from adapter.value_table import NO_LABELS, ColumnEncoder, FloatArray, ValueGroup, ValueTable, value_group
 from collectors.base import Collector, Sample
 from collectors.label_selectors import Selector
-from estimators.fleet import FleetEstimate, estimate_history
+from estimators.fleet import GROUP_SUMMED, FleetEstimate, GroupTotals, estimate_history, group_totals
 from estimators.gauge_model import GaugeModels
 from estimators.headroom import ReplicaBudgets
 from estimators.series import HistoryView, SampleStore
@@ -374,63 +374,6 @@ class PodWorkloads:
         return workloads
 
 
-@dataclass(frozen=True, slots=True)
-class _Totals:
-    """A workload's pods summed: the rule of `estimators.fleet.aggregate_pods`, on integer codes."""
-
-    metrics: dict[str, FloatArray]
-    """POD_METRICS per workload."""
-    end: FloatArray
-    window: FloatArray
-    pods: npt.NDArray[np.int64]
-    peak_power: FloatArray
-    """The hungriest pod's power_watts."""
-
-
-def _sum(codes: IntArray, count: int, numbers: FloatArray) -> FloatArray:
-    """Per code, the sum of its numbers that are not NaN; NaN for a code with none."""
-    seen = ~np.isnan(numbers)
-    sums: FloatArray = np.bincount(codes, np.where(seen, numbers, 0.0), count).astype(np.float64, copy=False)
-    sums[np.bincount(codes[seen], minlength=count) == 0] = np.nan
-    return sums
-
-
-def _reduce(ufunc: np.ufunc, codes: IntArray, count: int, numbers: FloatArray) -> FloatArray:
-    """Per code, `ufunc` (fmin, fmax: NaN skipped) over its numbers; NaN for a code with none."""
-    out = np.full(count, np.nan)
-    ufunc.at(out, codes, numbers)
-    return out
-
-
-def _totals(columns: Mapping[str, FloatArray], workloads: Workloads) -> _Totals:
-    member = workloads.codes >= 0
-    codes, count = workloads.codes[member], len(workloads.refs)
-    total = {name: _sum(codes, count, columns[name][member]) for name in _SUMMED}
-    start = _reduce(np.fmin, codes, count, columns["window_start_seconds"][member])
-    end = _reduce(np.fmin, codes, count, columns["window_end_seconds"][member])
-    tokens = total["generation_tokens"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # Summed energy over summed tokens, never a mean of the pods' ratios (`aggregate_pods`).
-        total["watts_per_token"] = total["energy_joules"] / np.where(tokens > 0, tokens, np.nan)
-        window = end - start
-    return _Totals(
-        total,
-        end,
-        window,
-        np.bincount(codes, minlength=count),
-        _reduce(np.fmax, codes, count, columns["power_watts"][member]),
-    )
-
-
-_SUMMED = (
-    "power_watts",
-    "gpu_power_watts",
-    "generation_tokens_per_second",
-    "energy_joules",
-    "generation_tokens",
-)
-
-
 def _rack_of_workloads(codes: IntArray, count: int, pod_racks: IntArray) -> IntArray:
     """Per workload: the rack (code) most of its pods are on, the first by name on a tie; -1 for none.
     Rack codes are in name order."""
@@ -533,25 +476,29 @@ def _put_workload_values(
     budgets: ReplicaBudgets,
     groups: Groups,
 ) -> None:
-    columns = {name: pods.floats(name) for name in (*_SUMMED, "window_start_seconds", "window_end_seconds")}
+    columns = {
+        name: pods.floats(name) for name in (*GROUP_SUMMED, "window_start_seconds", "window_end_seconds")
+    }
     rack_names, pod_racks = _pod_racks(pods, racks_of_nodes)
     for resource, found in workloads.items():
-        totals = _totals(columns, found)
+        totals = group_totals(columns, found.codes, len(found.refs))
+        window = totals.window_end_seconds - totals.window_start_seconds
         for namespace, span, names in found.runs:
             for metric in POD_METRICS:
                 _put_column(
                     groups,
                     (resource, namespace, metric),
                     names,
-                    totals.metrics[metric][span],
-                    totals.end[span],
-                    totals.window[span],
+                    totals.sums[metric][span],
+                    totals.window_end_seconds[span],
+                    window[span],
                 )
         if resource != NAMESPACES:
             rack_of = _rack_of_workloads(found.codes, len(found.refs), pod_racks)
             _put_replicas(
                 found,
                 totals,
+                window,
                 [rack_names[r] if r >= 0 else None for r in rack_of.tolist()],
                 racks,
                 budgets,
@@ -561,7 +508,8 @@ def _put_workload_values(
 
 def _put_replicas(
     workloads: Workloads,
-    totals: _Totals,
+    totals: GroupTotals,
+    window: FloatArray,
     rack_of: Sequence[str | None],
     racks: _Racks,
     budgets: ReplicaBudgets,
@@ -578,9 +526,9 @@ def _put_replicas(
             ref,
             headroom_watts=float(headroom[row]),
             overdraw_watts=float(overdraw[row]),
-            replica_power_watts=float(totals.peak_power[i]),
+            replica_power_watts=float(totals.peak_power_watts[i]),
             current_replicas=int(totals.pods[i]),
-            now_seconds=float(totals.end[i]),
+            now_seconds=float(totals.window_end_seconds[i]),
         )
         if replicas is not None:
             names, numbers, workload_rows, rack_rows = found.setdefault(ref.namespace, ([], [], [], []))
@@ -594,8 +542,8 @@ def _put_replicas(
             (workloads.refs[0].resource, namespace, "replicas_within_budget"),
             names,
             np.asarray(numbers, dtype=np.float64),
-            totals.end[workload_rows],
-            totals.window[workload_rows],
+            totals.window_end_seconds[workload_rows],
+            window[workload_rows],
             racks.labels,
             rack_rows,
         )

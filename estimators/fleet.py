@@ -1060,36 +1060,84 @@ def _latest_rack_power(window: _Window) -> pd.DataFrame:
     )
 
 
-def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
-    """Sum pods into groups (workloads, namespaces). Pods whose group is NaN are left out.
+GROUP_SUMMED = (
+    "power_watts",
+    "gpu_power_watts",
+    "generation_tokens_per_second",
+    "energy_joules",
+    "generation_tokens",
+)
+"""The pod columns a group's figure is the sum of."""
+
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """Pods summed into groups (workloads, namespaces), one entry per group."""
+
+    sums: dict[str, FloatArray]
+    """Each of GROUP_SUMMED summed (NaN for a group with none known), and watts_per_token."""
+    window_start_seconds: FloatArray
+    window_end_seconds: FloatArray
+    """The oldest of the pods' ends: a sum is only as recent as its oldest part."""
+    pods: IntArray
+    peak_power_watts: FloatArray
+    """The hungriest pod's power_watts."""
+
+
+def group_totals(columns: Mapping[str, FloatArray], group: IntArray, size: int) -> GroupTotals:
+    """Sum the pod `columns` (GROUP_SUMMED and the window columns, one entry per pod) into groups
+    0..size-1 by each pod's `group` (-1: in none).
 
     `watts_per_token` is the group's summed energy over its summed generated tokens, never a mean of
     the pods' ratios: an idle replica still costs joules, and a busy one weighs by its tokens.
     """
-    frame = pods.assign(group=group_of_pod.reindex(pods.index)).dropna(subset=["group"])
-    if frame.empty:
+    member = group >= 0
+    into = group[member]
+    sums = {name: _sum_into(size, into, columns[name][member]) for name in GROUP_SUMMED}
+    tokens = sums["generation_tokens"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums["watts_per_token"] = sums["energy_joules"] / np.where(tokens > 0, tokens, np.nan)
+    peak = np.full(size, np.nan)
+    np.fmax.at(peak, into, columns["power_watts"][member])
+    return GroupTotals(
+        sums,
+        _oldest_into(size, into, columns["window_start_seconds"][member]),
+        _oldest_into(size, into, columns["window_end_seconds"][member]),
+        np.bincount(into, minlength=size).astype(np.int64),
+        peak,
+    )
+
+
+def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
+    """`group_totals` of a pod frame (POD_COLUMNS) by a group label per pod (NaN: in none), as a frame
+    of GROUP_COLUMNS sorted by group."""
+    group, names = pd.factorize(group_of_pod.reindex(pods.index), sort=True)
+    if names.size == 0:
         return pd.DataFrame(columns=GROUP_COLUMNS)
-    grouped = frame.groupby("group", sort=True)
-    summed = [
-        "power_watts",
-        "gpu_power_watts",
-        "generation_tokens_per_second",
-        "energy_joules",
-        "generation_tokens",
-    ]
-    out = grouped[summed].sum(min_count=1)  # one vectorised sum; a group with no value stays NaN
-    out["window_start_seconds"] = grouped["window_start_seconds"].min()
-    out["window_end_seconds"] = grouped["window_end_seconds"].min()
-    out["pods"] = grouped["pod"].size()
-    tokens = out["generation_tokens"].where(out["generation_tokens"] > 0)
-    out["watts_per_token"] = out["energy_joules"] / tokens
-    return out.reset_index()[GROUP_COLUMNS]
+    columns = {
+        name: pods[name].to_numpy(np.float64)
+        for name in (*GROUP_SUMMED, "window_start_seconds", "window_end_seconds")
+    }
+    totals = group_totals(columns, group.astype(np.int64), names.size)
+    return pd.DataFrame(
+        {
+            "group": names.to_numpy(object),
+            **{name: totals.sums[name] for name in ("power_watts", "gpu_power_watts")},
+            "generation_tokens_per_second": totals.sums["generation_tokens_per_second"],
+            "watts_per_token": totals.sums["watts_per_token"],
+            "window_start_seconds": totals.window_start_seconds,
+            "window_end_seconds": totals.window_end_seconds,
+            "pods": totals.pods,
+        }
+    )[GROUP_COLUMNS]
 
 
 __all__ = [
     "FleetEstimate",
+    "GroupTotals",
     "aggregate_pods",
     "estimate_fleet",
     "estimate_history",
+    "group_totals",
     "replicas_within_budget",
 ]
