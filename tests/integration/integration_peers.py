@@ -139,13 +139,13 @@ async def wait_until_answers(process: asyncio.subprocess.Process, url: str, log_
     await wait_for(ready, timeout_seconds=60, what=f"{url} to answer")
 
 
-async def stop_process(process: asyncio.subprocess.Process) -> None:
-    """Terminate, and kill what has not exited 20 s later."""
+async def stop_process(process: asyncio.subprocess.Process, timeout_seconds: float = 20.0) -> None:
+    """Terminate (SIGTERM), and kill what has not exited `timeout_seconds` later."""
     if process.returncode is not None:
         return
     process.terminate()
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(timeout_seconds):
             await process.wait()
     except TimeoutError:
         process.kill()

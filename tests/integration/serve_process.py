@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -16,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from integration_peers import free_port, wait_for
+from integration_peers import free_port, stop_process, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CUSTOM = "/apis/custom.metrics.k8s.io/v1beta2"
@@ -109,11 +108,4 @@ async def serve(config: Mapping[str, Any], tmp_dir: Path) -> AsyncIterator[Serve
         yield running
     finally:
         await session.close()
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(30):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await stop_process(process, timeout_seconds=30.0)
