@@ -65,10 +65,7 @@ class PrometheusClient:
         on either side of the commit, pairing one scrape's value with another's time."""
         names = sorted(set(names))
         selector = '{__name__=~"' + "|".join(re.escape(name) for name in names) + '"}'
-        stamps = (
-            f'label_replace(timestamp({{__name__="{name}"}}), "{SAMPLE_TIME_OF}", "{name}", "", "")'
-            for name in names
-        )
+        stamps = (sample_times(f'{{__name__="{name}"}}', name) for name in names)
         answer = await self.query(" or ".join([selector, *stamps]), at_seconds=at_seconds)
         stamp_of: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
         values: list[Series] = []
@@ -91,7 +88,13 @@ class PrometheusClient:
 
 
 SAMPLE_TIME_OF = "wattscale_sample_time_of"
-"""The label marking a `latest_samples` answer's series as the sample times of the metric it names."""
+"""The label marking a series of an answer as the sample times of the metric it names."""
+
+
+def sample_times(selector: str, name: str) -> str:
+    """PromQL for the scrape time of each sample `selector` selects, marked SAMPLE_TIME_OF=`name`: asked
+    in the same query as the values (`selector or sample_times(...)`), so both come from one snapshot."""
+    return f'label_replace(timestamp({selector}), "{SAMPLE_TIME_OF}", "{name}", "", "")'
 
 
 def parse_query_answer(body: bytes, what: str) -> list[Series]:

@@ -78,33 +78,13 @@ def share_weights(
     return weight, split
 
 
-def fit_cpu_to_node(pods: pd.DataFrame, node_power_watts: pd.Series) -> pd.DataFrame:
-    """Scale pods' CPU power down where GPU shares plus CPU power would exceed the node's measurement.
-
-    pods: node, gpu_power_watts, cpu_power_watts (NaN where unknown); node_power_watts: measured
-    power indexed by node (estimated nodes left out). Returns `pods` with `cpu_power_watts` adjusted
-    and a boolean `cpu_scaled` column.
-    """
-    out = pods.copy()
-    node = pd.factorize(out["node"])[0].astype(np.int64)  # -1 where a pod's node is unknown
-    measured = out["node"].map(node_power_watts).to_numpy(np.float64)
-    cpu, scaled = cpu_scale(
-        node,
-        out["gpu_power_watts"].to_numpy(np.float64),
-        out["cpu_power_watts"].to_numpy(np.float64),
-        measured,
-    )
-    out["cpu_power_watts"] = cpu
-    out["cpu_scaled"] = scaled
-    return out
-
-
 def cpu_scale(
     node: npt.NDArray[np.int64], gpu_watts: FloatArray, cpu_watts: FloatArray, measured_watts: FloatArray
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """`fit_cpu_to_node` over arrays, one entry per pod: its node as an integer (-1: unknown), GPU and
-    CPU power (NaN where unknown), its node's measured power (NaN: not measured). Returns the CPU
-    power and where it was scaled."""
+    """Scale pods' CPU power down (never up) where GPU shares plus CPU power would exceed their node's
+    measurement. One entry per pod: its node as an integer (-1: unknown), GPU and CPU power (NaN where
+    unknown), its node's measured power (NaN: not measured). Returns the CPU power and where it was
+    scaled."""
     known = node >= 0
     on, gpu, cpu = node[known], gpu_watts[known], cpu_watts[known]
     gpu_sum = np.full(node.size, np.nan)

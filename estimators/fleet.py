@@ -1122,9 +1122,7 @@ def aggregate_pods(pods: pd.DataFrame, group_of_pod: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "group": names.to_numpy(object),
-            **{name: totals.sums[name] for name in ("power_watts", "gpu_power_watts")},
-            "generation_tokens_per_second": totals.sums["generation_tokens_per_second"],
-            "watts_per_token": totals.sums["watts_per_token"],
+            **totals.sums,
             "window_start_seconds": totals.window_start_seconds,
             "window_end_seconds": totals.window_end_seconds,
             "pods": totals.pods,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from adapter.samples_csv import STDIO, timestamp_seconds, write_table
 from collectors.durations import duration_seconds
-from collectors.prometheus_api import SAMPLE_TIME_OF
+from collectors.prometheus_api import SAMPLE_TIME_OF, sample_times
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,8 +83,9 @@ def _range_rows(
         query = _matchers(name, selector)
         # Values and their scrape times in one query, as `PrometheusClient.latest_samples` asks them:
         # a scrape committed between two queries would pair one scrape's value with another's time.
-        stamps = f'label_replace(timestamp({query}), "{SAMPLE_TIME_OF}", "{name}", "", "")'
-        answer = client.custom_query_range(f"{query} or {stamps}", start_time=start, end_time=end, step=step)
+        answer = client.custom_query_range(
+            f"{query} or {sample_times(query, name)}", start_time=start, end_time=end, step=step
+        )
         if not answer:
             continue
         with warnings.catch_warnings():

@@ -80,6 +80,20 @@ def _refusal_in_effect(plane: ControlPlane, document: dict[str, Any], message: s
     return done.returncode != 0 and message in done.stderr
 
 
+def _refused_once_known(
+    plane: ControlPlane, keda: DeployedKeda, document: dict[str, Any], message: str, known: str
+) -> str:
+    """Wait until KEDA's webhook knows `known` (a dry run of `document` is refused with `message`), then
+    create `document` for real; the refusal's message."""
+    wait_until(
+        lambda: _refusal_in_effect(plane, document, message),
+        timeout_seconds=_TIMEOUT_SECONDS,
+        description=f"KEDA's webhook to know {known}",
+        on_timeout=keda.webhooks.tail,
+    )
+    return _create(plane, document)
+
+
 def _exists(plane: ControlPlane, name: str) -> bool:
     done = plane.kubectl("get", "scaledobject", name, "-n", WORKLOAD_NAMESPACE, check=False)
     if done.returncode != 0 and "NotFound" not in done.stderr:
@@ -120,15 +134,10 @@ def test_keda_webhook_refuses_a_second_scaled_object_for_a_deployment_keda_scale
     # The first one was admitted by KEDA's webhook, not merely stored: KEDA counted its validation.
     assert keda.scaled_object_validations(WORKLOAD_NAMESPACE, "create") == created + 1
 
-    second = _scaled_object(SECOND, target)
     message = f"the workload '{target}' of type 'apps/v1.Deployment' is already managed by the ScaledObject '{FIRST}'"
-    wait_until(
-        lambda: _refusal_in_effect(control_plane, second, message),
-        timeout_seconds=_TIMEOUT_SECONDS,
-        description=f"KEDA's webhook to know ScaledObject {FIRST}",
-        on_timeout=keda.webhooks.tail,
+    refusal = _refused_once_known(
+        control_plane, keda, _scaled_object(SECOND, target), message, f"ScaledObject {FIRST}"
     )
-    refusal = _create(control_plane, second)
     assert f'admission webhook "{SCALED_OBJECT_WEBHOOK}" denied the request: {message}' in refusal
     assert not _exists(control_plane, SECOND)
     assert _exists(control_plane, FIRST)
@@ -147,15 +156,10 @@ def test_keda_webhook_refuses_a_scaled_object_for_a_deployment_an_hpa_scales(
         min_replicas=1,
         max_replicas=2,
     )
-    document = _scaled_object(FIRST, target)
     message = f"the workload '{target}' of type 'apps/v1.Deployment' is already managed by the hpa '{target}'"
-    wait_until(
-        lambda: _refusal_in_effect(control_plane, document, message),
-        timeout_seconds=_TIMEOUT_SECONDS,
-        description=f"KEDA's webhook to know HPA {target}",
-        on_timeout=keda.webhooks.tail,
+    refusal = _refused_once_known(
+        control_plane, keda, _scaled_object(FIRST, target), message, f"HPA {target}"
     )
-    refusal = _create(control_plane, document)
     assert f'admission webhook "{SCALED_OBJECT_WEBHOOK}" denied the request: {message}' in refusal
     assert not _exists(control_plane, FIRST)
 

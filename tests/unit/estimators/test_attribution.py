@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from estimators.attribution import fit_cpu_to_node, split_gpu_power
+from estimators.attribution import cpu_scale, split_gpu_power
 from estimators.fleet import estimate_fleet
 
 GPUS = pd.DataFrame(
@@ -92,19 +92,14 @@ def test_shares_sum_to_each_gpu_and_never_exceed_it(
 
 
 def test_kepler_cpu_is_scaled_into_the_measured_node_power() -> None:
-    pods = pd.DataFrame(
-        {
-            "node": ["n1", "n1", "n2"],
-            "gpu_power_watts": [300.0, 200.0, 100.0],
-            "cpu_power_watts": [150.0, 50.0, 80.0],
-        }
-    )
-    fitted = fit_cpu_to_node(pods, pd.Series({"n1": 600.0}))
+    node = np.array([0, 0, 1])  # n1, n1, n2
+    gpu, cpu = np.array([300.0, 200.0, 100.0]), np.array([150.0, 50.0, 80.0])
+    fitted, scaled = cpu_scale(node, gpu, cpu, np.array([600.0, 600.0, np.nan]))  # n2 not measured
     # n1 measured 600 W, GPUs take 500 W: 100 W left for 200 W of Kepler CPU, so it is halved.
-    np.testing.assert_allclose(fitted["cpu_power_watts"], [75.0, 25.0, 80.0])
-    assert fitted["cpu_scaled"].tolist() == [True, True, False]
-    roomy = fit_cpu_to_node(pods, pd.Series({"n1": 2000.0}))
-    np.testing.assert_allclose(roomy["cpu_power_watts"], pods["cpu_power_watts"])
+    np.testing.assert_allclose(fitted, [75.0, 25.0, 80.0])
+    assert scaled.tolist() == [True, True, False]
+    roomy, _ = cpu_scale(node, gpu, cpu, np.array([2000.0, 2000.0, np.nan]))
+    np.testing.assert_allclose(roomy, cpu)
 
 
 def test_fleet_pods_never_exceed_the_measured_node() -> None:
